@@ -1,0 +1,33 @@
+# Two commands for a fresh machine: `make demo` and `make test` (README). Both create or reuse .venv.
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed-stamp
+OUT    := out
+
+.PHONY: demo test lint bench clean
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/qmri simulate molli --acceleration 4 --out $(OUT)/molli_R4.h5
+	$(VENV)/bin/qmri replay $(OUT)/molli_R4.h5 --chain cartesian_multiphase --out $(OUT)/molli_R4
+	$(VENV)/bin/qmri evaluate $(OUT)/molli_R4 $(OUT)/molli_R4.h5
+	@echo "demo done: raw file $(OUT)/molli_R4.h5 (truth in /truth), images $(OUT)/molli_R4/images.h5"
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+
+test: lint
+	$(VENV)/bin/python -m pytest
+
+bench: $(STAMP)
+	$(PY) bench/bench_server_throughput.py
+
+clean:
+	rm -rf $(OUT) .pytest_cache .mypy_cache .ruff_cache

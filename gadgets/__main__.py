@@ -1,0 +1,7 @@
+"""``python -m gadgets`` runs the ``qmri`` command."""
+
+import sys
+
+from gadgets.cli import main
+
+sys.exit(main())

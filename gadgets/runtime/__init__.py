@@ -1,0 +1,1 @@
+"""Chain XML to running pipeline; server, replay and stream mode. No physics lives here."""

@@ -1,0 +1,199 @@
+"""Gadgetron v2 chain XML to a validated list of stages, before any data is read.
+
+Accepted::
+
+    <configuration>
+      <version>2</version>
+      <readers>...</readers> <writers>...</writers>      (Gadgetron's; accepted and not needed here)
+      <stream>
+        <gadget>
+          <name>Recon</name> <dll>qmri</dll> <classname>CartesianReconGadget</classname>
+          <property name="method" value="cg_sense"/>
+          <property><name>cg_iterations</name><value>30</value></property>
+        </gadget>
+      </stream>
+    </configuration>
+
+Chains arrive from the network as CONFIG_TEXT, so the XML is parsed with defusedxml (no entities, no DTDs).
+Every problem (malformed XML, unknown gadget, unknown property, wrong type) is a :class:`ChainError` that names the
+file, the gadget and the property.
+"""
+
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass
+from pathlib import Path
+
+from defusedxml import DefusedXmlException
+from defusedxml.ElementTree import DefusedXMLParser
+
+from gadgets.runtime.config import GadgetConfig, PropertyError, properties_from_xml
+from gadgets.runtime.registry import GadgetSpec, registered_gadgets
+
+CHAINS_DIR = Path(__file__).resolve().parents[2] / "chains"
+"""The shipped chains, one XML file per clinical protocol."""
+
+_IGNORED_SECTIONS = frozenset({"version", "readers", "writers", "stream"})
+_UNSUPPORTED_STREAM_NODES = frozenset({"external", "parallel", "distributed", "parallelprocess", "puregadget"})
+
+
+class ChainError(ValueError):
+    """A chain that cannot run: says which file, which gadget and which property."""
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One gadget of a chain: its name in the chain, the registered gadget and its parsed properties."""
+
+    name: str
+    spec: GadgetSpec
+    properties: dict[str, str]
+    config: GadgetConfig
+
+
+@dataclass(frozen=True)
+class Chain:
+    """A validated chain."""
+
+    name: str
+    source: str
+    description: str
+    stages: tuple[Stage, ...]
+
+
+def parse_chain(text: str, *, source: str = "config text", name: str | None = None) -> Chain:
+    """Return the validated chain described by Gadgetron v2 XML text.
+
+    Parameters
+    ----------
+    text : The XML.
+    source : Where it came from, for error messages (a path, or ``config text``).
+    name : The chain's name; defaults to the source's file stem.
+
+    Returns
+    -------
+    The chain.
+
+    Raises
+    ------
+    ChainError
+        For malformed XML, a wrong root or version, an unsupported element, an unknown gadget or a bad property.
+    """
+    parser = DefusedXMLParser(target=ET.TreeBuilder(insert_comments=True))
+    try:
+        parser.feed(text.strip("\x00 \n\r\t"))
+        root = parser.close()
+    except (ET.ParseError, DefusedXmlException) as exc:
+        raise ChainError(f"{source}: malformed XML: {exc}") from exc
+    if root.tag != "configuration":
+        raise ChainError(f"{source}: root element is <{root.tag}>, expected a Gadgetron v2 <configuration>")
+    version = (root.findtext("version") or "").strip()
+    if version != "2":
+        raise ChainError(f"{source}: <version> is '{version}', only Gadgetron chain version 2 is supported")
+    for child in root:
+        if isinstance(child.tag, str) and child.tag not in _IGNORED_SECTIONS:
+            raise ChainError(f"{source}: unexpected element <{child.tag}> in <configuration>")
+    stream = root.find("stream")
+    if stream is None:
+        raise ChainError(f"{source}: no <stream> element")
+    gadgets = registered_gadgets()
+    stages = []
+    for node in stream:
+        if not isinstance(node.tag, str):
+            continue
+        if node.tag in _UNSUPPORTED_STREAM_NODES:
+            raise ChainError(f"{source}: <{node.tag}> is not supported; list our gadgets directly in <stream>")
+        if node.tag != "gadget":
+            raise ChainError(f"{source}: unexpected element <{node.tag}> in <stream>")
+        stages.append(_stage(node, gadgets, source))
+    if not stages:
+        raise ChainError(f"{source}: <stream> holds no <gadget>")
+    names = [s.name for s in stages]
+    if len(set(names)) != len(names):
+        raise ChainError(f"{source}: gadget names must be unique, got {names}")
+    return Chain(
+        name=name or (Path(source).stem if source != "config text" else "config text"),
+        source=source,
+        description=_first_comment(root),
+        stages=tuple(stages),
+    )
+
+
+def _stage(node: ET.Element, gadgets: dict[str, GadgetSpec], source: str) -> Stage:
+    """Return one validated stage from a ``<gadget>`` element."""
+    classname = (node.findtext("classname") or "").strip()
+    name = (node.findtext("name") or "").strip() or classname
+    where = f"{source}: gadget '{name}'"
+    if not classname:
+        raise ChainError(f"{where}: no <classname>")
+    spec = gadgets.get(classname)
+    if spec is None:
+        raise ChainError(f"{where}: unknown gadget class '{classname}' (known: {', '.join(sorted(gadgets))})")
+    try:
+        properties = properties_from_xml(node)
+        config = spec.config.from_properties(properties)
+    except PropertyError as exc:
+        raise ChainError(f"{where} ({classname}): {exc}") from exc
+    return Stage(name=name, spec=spec, properties=properties, config=config)
+
+
+def _first_comment(root: ET.Element) -> str:
+    """Return the first line of the chain's first XML comment, its one-line description."""
+    for node in root.iter():
+        if node.tag is ET.Comment and node.text:
+            return node.text.strip().splitlines()[0]
+    return ""
+
+
+def load_chain(path: Path) -> Chain:
+    """Return the validated chain in an XML file.
+
+    Parameters
+    ----------
+    path : The chain file.
+
+    Returns
+    -------
+    The chain.
+
+    Raises
+    ------
+    ChainError
+        If the file cannot be read or the chain is invalid.
+    """
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ChainError(f"{path}: cannot read chain: {exc}") from exc
+    return parse_chain(text, source=str(path), name=path.stem)
+
+
+def shipped_chains() -> dict[str, Path]:
+    """Return the shipped chain files by name (file stem)."""
+    return {p.stem: p for p in sorted(CHAINS_DIR.glob("*.xml"))}
+
+
+def resolve_chain(name_or_file: str) -> Chain:
+    """Return the chain named by a shipped chain name (``foo`` or ``foo.xml``) or by a path to an XML file.
+
+    Parameters
+    ----------
+    name_or_file : Shipped chain name, or a path.
+
+    Returns
+    -------
+    The chain.
+
+    Raises
+    ------
+    ChainError
+        If no such chain exists or it is invalid.
+    """
+    shipped = shipped_chains()
+    stem = name_or_file.strip().removesuffix(".xml")
+    if stem in shipped:
+        return load_chain(shipped[stem])
+    path = Path(name_or_file)
+    if path.is_file():
+        return load_chain(path)
+    raise ChainError(f"no chain '{name_or_file}': not a shipped chain ({', '.join(shipped)}) and not a file")

@@ -1,0 +1,210 @@
+"""Run a chain: one thread per gadget, bounded queues between them, clean stop on any failure.
+
+Backpressure comes from the bounded queues: a slow gadget blocks its upstream, and finally the reader of the
+socket or file, so memory stays bounded on a long scan. When a gadget raises, the stream is cancelled: every
+thread gives up at its next queue operation, the failure is reported to the caller, and nothing is left running.
+"""
+
+import logging
+import queue
+import threading
+import xml.etree.ElementTree as ET
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from gadgets.runtime.chain import Chain
+
+log = logging.getLogger(__name__)
+
+_END = object()
+_POLL_S = 0.05
+
+
+class StreamCancelledError(Exception):
+    """Raised inside a stage's queue operation once the stream has been cancelled."""
+
+
+class Channel:
+    """A bounded FIFO between two stages whose operations give up when the stream is cancelled."""
+
+    def __init__(self, size: int, cancelled: threading.Event) -> None:
+        self._queue: queue.Queue[Any] = queue.Queue(maxsize=size)
+        self._cancelled = cancelled
+        self._ended = False
+
+    def put(self, item: Any) -> None:
+        """Append an item, waiting while the channel is full; raise StreamCancelledError if the stream ends."""
+        while True:
+            if self._cancelled.is_set():
+                raise StreamCancelledError
+            try:
+                self._queue.put(item, timeout=_POLL_S)
+            except queue.Full:
+                continue
+            return
+
+    def close(self) -> None:
+        """Mark the end of the items."""
+        self.put(_END)
+
+    def empty(self) -> bool:
+        """Return whether no item is waiting right now."""
+        return self._queue.empty()
+
+    def __iter__(self) -> Iterator[Any]:
+        while not self._ended:
+            try:
+                item = self._queue.get(timeout=_POLL_S)
+            except queue.Empty:
+                if self._cancelled.is_set():
+                    return
+                continue
+            if item is _END:
+                self._ended = True
+                return
+            yield item
+
+
+class Connection:
+    """What a gadget sees: iterate the items, ``send`` results downstream, ``header`` and ``parameters``.
+
+    The same surface as gadgetron-python's connection (``filter``, ``config``), so gadgets run in both.
+    """
+
+    def __init__(
+        self, inbox: Channel, outbox: Channel, header: Any, parameters: dict[str, str], *, stream: str
+    ) -> None:
+        self._inbox = inbox
+        self._outbox = outbox
+        self._filters: list[Callable[[Any], bool]] = []
+        self.header = header
+        self.parameters = dict(parameters)
+        self.stream = stream
+        self.config = ET.Element("configuration")
+        for name, value in self.parameters.items():
+            ET.SubElement(self.config, "property", name=name, value=value)
+
+    def __iter__(self) -> Iterator[Any]:
+        for item in self._inbox:
+            if all(accept(item) for accept in self._filters):
+                yield item
+            else:
+                self.send(item)
+
+    def send(self, item: Any) -> None:
+        """Send an item to the next gadget (or to the client after the last one)."""
+        self._outbox.put(item)
+
+    def filter(self, predicate: type | Callable[[Any], bool]) -> None:
+        """Only yield items that are instances of ``predicate`` (a type) or satisfy it; pass the rest on."""
+        if isinstance(predicate, type):
+            kind = predicate
+            self._filters.append(lambda item: isinstance(item, kind))
+        else:
+            self._filters.append(predicate)
+
+
+@dataclass(frozen=True)
+class Failure:
+    """What failed on a stream: where (a gadget or the input) and the exception."""
+
+    where: str
+    error: BaseException
+
+    def __str__(self) -> str:
+        return f"{self.where} failed: {type(self.error).__name__}: {self.error}"
+
+
+class StreamError(RuntimeError):
+    """A stream ended by a failure; ``failure`` says where and why."""
+
+    def __init__(self, failure: Failure) -> None:
+        super().__init__(str(failure))
+        self.failure = failure
+
+
+def run_chain(
+    chain: Chain,
+    header: Any,
+    items: Iterable[Any],
+    sink: Callable[[Any], None],
+    *,
+    stream: str = "stream",
+    queue_size: int = 64,
+    flush: Callable[[], None] | None = None,
+) -> None:
+    """Run ``items`` through the chain, handing everything the last gadget sends to ``sink``.
+
+    Parameters
+    ----------
+    chain : The validated chain.
+    header : The stream's parsed ISMRMRD header.
+    items : The stream's items (acquisitions, waveforms, images), read lazily.
+    sink : Called with each output item, in order, in the calling thread.
+    stream : Name of the stream for logs.
+    queue_size : Items each queue holds before its producer waits.
+    flush : Called whenever the output queue runs empty (to push buffered bytes to a client).
+
+    Raises
+    ------
+    StreamError
+        If a gadget or the input failed; the stream was stopped and every thread has ended.
+    """
+    cancelled = threading.Event()
+    failures: list[Failure] = []
+    channels = [Channel(queue_size, cancelled) for _ in range(len(chain.stages) + 1)]
+
+    def fail(where: str, error: BaseException) -> None:
+        failures.append(Failure(where, error))
+        cancelled.set()
+
+    def feed() -> None:
+        try:
+            for item in items:
+                channels[0].put(item)
+            channels[0].close()
+        except StreamCancelledError:
+            return
+        except Exception as exc:  # noqa: BLE001 - any input error ends the stream and goes to the client
+            fail("input", exc)
+
+    def run_stage(index: int) -> None:
+        stage = chain.stages[index]
+        connection = Connection(channels[index], channels[index + 1], header, stage.properties, stream=stream)
+        try:
+            stage.spec.gadget(connection)
+            for leftover in channels[index]:
+                channels[index + 1].put(leftover)
+            channels[index + 1].close()
+        except StreamCancelledError:
+            return
+        except Exception as exc:  # a gadget's error ends its stream, never the process (logged with traceback)
+            log.exception("%s: gadget '%s' (%s) failed", stream, stage.name, stage.spec.classname)
+            fail(f"gadget '{stage.name}' ({stage.spec.classname})", exc)
+
+    feeder = threading.Thread(target=feed, name=f"{stream}:input", daemon=True)
+    workers = [
+        threading.Thread(target=run_stage, args=(i,), name=f"{stream}:{s.name}", daemon=True)
+        for i, s in enumerate(chain.stages)
+    ]
+    feeder.start()
+    for worker in workers:
+        worker.start()
+    try:
+        for item in channels[-1]:
+            sink(item)
+            if flush is not None and channels[-1].empty():
+                flush()
+    except BaseException:
+        cancelled.set()
+        raise
+    finally:
+        if failures:
+            cancelled.set()
+        for worker in workers:
+            worker.join()
+        cancelled.set()
+        feeder.join(timeout=1.0)
+    if failures:
+        raise StreamError(failures[0])

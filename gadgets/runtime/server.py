@@ -1,0 +1,53 @@
+"""The MRD TCP server: one thread and one pipeline per connection; no bad stream stops it."""
+
+import itertools
+import logging
+import socket
+import socketserver
+import threading
+from pathlib import Path
+from typing import BinaryIO, cast
+
+from gadgets.runtime.session import serve_stream
+
+log = logging.getLogger(__name__)
+
+DEFAULT_PORT = 9002
+
+
+class _Handler(socketserver.StreamRequestHandler):
+    """Serves one client connection."""
+
+    server: "MrdServer"
+
+    def handle(self) -> None:
+        stream = f"client {self.client_address[0]}:{self.client_address[1]} #{next(self.server.counter)}"
+        log.info("%s: connected", stream)
+        rfile, wfile = cast(BinaryIO, self.rfile), cast(BinaryIO, self.wfile)
+        serve_stream(rfile, wfile, stream=stream, journal_dir=self.server.journal_dir)
+        log.info("%s: closed", stream)
+
+
+class MrdServer(socketserver.ThreadingTCPServer):
+    """A threaded MRD server; ``serve_forever`` until ``shutdown``."""
+
+    daemon_threads = True
+    allow_reuse_address = True
+
+    def __init__(self, host: str = "127.0.0.1", port: int = DEFAULT_PORT, *, journal_dir: Path | None = None) -> None:
+        self.journal_dir = journal_dir
+        self.counter = itertools.count(1)
+        if ":" in host:
+            self.address_family = socket.AF_INET6
+        super().__init__((host, port), _Handler)
+
+    @property
+    def port(self) -> int:
+        """The port listened on (useful when started on port 0)."""
+        return int(self.server_address[1])
+
+    def start_in_background(self) -> threading.Thread:
+        """Serve from a daemon thread and return it (for tests and benchmarks)."""
+        thread = threading.Thread(target=self.serve_forever, name="mrd-server", daemon=True)
+        thread.start()
+        return thread

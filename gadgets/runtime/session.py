@@ -1,0 +1,106 @@
+"""One MRD stream from start to CLOSE: read the start, pick the chain, run it, reply, always close.
+
+Used by the TCP server (one session per connection) and by stream mode (stdin to stdout).
+"""
+
+import logging
+from pathlib import Path
+from typing import BinaryIO
+
+from gadgets.runtime.chain import Chain, ChainError, parse_chain, resolve_chain
+from gadgets.runtime.journal import Journal
+from gadgets.runtime.pipeline import StreamError, run_chain
+from gadgets.runtime.protocol import (
+    ProtocolError,
+    ReplyWriter,
+    StreamStart,
+    data_messages,
+    read_messages,
+    read_stream_start,
+)
+
+log = logging.getLogger(__name__)
+
+
+def chain_for(start: StreamStart) -> Chain:
+    """Return the chain a client asked for: a shipped chain by CONFIG_FILE name, or CONFIG_TEXT XML.
+
+    Parameters
+    ----------
+    start : The stream's start.
+
+    Returns
+    -------
+    The validated chain.
+
+    Raises
+    ------
+    ChainError
+        If the named chain does not exist or the text is not a valid chain.
+    """
+    if start.config_text is not None:
+        return parse_chain(start.config_text)
+    name = (start.config_file or "").strip()
+    shipped_name = Path(name).name
+    return resolve_chain(shipped_name)
+
+
+def serve_stream(
+    rfile: BinaryIO,
+    wfile: BinaryIO,
+    *,
+    stream: str,
+    journal_dir: Path | None = None,
+    chain: Chain | None = None,
+) -> bool:
+    """Serve one MRD stream: errors go to the client as TEXT starting with ``ERROR``, and CLOSE is always sent.
+
+    Parameters
+    ----------
+    rfile : Incoming bytes.
+    wfile : Outgoing bytes.
+    stream : Name of the stream for logs (client address and number).
+    journal_dir : Where to journal the incoming stream, if anywhere.
+    chain : Run this chain whatever the client's config message names (stream mode's ``--chain``).
+
+    Returns
+    -------
+    True if the stream completed without error.
+    """
+    reply = ReplyWriter(wfile)
+    journal = None
+    ok = False
+    try:
+        messages = read_messages(rfile)
+        start = read_stream_start(messages, require_config=chain is None)
+        if chain is None:
+            chain = chain_for(start)
+        protocol = start.header.measurementInformation.protocolName if start.header.measurementInformation else None
+        log.info("%s: protocol '%s' through chain '%s' (%s)", stream, protocol, chain.name, chain.source)
+        items = data_messages(start, messages)
+        if journal_dir is not None:
+            journal = Journal(journal_dir, start.header.toXML(), protocol or "unnamed")
+            items = journal.record(items)
+        run_chain(chain, start.header, items, reply.send, stream=stream, flush=reply.flush)
+        ok = True
+    except (ProtocolError, ChainError, StreamError) as exc:
+        log.error("%s: %s", stream, exc)  # noqa: TRY400 - the traceback was logged where it happened
+        _send_error(reply, stream, str(exc))
+    except OSError as exc:
+        log.warning("%s: connection lost: %s", stream, exc)
+    finally:
+        if journal is not None:
+            journal.close()
+        try:
+            reply.close()
+        except OSError as exc:
+            log.warning("%s: could not send CLOSE, client gone: %s", stream, exc)
+    return ok
+
+
+def _send_error(reply: ReplyWriter, stream: str, message: str) -> None:
+    """Send ``ERROR <message>`` to the client, logging if it has gone."""
+    try:
+        reply.text(f"ERROR {message}")
+    except OSError as exc:
+        log.warning("%s: could not send the error, client gone: %s", stream, exc)

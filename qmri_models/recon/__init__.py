@@ -1,0 +1,1 @@
+"""Reconstruction maths (Cartesian FFT, coil maps, CG-SENSE)."""

@@ -1,0 +1,201 @@
+"""Write simulated scans as ISMRMRD raw files that follow Gadgetron's conventions, truth alongside.
+
+Conventions (DESIGN.md): the phase index is in ``idx.set``; MOLLI TIs are in ``sequenceParameters.TI`` (ms);
+T2-prep durations are a ``userParameterDouble`` list named ``T2PrepDuration_ms`` (one entry per phase, in order);
+every readout also carries its preparation time in ``user_int[7]`` in microseconds; calibration lines are flagged
+``ACQ_IS_PARALLEL_CALIBRATION_AND_IMAGING``; a noise scan comes first; the last readout of a slice is flagged
+``ACQ_LAST_IN_SLICE``. The truth goes in the HDF5 group ``/truth``, next to the ISMRMRD group.
+"""
+
+from pathlib import Path
+
+import h5py
+import ismrmrd
+import ismrmrd.xsd
+import numpy as np
+
+from qmri_models.ismrmrd_hdf5 import acquisition_rows, append_rows, write_header
+from qmri_models.simulation.sampling import acs_lines
+from qmri_models.simulation.scan import ScanSettings, SimulatedSlice
+
+T2PREP_USER_PARAMETER = "T2PrepDuration_ms"
+"""Name of the ``userParameterDouble`` list that holds T2-prep durations (ms), one entry per phase."""
+
+TRUTH_GROUP = "truth"
+"""HDF5 group of the raw file that holds the simulator's ground truth."""
+
+SAMPLE_TIME_US = 2.5
+
+
+def ismrmrd_header(settings: ScanSettings) -> ismrmrd.xsd.ismrmrdHeader:
+    """Return the ISMRMRD header of a simulated scan.
+
+    Parameters
+    ----------
+    settings : Scan settings.
+
+    Returns
+    -------
+    The parsed header object (``toXML()`` gives the text).
+    """
+    xsd = ismrmrd.xsd
+    n = settings.matrix
+    n_phases = len(settings.prep_times)
+    fov = xsd.fieldOfViewMm(x=settings.fov_mm, y=settings.fov_mm, z=settings.slice_thickness_mm)
+    space = xsd.encodingSpaceType(matrixSize=xsd.matrixSizeType(x=n, y=n, z=1), fieldOfView_mm=fov)
+    limits = xsd.encodingLimitsType(
+        kspace_encoding_step_0=xsd.limitType(minimum=0, maximum=n - 1, center=n // 2),
+        kspace_encoding_step_1=xsd.limitType(minimum=0, maximum=n - 1, center=n // 2),
+        kspace_encoding_step_2=xsd.limitType(minimum=0, maximum=0, center=0),
+        slice=xsd.limitType(minimum=0, maximum=settings.n_slices - 1, center=0),
+        set=xsd.limitType(minimum=0, maximum=n_phases - 1, center=0),
+    )
+    parallel = xsd.parallelImagingType(
+        accelerationFactor=xsd.accelerationFactorType(
+            kspace_encoding_step_1=settings.acceleration, kspace_encoding_step_2=1
+        ),
+        calibrationMode=xsd.calibrationModeType("embedded") if settings.acceleration > 1 else None,
+    )
+    encoding = xsd.encodingType(
+        encodedSpace=space,
+        reconSpace=space,
+        encodingLimits=limits,
+        trajectory=xsd.trajectoryType("cartesian"),
+        parallelImaging=parallel,
+    )
+    is_molli = settings.contrast == "molli"
+    sequence = xsd.sequenceParametersType(
+        TR=[2.5], TE=[1.1], TI=list(settings.prep_times) if is_molli else [], flipAngle_deg=[35.0 if is_molli else 12.0]
+    )
+    user = xsd.userParametersType(
+        userParameterDouble=[]
+        if is_molli
+        else [xsd.userParameterDoubleType(name=T2PREP_USER_PARAMETER, value=t) for t in settings.prep_times]
+    )
+    protocol = f"qmri_sim_{settings.contrast}_{settings.phantom}_R{settings.acceleration}"
+    return xsd.ismrmrdHeader(
+        version=2,
+        subjectInformation=xsd.subjectInformationType(
+            patientName="Simulated^Phantom", patientID=f"SIM{settings.seed:06d}"
+        ),
+        studyInformation=xsd.studyInformationType(studyID=f"SIM{settings.seed}", studyDescription="qmri simulation"),
+        measurementInformation=xsd.measurementInformationType(
+            measurementID=f"qmri_{settings.seed}",
+            patientPosition=xsd.patientPositionType("HFS"),
+            protocolName=protocol,
+            sequenceName="molli" if is_molli else "t2prep_bssfp",
+        ),
+        acquisitionSystemInformation=xsd.acquisitionSystemInformationType(
+            systemVendor="qmri-gadgets",
+            systemModel="simulator",
+            systemFieldStrength_T=3.0,
+            receiverChannels=settings.n_coils,
+            institutionName="qmri-gadgets simulation",
+        ),
+        experimentalConditions=xsd.experimentalConditionsType(H1resonanceFrequency_Hz=127_740_000),
+        encoding=[encoding],
+        sequenceParameters=sequence,
+        userParameters=user,
+    )
+
+
+def _slice_geometry(settings: ScanSettings, slice_index: int) -> dict[str, tuple[float, float, float]]:
+    """Return the position (mm) and direction cosines of one axial slice of a stack centred at isocentre."""
+    offset = (slice_index - (settings.n_slices - 1) / 2) * settings.slice_thickness_mm * 1.5
+    return {
+        "position": (0.0, 0.0, offset),
+        "read_dir": (1.0, 0.0, 0.0),
+        "phase_dir": (0.0, 1.0, 0.0),
+        "slice_dir": (0.0, 0.0, 1.0),
+    }
+
+
+def _readouts(settings: ScanSettings, slices: list[SimulatedSlice]) -> list[ismrmrd.Acquisition]:
+    """Return every readout of the scan in acquisition order: noise scan, then slice by slice, phase by phase."""
+    n = settings.matrix
+    calibration = set(acs_lines(n, settings.acs).tolist()) if settings.acceleration > 1 else set()
+    prep_us = [round(t * 1000) for t in settings.prep_times]
+    acquisitions = []
+    counter = 0
+
+    def new(data: np.ndarray) -> ismrmrd.Acquisition:
+        nonlocal counter
+        acq = ismrmrd.Acquisition.from_array(np.ascontiguousarray(data, dtype=np.complex64))
+        acq.scan_counter = counter
+        acq.acquisition_time_stamp = counter
+        acq.sample_time_us = SAMPLE_TIME_US
+        acq.available_channels = settings.n_coils
+        counter += 1
+        return acq
+
+    for noise_readout in slices[0].noise:
+        acq = new(noise_readout)
+        acq.set_flag(ismrmrd.ACQ_IS_NOISE_MEASUREMENT)
+        acquisitions.append(acq)
+    for s, sim in enumerate(slices):
+        geometry = _slice_geometry(settings, s)
+        for p in range(len(settings.prep_times)):
+            lines = np.flatnonzero(sim.sampled[p])
+            for i, ky in enumerate(lines):
+                acq = new(sim.kdata[p, :, ky, :])
+                acq.center_sample = n // 2
+                acq.idx.kspace_encode_step_1 = int(ky)
+                acq.idx.set = p
+                acq.idx.slice = s
+                acq.user_int[7] = prep_us[p]
+                for name, value in geometry.items():
+                    getattr(acq, name)[:] = value
+                if int(ky) in calibration:
+                    acq.set_flag(ismrmrd.ACQ_IS_PARALLEL_CALIBRATION_AND_IMAGING)
+                if i == 0:
+                    acq.set_flag(ismrmrd.ACQ_FIRST_IN_SET)
+                    acq.set_flag(ismrmrd.ACQ_FIRST_IN_ENCODE_STEP1)
+                    if p == 0:
+                        acq.set_flag(ismrmrd.ACQ_FIRST_IN_SLICE)
+                if i == len(lines) - 1:
+                    acq.set_flag(ismrmrd.ACQ_LAST_IN_SET)
+                    acq.set_flag(ismrmrd.ACQ_LAST_IN_ENCODE_STEP1)
+                    if p == len(settings.prep_times) - 1:
+                        acq.set_flag(ismrmrd.ACQ_LAST_IN_SLICE)
+                acquisitions.append(acq)
+    acquisitions[-1].set_flag(ismrmrd.ACQ_LAST_IN_MEASUREMENT)
+    return acquisitions
+
+
+def write_raw(path: Path, settings: ScanSettings, slices: list[SimulatedSlice], *, group: str = "dataset") -> None:
+    """Write the simulated scan as an ISMRMRD HDF5 raw file, with its truth in ``/truth``.
+
+    Parameters
+    ----------
+    path : Output file; replaced if it exists.
+    settings : The settings the slices were simulated with.
+    slices : The simulated slices, in slice order.
+    group : ISMRMRD dataset group name.
+    """
+    path = Path(path)
+    path.unlink(missing_ok=True)
+    readouts = _readouts(settings, slices)
+    with h5py.File(path, "w") as f:
+        raw = f.create_group(group)
+        write_header(raw, ismrmrd_header(settings).toXML())
+        append_rows(raw, "data", acquisition_rows(readouts))
+        _write_truth(f.create_group(TRUTH_GROUP), settings, slices)
+
+
+def _write_truth(group: h5py.Group, settings: ScanSettings, slices: list[SimulatedSlice]) -> None:
+    """Write the ground truth: maps, labels, noise-free images, coils, masks and the settings."""
+    group.create_dataset("t1_ms", data=np.stack([s.truth.t1_ms for s in slices]), compression="gzip")
+    group.create_dataset("t2_ms", data=np.stack([s.truth.t2_ms for s in slices]), compression="gzip")
+    group.create_dataset("pd", data=np.stack([s.truth.pd for s in slices]), compression="gzip")
+    group.create_dataset("labels", data=np.stack([s.truth.labels for s in slices]), compression="gzip")
+    group.create_dataset("images", data=np.stack([s.images for s in slices]), compression="gzip")
+    group.create_dataset("coil_sensitivities", data=np.stack([s.sens for s in slices]), compression="gzip")
+    group.create_dataset("sampled", data=np.stack([s.sampled for s in slices]))
+    group.create_dataset("prep_times_ms", data=np.asarray(settings.prep_times))
+    group.create_dataset("noise_sd", data=np.asarray([s.noise_sd for s in slices]))
+    group.attrs["label_names"] = list(slices[0].truth.label_names)
+    for name in ("contrast", "matrix", "n_coils", "acceleration", "snr", "seed", "n_slices", "phantom"):
+        group.attrs[name] = getattr(settings, name)
+    group.attrs["acs_fraction"] = settings.acs
+    group.attrs["inversion_efficiency"] = settings.inversion_efficiency
+    group.attrs["images_description"] = "noise-free coil-combined images, (slices, phases, y, x) complex64"
