@@ -19,6 +19,12 @@ class _Handler(socketserver.StreamRequestHandler):
     """Serves one client connection."""
 
     server: "MrdServer"
+    wbufsize = 1 << 16  # socketserver's default (0) writes every small header piece as its own packet
+    rbufsize = 1 << 16
+
+    def setup(self) -> None:
+        super().setup()
+        self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
     def handle(self) -> None:
         stream = f"client {self.client_address[0]}:{self.client_address[1]} #{next(self.server.counter)}"

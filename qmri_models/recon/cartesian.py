@@ -112,7 +112,7 @@ def espirit_sensitivities(kdata: np.ndarray, calib_lines: np.ndarray) -> np.ndar
         raise ValueError(f"kdata must be (coils, ky, kx), got shape {kdata.shape}")
     calib_width = min(int(np.size(calib_lines)), 24)
     if calib_width < 6:
-        raise ValueError(f"ESPIRiT needs at least 6 calibration lines, got {calib_width}")
+        raise ValueError(f"ESPIRiT needs at least 6 calibration lines, got {calib_width}; acquire a larger ACS block")
     kernel_width = min(6, max(3, calib_width // 3))
     app = mri_app.EspiritCalib(kdata, calib_width=calib_width, kernel_width=kernel_width, show_pbar=False)
     return np.asarray(app.run(), dtype=np.complex64)

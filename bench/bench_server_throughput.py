@@ -1,0 +1,228 @@
+"""Throughput of the MRD server against in-process serialization, on a simulated MOLLI scan.
+
+What it measures
+----------------
+1. Baseline: ismrmrd's ``ProtocolSerializer`` writes config, header and every acquisition into memory and
+   ``ProtocolDeserializer`` reads them back (both timed together, best of ``--repeats``).
+2. Server: ``qmri serve`` runs as a separate process (as a scanner sees it); ``gadgets.runtime.client.send_stream``
+   sends the same acquisitions through the ``passthrough`` chain and collects the echo; timed from connect to
+   CLOSE received (best of ``--repeats``); every acquisition must come back unchanged.
+
+Both rates count the bytes of the stream one way (the baseline's serialized length). The ratio server/baseline
+is compared with the 0.70 target; the script never fails on timings (exit code 0).
+
+Run it with::
+
+    cd /work/main && .venv/bin/python bench/bench_server_throughput.py [--slices 12] [--repeats 3]
+"""
+
+import argparse
+import io
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import h5py
+import ismrmrd
+import numpy as np
+from ismrmrd.serialization import ConfigFile, ProtocolDeserializer, ProtocolSerializer
+
+from gadgets.runtime.client import send_stream
+from gadgets.runtime.protocol import parse_header
+from gadgets.runtime.replay import raw_items
+from qmri_models.simulation.raw_writer import write_raw
+from qmri_models.simulation.scan import ScanSettings, simulate_scan
+
+CHAIN = "passthrough.xml"
+HOST = "127.0.0.1"
+TARGET_RATIO = 0.70
+QMRI = Path(sys.executable).with_name("qmri")
+
+
+@dataclass
+class Scan:
+    """The scan held in memory: header and every acquisition, plus its size on the wire."""
+
+    header: Any
+    acquisitions: list[ismrmrd.Acquisition]
+    stream_bytes: int
+
+
+@dataclass
+class Result:
+    """One timed path."""
+
+    path: str
+    seconds: float
+    n_acquisitions: int
+    n_bytes: int
+
+    @property
+    def acq_per_s(self) -> float:
+        return self.n_acquisitions / self.seconds
+
+    @property
+    def mb_per_s(self) -> float:
+        return self.n_bytes / self.seconds / 1e6
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--slices", type=int, default=12, help="MOLLI slices (1280 readouts each at 160/8 phases)")
+    parser.add_argument("--matrix", type=int, default=160)
+    parser.add_argument("--coils", type=int, default=8)
+    parser.add_argument("--repeats", type=int, default=3, help="runs per path; the best counts")
+    return parser.parse_args()
+
+
+def simulate(raw: Path, args: argparse.Namespace) -> None:
+    settings = ScanSettings(contrast="molli", matrix=args.matrix, n_coils=args.coils, n_slices=args.slices)
+    write_raw(raw, settings, simulate_scan(settings))
+
+
+def load_scan(raw: Path) -> Scan:
+    with h5py.File(raw, "r") as f:
+        xml = f["dataset"]["xml"][0]
+        header = parse_header(xml.decode() if isinstance(xml, bytes) else str(xml))
+        items = list(raw_items(f["dataset"]))
+    acquisitions = [item for item in items if isinstance(item, ismrmrd.Acquisition)]
+    return Scan(header, acquisitions, len(serialize(header, acquisitions)))
+
+
+def serialize(header: Any, acquisitions: list[ismrmrd.Acquisition]) -> bytes:
+    buffer = io.BytesIO()
+    with ProtocolSerializer(buffer) as serializer:
+        serializer.serialize(ConfigFile(CHAIN))
+        serializer.serialize(header)
+        for acq in acquisitions:
+            serializer.serialize(acq)
+    return buffer.getvalue()
+
+
+def deserialize_count(data: bytes) -> int:
+    messages = ProtocolDeserializer(io.BytesIO(data)).deserialize()
+    return sum(isinstance(m, ismrmrd.Acquisition) for m in messages)
+
+
+def best_of(repeats: int, run: Callable[[], int]) -> tuple[float, int]:
+    """Return the shortest wall time of ``repeats`` runs and the count the last run returned."""
+    best, count = float("inf"), 0
+    for _ in range(repeats):
+        start = time.perf_counter()
+        count = run()
+        best = min(best, time.perf_counter() - start)
+    return best, count
+
+
+def bench_baseline(scan: Scan, repeats: int) -> Result:
+    def run() -> int:
+        return deserialize_count(serialize(scan.header, scan.acquisitions))
+
+    seconds, count = best_of(repeats, run)
+    if count != len(scan.acquisitions):
+        raise RuntimeError(f"baseline read back {count} of {len(scan.acquisitions)} acquisitions")
+    return Result("in-process (de)serialize", seconds, count, scan.stream_bytes)
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((HOST, 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_for_port(port: int, server: subprocess.Popen[bytes], timeout_s: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if server.poll() is not None:
+            raise RuntimeError(f"qmri serve exited with {server.returncode} before listening")
+        try:
+            with socket.create_connection((HOST, port), timeout=1.0):
+                return
+        except OSError:
+            time.sleep(0.1)
+    raise TimeoutError(f"qmri serve did not listen on {HOST}:{port} within {timeout_s:.0f} s")
+
+
+def start_server(port: int, log_path: Path) -> subprocess.Popen[bytes]:
+    with log_path.open("wb") as log:
+        return subprocess.Popen(
+            [str(QMRI), "serve", "--host", HOST, "--port", str(port)], stdout=log, stderr=subprocess.STDOUT
+        )
+
+
+def stop_server(server: subprocess.Popen[bytes]) -> None:
+    server.terminate()
+    try:
+        server.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        server.kill()
+        server.wait()
+
+
+def check_echo(sent: list[ismrmrd.Acquisition], received: list[ismrmrd.Acquisition]) -> None:
+    if len(received) != len(sent):
+        raise RuntimeError(f"server echoed {len(received)} of {len(sent)} acquisitions")
+    for a, b in zip(sent, received, strict=True):
+        if a.scan_counter != b.scan_counter or not np.array_equal(a.data, b.data):
+            raise RuntimeError(f"acquisition {a.scan_counter} came back as {b.scan_counter} or with other data")
+
+
+def bench_server(scan: Scan, port: int, repeats: int) -> Result:
+    received: list[ismrmrd.Acquisition] = []
+
+    def run() -> int:
+        reply = send_stream(HOST, port, scan.header, scan.acquisitions, config_file=CHAIN)
+        if reply.errors:
+            raise RuntimeError(f"server reported: {reply.errors}")
+        received[:] = reply.acquisitions
+        return len(reply.acquisitions)
+
+    seconds, count = best_of(repeats, run)
+    check_echo(scan.acquisitions, received)
+    return Result("server passthrough (TCP)", seconds, count, scan.stream_bytes)
+
+
+def print_table(scan: Scan, args: argparse.Namespace, baseline: Result, server: Result) -> None:
+    size = scan.acquisitions[-1].data.shape
+    print(
+        f"scan: MOLLI {args.slices} slice(s), {args.matrix}^2, {args.coils} coils, fully sampled: "
+        f"{len(scan.acquisitions)} acquisitions of {size[0]}x{size[1]} samples, "
+        f"{scan.stream_bytes / 1e6:.1f} MB stream; best of {args.repeats}"
+    )
+    ratio = server.acq_per_s / baseline.acq_per_s
+    rows = [("path", "acquisitions/s", "MB/s", "ratio")]
+    for result, r in ((baseline, 1.0), (server, ratio)):
+        rows.append((result.path, f"{result.acq_per_s:,.0f}", f"{result.mb_per_s:,.1f}", f"{r:.2f}"))
+    widths = [max(len(row[i]) for row in rows) for i in range(4)]
+    for row in rows:
+        cells = [row[0].ljust(widths[0])] + [cell.rjust(w) for cell, w in zip(row[1:], widths[1:], strict=True)]
+        print(" | ".join(cells))
+    print(f"target ratio >= {TARGET_RATIO:.2f}: {'PASS' if ratio >= TARGET_RATIO else 'FAIL'}")
+
+
+def main() -> int:
+    args = parse_args()
+    with tempfile.TemporaryDirectory(prefix="bench-server-") as tmp:
+        raw = Path(tmp) / "molli.h5"
+        simulate(raw, args)
+        scan = load_scan(raw)
+        baseline = bench_baseline(scan, args.repeats)
+        port = free_port()
+        server = start_server(port, Path(tmp) / "server.log")
+        try:
+            wait_for_port(port, server)
+            result = bench_server(scan, port, args.repeats)
+        finally:
+            stop_server(server)
+    print_table(scan, args, baseline, result)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,71 @@
+"""Shared fixtures: small simulated raw files and a live server on a free loopback port."""
+
+import shutil
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import h5py
+import pytest
+
+from gadgets.runtime.protocol import parse_header
+from gadgets.runtime.server import MrdServer
+from qmri_models.simulation.raw_writer import write_raw
+from qmri_models.simulation.scan import ScanSettings, simulate_scan
+
+SMALL = {"matrix": 64, "n_coils": 4, "snr": 50.0}
+
+
+def make_raw(path: Path, **settings: object) -> Path:
+    """Simulate a raw file with the given ScanSettings fields (small defaults for tests)."""
+    values = {**SMALL, **settings}
+    scan = ScanSettings(**values)  # type: ignore[arg-type]
+    write_raw(path, scan, simulate_scan(scan))
+    return path
+
+
+@pytest.fixture(scope="session")
+def molli_raw(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 64x64, 8-coil, 4x undersampled MOLLI brain scan with two slices and 10 ACS lines."""
+    return make_raw(tmp_path_factory.mktemp("raw") / "molli_R4.h5", contrast="molli", acceleration=4, acs_fraction=0.16, n_slices=2, n_coils=8)
+
+
+@pytest.fixture(scope="session")
+def t2prep_raw(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 64x64, 4-coil, fully sampled T2-prep brain scan."""
+    return make_raw(tmp_path_factory.mktemp("raw") / "t2prep_R1.h5", contrast="t2prep", acceleration=1, seed=3)
+
+
+def raw_header_and_items(raw: Path) -> tuple[object, list[object]]:
+    """Return a raw file's parsed header and its items as a client would send them."""
+    from gadgets.runtime.replay import raw_items
+
+    with h5py.File(raw, "r") as f:
+        return parse_header(f["dataset"]["xml"][0].decode()), list(raw_items(f["dataset"]))
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[MrdServer]:
+    """A running MRD server on a free loopback port, journaling to tmp_path/journal; shut down afterwards."""
+    srv = MrdServer("127.0.0.1", 0, journal_dir=tmp_path / "journal")
+    srv.start_in_background()
+    yield srv
+    srv.shutdown()
+    srv.server_close()
+
+
+def ensure_debian_tool(executable: str, package: str) -> str:
+    """Return the path of a Debian tool, installing its package when missing (as root), else skip the test."""
+    found = shutil.which(executable)
+    if found:
+        return found
+    if shutil.which("apt-get") is None:
+        pytest.skip(f"{executable} missing and apt-get unavailable to install Debian package {package}")
+    for command in (["apt-get", "update", "-qq"], ["apt-get", "install", "-y", "-qq", package]):
+        result = subprocess.run(command, capture_output=True, text=True, check=False, timeout=600)
+        if result.returncode != 0:
+            pytest.skip(f"{executable} missing and `{' '.join(command)}` failed: {result.stderr.strip()[-300:]}")
+    found = shutil.which(executable)
+    if not found:
+        pytest.skip(f"Debian package {package} installed but {executable} is not on PATH")
+    return found
