@@ -27,7 +27,14 @@ def make_raw(path: Path, **settings: object) -> Path:
 @pytest.fixture(scope="session")
 def molli_raw(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A 64x64, 8-coil, 4x undersampled MOLLI brain scan with two slices and 10 ACS lines."""
-    return make_raw(tmp_path_factory.mktemp("raw") / "molli_R4.h5", contrast="molli", acceleration=4, acs_fraction=0.16, n_slices=2, n_coils=8)
+    return make_raw(
+        tmp_path_factory.mktemp("raw") / "molli_R4.h5",
+        contrast="molli",
+        acceleration=4,
+        acs_fraction=0.16,
+        n_slices=2,
+        n_coils=8,
+    )
 
 
 @pytest.fixture(scope="session")

@@ -91,7 +91,12 @@ def test_cartesian_multiphase_chain_matches_its_documented_order() -> None:
             "property 'coil_combine': sos only works with method zero_filled",
         ),
         (
-            chain_xml(gadget(classname="AcquisitionBufferGadget", properties='<property name="prep_time_from_protocol" value="maybe"/>')),
+            chain_xml(
+                gadget(
+                    classname="AcquisitionBufferGadget",
+                    properties='<property name="prep_time_from_protocol" value="maybe"/>',
+                )
+            ),
             "property 'prep_time_from_protocol': expects true or false",
         ),
         (
