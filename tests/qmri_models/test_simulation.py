@@ -27,7 +27,7 @@ def test_molli_file_follows_the_conventions(molli_raw: Path) -> None:
     assert header.encoding[0].encodedSpace.matrixSize.x == 64
     assert header.encoding[0].encodingLimits.set.maximum == 7
     assert header.encoding[0].encodingLimits.slice.maximum == 1
-    assert header.acquisitionSystemInformation.receiverChannels == 4
+    assert header.acquisitionSystemInformation.receiverChannels == 8
 
     noise = [a for a in acquisitions if a.is_flag_set(ismrmrd.ACQ_IS_NOISE_MEASUREMENT)]
     imaging = [a for a in acquisitions if not a.is_flag_set(ismrmrd.ACQ_IS_NOISE_MEASUREMENT)]
@@ -35,7 +35,7 @@ def test_molli_file_follows_the_conventions(molli_raw: Path) -> None:
     assert acquisitions[: len(noise)] == noise  # the noise scan comes first
     for acq in imaging:
         assert acq.user_int[7] == round(MOLLI_TI_MS[acq.idx.set] * 1000)  # prep time in us
-        assert acq.data.shape == (4, 64)
+        assert acq.data.shape == (8, 64)
     last_in_slice = [a for a in imaging if a.is_flag_set(ismrmrd.ACQ_LAST_IN_SLICE)]
     assert [(a.idx.slice, a.idx.set) for a in last_in_slice] == [(0, 7), (1, 7)]
     assert last_in_slice[0] is [a for a in imaging if a.idx.slice == 0][-1]
