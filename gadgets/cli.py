@@ -12,8 +12,12 @@ log = logging.getLogger("qmri")
 
 
 def _serve(args: argparse.Namespace) -> int:
+    from gadgets.runtime.registry import registered_gadgets
     from gadgets.runtime.server import MrdServer
 
+    registered_gadgets()  # import the gadgets (sigpy, torch) now, not on the first scanner's connection
+    if args.journal is not None:
+        args.journal.mkdir(parents=True, exist_ok=True)  # a journal that cannot be written fails here, at start
     with MrdServer(args.host, args.port, journal_dir=args.journal) as server:
         log.info(
             "serving MRD on %s:%d%s", args.host, server.port, f", journal in {args.journal}" if args.journal else ""

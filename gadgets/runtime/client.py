@@ -3,11 +3,12 @@
 Sending and receiving run concurrently, so a chain that answers while data still arrives never deadlocks.
 """
 
+import contextlib
 import socket
 import threading
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, BinaryIO, cast
 
 import ismrmrd
 import ismrmrd.xsd
@@ -64,28 +65,29 @@ def send_stream(
     reply = Reply()
     with (
         socket.create_connection((host, port), timeout=timeout_s) as sock,
-        sock.makefile("wb") as wfile,
-        sock.makefile("rb") as rfile,
+        sock.makefile("wb", buffering=1 << 20) as wfile,
+        sock.makefile("rb", buffering=1 << 20) as rfile,
     ):
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        send_error: list[BaseException] = []
 
         def send() -> None:
+            serializer = ProtocolSerializer(wfile)
             try:
-                with ProtocolSerializer(wfile) as serializer:
-                    config = ConfigFile(config_file) if config_file is not None else ConfigText(str(config_text))
-                    serializer.serialize(config)
-                    serializer.serialize(header)
-                    if settings_json is not None:
-                        serializer.serialize(settings_json)
-                    for item in items:
-                        serializer.serialize(item)
-            except OSError as exc:  # the server may close early after an error; its reply says why
-                send_error.append(exc)
+                config = ConfigFile(config_file) if config_file is not None else ConfigText(str(config_text))
+                serializer.serialize(config)
+                serializer.serialize(header)
+                if settings_json is not None:
+                    serializer.serialize(settings_json)
+                for item in items:
+                    serializer.serialize(item)
+                serializer.close()
+            except OSError:  # the server may close early after an error; its reply says why
+                with contextlib.suppress(OSError):
+                    wfile.close()
 
         sender = threading.Thread(target=send, name="mrd-client-send", daemon=True)
         sender.start()
-        for message in read_messages(rfile):
+        for message in read_messages(cast(BinaryIO, rfile)):
             if isinstance(message, ismrmrd.Image):
                 reply.images.append(message)
             elif isinstance(message, ismrmrd.Acquisition):

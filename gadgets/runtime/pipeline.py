@@ -11,7 +11,7 @@ import threading
 import xml.etree.ElementTree as ET
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from gadgets.runtime.chain import Chain
 
@@ -73,7 +73,7 @@ class Connection:
     """
 
     def __init__(
-        self, inbox: Channel, outbox: Channel, header: Any, parameters: dict[str, str], *, stream: str
+        self, inbox: Iterable[Any], outbox: "Outbox", header: Any, parameters: dict[str, str], *, stream: str
     ) -> None:
         self._inbox = inbox
         self._outbox = outbox
@@ -124,6 +124,61 @@ class StreamError(RuntimeError):
         self.failure = failure
 
 
+class Outbox(Protocol):
+    """Where a stage sends: a Channel to the next stage, or the stream's sink after the last one."""
+
+    def put(self, item: Any) -> None:
+        """Hand an item on."""
+
+    def close(self) -> None:
+        """Mark the end of the items."""
+
+
+class _Input:
+    """The stream's items, iterated directly by the first gadget (no thread hand-off); errors become input failures."""
+
+    def __init__(
+        self, items: Iterable[Any], cancelled: threading.Event, fail: Callable[[str, BaseException], None]
+    ) -> None:
+        self._items = iter(items)
+        self._cancelled = cancelled
+        self._fail = fail
+
+    def __iter__(self) -> Iterator[Any]:
+        while not self._cancelled.is_set():
+            try:
+                item = next(self._items)
+            except StopIteration:
+                return
+            except Exception as exc:  # any input error ends the stream and is reported as the input's
+                self._fail("input", exc)
+                raise StreamCancelledError from exc
+            yield item
+        raise StreamCancelledError
+
+
+class _Sink:
+    """The stream's sink, called directly by the last gadget; an OSError (client gone) is kept for the caller."""
+
+    def __init__(self, sink: Callable[[Any], None], cancelled: threading.Event) -> None:
+        self._sink = sink
+        self._cancelled = cancelled
+        self.error: BaseException | None = None
+
+    def put(self, item: Any) -> None:
+        if self._cancelled.is_set():
+            raise StreamCancelledError
+        try:
+            self._sink(item)
+        except OSError as exc:  # the client or the output file is gone; anything else is the last gadget's fault
+            self.error = exc
+            self._cancelled.set()
+            raise StreamCancelledError from exc
+
+    def close(self) -> None:
+        """Nothing to do: the caller closes the sink."""
+
+
 def run_chain(
     chain: Chain,
     header: Any,
@@ -132,79 +187,74 @@ def run_chain(
     *,
     stream: str = "stream",
     queue_size: int = 64,
-    flush: Callable[[], None] | None = None,
 ) -> None:
     """Run ``items`` through the chain, handing everything the last gadget sends to ``sink``.
+
+    The first gadget reads ``items`` itself and the last one calls ``sink`` itself: a thread hand-off per item costs
+    more than (de)serializing it, so only the queues between gadgets remain (bench/bench_server_throughput.py).
 
     Parameters
     ----------
     chain : The validated chain.
     header : The stream's parsed ISMRMRD header.
     items : The stream's items (acquisitions, waveforms, images), read lazily.
-    sink : Called with each output item, in order, in the calling thread.
+    sink : Called with each output item, in order, from the last gadget's thread.
     stream : Name of the stream for logs.
-    queue_size : Items each queue holds before its producer waits.
-    flush : Called whenever the output queue runs empty (to push buffered bytes to a client).
+    queue_size : Items each queue between two gadgets holds before its producer waits.
 
     Raises
     ------
     StreamError
         If a gadget or the input failed; the stream was stopped and every thread has ended.
+    OSError
+        What ``sink`` raised when the client or the output file went away, after every thread has ended.
     """
     cancelled = threading.Event()
     failures: list[Failure] = []
-    channels = [Channel(queue_size, cancelled) for _ in range(len(chain.stages) + 1)]
 
     def fail(where: str, error: BaseException) -> None:
         failures.append(Failure(where, error))
         cancelled.set()
 
-    def feed() -> None:
-        try:
-            for item in items:
-                channels[0].put(item)
-            channels[0].close()
-        except StreamCancelledError:
-            return
-        except Exception as exc:  # noqa: BLE001 - any input error ends the stream and goes to the client
-            fail("input", exc)
+    n = len(chain.stages)
+    output = _Sink(sink, cancelled)
+    inboxes: list[Iterable[Any]] = [_Input(items, cancelled, fail)]
+    outboxes: list[Outbox] = []
+    for _ in range(n - 1):
+        channel = Channel(queue_size, cancelled)
+        outboxes.append(channel)
+        inboxes.append(channel)
+    outboxes.append(output)
 
     def run_stage(index: int) -> None:
         stage = chain.stages[index]
-        connection = Connection(channels[index], channels[index + 1], header, stage.properties, stream=stream)
+        inbox, outbox = inboxes[index], outboxes[index]
+        connection = Connection(inbox, outbox, header, stage.properties, stream=stream)
         try:
             stage.spec.gadget(connection)
-            for leftover in channels[index]:
-                channels[index + 1].put(leftover)
-            channels[index + 1].close()
+            for leftover in inbox:
+                outbox.put(leftover)
+            outbox.close()
         except StreamCancelledError:
             return
         except Exception as exc:  # a gadget's error ends its stream, never the process (logged with traceback)
             log.exception("%s: gadget '%s' (%s) failed", stream, stage.name, stage.spec.classname)
             fail(f"gadget '{stage.name}' ({stage.spec.classname})", exc)
 
-    feeder = threading.Thread(target=feed, name=f"{stream}:input", daemon=True)
     workers = [
         threading.Thread(target=run_stage, args=(i,), name=f"{stream}:{s.name}", daemon=True)
         for i, s in enumerate(chain.stages)
     ]
-    feeder.start()
     for worker in workers:
         worker.start()
     try:
-        for item in channels[-1]:
-            sink(item)
-            if flush is not None and channels[-1].empty():
-                flush()
-    except BaseException:
-        cancelled.set()
-        raise
-    finally:
-        if failures:
-            cancelled.set()
         for worker in workers:
             worker.join()
+    finally:
         cancelled.set()
-        feeder.join(timeout=1.0)
+        for worker in workers:
+            worker.join()
+    if output.error is not None:
+        raise output.error
     if failures:
         raise StreamError(failures[0])

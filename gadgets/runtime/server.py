@@ -1,12 +1,15 @@
 """The MRD TCP server: one thread and one pipeline per connection; no bad stream stops it."""
 
+import io
 import itertools
 import logging
+import select
 import socket
 import socketserver
 import threading
+from collections.abc import Callable
 from pathlib import Path
-from typing import BinaryIO, cast
+from typing import Any, BinaryIO, cast
 
 from gadgets.runtime.session import serve_stream
 
@@ -15,16 +18,37 @@ log = logging.getLogger(__name__)
 DEFAULT_PORT = 9002
 
 
+class _PauseAwareSocketReader(io.RawIOBase):
+    """Socket input that calls ``before_blocking_read`` (the reply's flush) when the client has paused.
+
+    Replies are written through a buffer; flushing whenever no input is waiting sends them as soon as the scanner
+    pauses, and costs one flush per burst instead of one per item at full rate.
+    """
+
+    def __init__(self, sock: socket.socket) -> None:
+        self._sock = sock
+        self.before_blocking_read: Callable[[], None] | None = None
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        if self.before_blocking_read is not None and not select.select([self._sock], [], [], 0)[0]:
+            self.before_blocking_read()
+        return self._sock.recv_into(buffer)
+
+
 class _Handler(socketserver.StreamRequestHandler):
     """Serves one client connection."""
 
     server: "MrdServer"
-    wbufsize = 1 << 16  # socketserver's default (0) writes every small header piece as its own packet
-    rbufsize = 1 << 16
+    wbufsize = 1 << 20  # socketserver's default (0) writes every small header piece as its own packet
+    rbufsize = 1 << 20
 
     def setup(self) -> None:
         super().setup()
         self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.rfile = io.BufferedReader(_PauseAwareSocketReader(self.connection), self.rbufsize)
 
     def handle(self) -> None:
         stream = f"client {self.client_address[0]}:{self.client_address[1]} #{next(self.server.counter)}"

@@ -68,6 +68,9 @@ def serve_stream(
     True if the stream completed without error.
     """
     reply = ReplyWriter(wfile)
+    before_blocking_read = getattr(getattr(rfile, "raw", None), "before_blocking_read", False)
+    if before_blocking_read is None:  # a socket reader that can tell us when the client pauses
+        rfile.raw.before_blocking_read = reply.flush  # type: ignore[attr-defined]
     journal = None
     ok = False
     try:
@@ -79,9 +82,10 @@ def serve_stream(
         log.info("%s: protocol '%s' through chain '%s' (%s)", stream, protocol, chain.name, chain.source)
         items = data_messages(start, messages)
         if journal_dir is not None:
-            journal = Journal(journal_dir, start.header.toXML(), protocol or "unnamed")
+            journal = _open_journal(journal_dir, start.header.toXML(), protocol or "unnamed", reply, stream)
+        if journal is not None:
             items = journal.record(items)
-        run_chain(chain, start.header, items, reply.send, stream=stream, flush=reply.flush)
+        run_chain(chain, start.header, items, reply.send, stream=stream)
         ok = True
     except (ProtocolError, ChainError, StreamError) as exc:
         log.error("%s: %s", stream, exc)  # noqa: TRY400 - the traceback was logged where it happened
@@ -96,6 +100,19 @@ def serve_stream(
         except OSError as exc:
             log.warning("%s: could not send CLOSE, client gone: %s", stream, exc)
     return ok
+
+
+def _open_journal(directory: Path, header_xml: str, protocol: str, reply: ReplyWriter, stream: str) -> Journal | None:
+    """Return a journal for the stream, or None after warning log and client that it cannot be written.
+
+    The scan still gets reconstructed: losing the safety copy is better than losing the images.
+    """
+    try:
+        return Journal(directory, header_xml, protocol)
+    except OSError as exc:
+        log.error("%s: cannot journal to %s, continuing without: %s", stream, directory, exc)  # noqa: TRY400
+        reply.text(f"WARNING the server cannot journal this stream to {directory}: {exc}")
+        return None
 
 
 def _send_error(reply: ReplyWriter, stream: str, message: str) -> None:

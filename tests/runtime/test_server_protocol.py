@@ -7,6 +7,7 @@ import random
 import socket
 import struct
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -194,7 +195,9 @@ def test_nul_terminated_config_header_and_text_are_accepted(server: MrdServer, s
 # ---------------------------------------------------------------------------------------------------- 3. TEXT
 
 
-@pytest.mark.parametrize("text", ['{"customconfig": "x"}', "[1, 2]", "not json at all", ""])
+@pytest.mark.parametrize(
+    "text", ['{"customconfig": "x"}', "[1, 2]", "not json at all", ""], ids=["json", "json-list", "not-json", "empty"]
+)
 def test_text_between_header_and_data_is_accepted(server: MrdServer, scan: tuple, text: str) -> None:
     header, items = scan
     reply = exchange(server.port, serialize(ConfigFile("passthrough"), header, text, *items[:20]))
@@ -250,7 +253,7 @@ def test_a_client_mid_stream_does_not_block_another(server: MrdServer, scan: tup
 
 
 def _garbage(header: Any, items: list) -> bytes:
-    return random.Random(0).randbytes(4096)
+    return random.Random(0).randbytes(4096)  # noqa: S311 - fixed garbage, not crypto
 
 
 def _unknown_id(header: Any, items: list) -> bytes:
@@ -295,18 +298,29 @@ def _invalid_utf8_text(header: Any, items: list) -> bytes:
 @pytest.mark.parametrize(
     ("build", "expected"),
     [
-        (_garbage, ("ERROR unreadable message: Unknown MessageID: 1997",)),
-        (_unknown_id, ("ERROR unreadable message: Unknown MessageID: 999",)),
-        (_truncated, ("ERROR unreadable message", "ERROR the stream ended in the middle of a message")),
-        (_broken_header, ("ERROR the ISMRMRD header does not parse",)),
-        (_huge_length, ("ERROR a message asks for 4294967295 bytes",)),
-        (_no_close, ("ERROR input failed: ProtocolError: the stream ended in the middle of a message or without",)),
-        (_unknown_chain, ("ERROR no chain 'no_such_chain'",)),
-        (_bad_chain_text, ("ERROR config text: malformed XML",)),
-        (_header_first, ("ERROR expected a CONFIG_FILE or CONFIG_TEXT message first, got ismrmrdHeader",)),
-        (_invalid_utf8_text, ("ERROR unreadable message",)),
+        pytest.param(_garbage, ("ERROR unreadable message: Unknown MessageID: 1997",), id="garbage"),
+        pytest.param(_unknown_id, ("ERROR unreadable message: Unknown MessageID: 999",), id="unknown-id"),
+        pytest.param(
+            _truncated,
+            ("ERROR unreadable message", "ERROR the stream ended in the middle of a message"),
+            id="truncated-acquisition",
+        ),
+        pytest.param(_broken_header, ("ERROR the ISMRMRD header does not parse",), id="broken-header"),
+        pytest.param(_huge_length, ("ERROR a message asks for 4294967295 bytes",), id="4GB-length"),
+        pytest.param(
+            _no_close,
+            ("ERROR input failed: ProtocolError: the stream ended in the middle of a message or without CLOSE",),
+            id="no-close",
+        ),
+        pytest.param(_unknown_chain, ("ERROR no chain 'no_such_chain'",), id="unknown-chain"),
+        pytest.param(_bad_chain_text, ("ERROR config text: malformed XML",), id="malformed-chain-xml"),
+        pytest.param(
+            _header_first,
+            ("ERROR expected a CONFIG_FILE or CONFIG_TEXT message first, got ismrmrdHeader",),
+            id="header-before-config",
+        ),
+        pytest.param(_invalid_utf8_text, ("ERROR unreadable message",), id="invalid-utf8-text"),
     ],
-    ids=lambda v: v.__name__.strip("_") if callable(v) else "",
 )
 def test_bad_stream_gets_error_then_close_and_server_survives(
     server: MrdServer, scan: tuple, few: list, build: Any, expected: tuple[str, ...]
@@ -326,6 +340,14 @@ def test_header_error_says_header_and_chain_error_names_the_chain(server: MrdSer
     (chain_error,) = errors(exchange(server.port, _unknown_chain(header, items)))
     assert "no_such_chain" in chain_error
     assert "passthrough" in chain_error  # lists the shipped chains
+
+
+def wait_for_handlers_to_end() -> None:
+    """Wait until every server connection thread (socketserver's process_request_thread) has returned."""
+    deadline = time.monotonic() + TIMEOUT_S
+    while any("process_request_thread" in t.name for t in threading.enumerate()):
+        assert time.monotonic() < deadline, "a server connection thread is still running"
+        time.sleep(0.02)
 
 
 @pytest.mark.parametrize("abort", ["close", "reset"])
@@ -383,6 +405,55 @@ def test_gadget_error_names_gadget_and_reason_then_good_client(server: MrdServer
     assert "slice 0: no readouts for phases [1] in 'set'" in error
     assert [m for m in reply if isinstance(m, ismrmrd.Image)] == []  # slice 0 failed first; nothing after it
     assert_passthrough_works(server.port, header, few)
+
+
+# A chain that ends without an output gadget: its SliceBuffer cannot be serialized to the client.
+BUFFER_ONLY_CHAIN = """<?xml version="1.0" encoding="utf-8"?>
+<configuration>
+  <version>2</version>
+  <stream>
+    <gadget>
+      <name>Buffer</name><dll>qmri</dll><classname>AcquisitionBufferGadget</classname>
+      <property name="trigger" value="end_of_stream"/>
+    </gadget>
+  </stream>
+</configuration>
+"""
+
+
+@pytest.mark.parametrize(
+    ("config", "data", "names"),
+    [
+        pytest.param(ConfigText(BUFFER_ONLY_CHAIN), "readouts", "SliceBuffer", id="chain-without-output-gadget"),
+        pytest.param(ConfigFile("passthrough"), "ndarray", "ndarray", id="ndarray-through-passthrough"),
+    ],
+)
+def test_output_the_protocol_cannot_carry_gets_an_error(
+    server: MrdServer, scan: tuple, few: list, config: Any, data: str, names: str
+) -> None:
+    """ReplyWriter.send raises TypeError with a message for the client; the client must receive it as ERROR."""
+    header, items = scan
+    payload = items[:20] if data == "readouts" else [np.zeros((2, 3), dtype=np.float32)]
+    reply = exchange(server.port, serialize(config, header, *payload))
+    assert len(errors(reply)) == 1, f"the client got CLOSE without an ERROR: {texts(reply)}"
+    assert reply[-1] == errors(reply)[0]
+    assert names in reply[-1]
+    assert_passthrough_works(server.port, header, few)
+
+
+def test_journal_that_cannot_be_written_is_not_a_silent_empty_reply(tmp_path: Path, scan: tuple) -> None:
+    """A journal directory that cannot be created: the client gets its data or an ERROR, never just CLOSE."""
+    header, items = scan
+    not_a_dir = tmp_path / "journal"
+    not_a_dir.write_text("a file where the journal directory should be")
+    server = MrdServer("127.0.0.1", 0, journal_dir=not_a_dir)
+    server.start_in_background()
+    try:
+        reply = exchange(server.port, serialize(ConfigFile("passthrough"), header, *items[:20]))
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert acquisitions(reply) or errors(reply), f"the client got nothing but CLOSE: {reply}"
 
 
 # ---------------------------------------------------------------------------------------------------- 8. journal
