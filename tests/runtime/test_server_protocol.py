@@ -2,12 +2,14 @@
 clients, bad streams (each followed by a good client on the same server), gadget failures and the journal."""
 
 import contextlib
+import gc
 import io
 import random
 import socket
 import struct
 import threading
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
