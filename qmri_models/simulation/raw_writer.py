@@ -167,12 +167,13 @@ def write_raw(path: Path, settings: ScanSettings, slices: list[SimulatedSlice], 
 
     Parameters
     ----------
-    path : Output file; replaced if it exists.
+    path : Output file; replaced if it exists, its folder created if missing.
     settings : The settings the slices were simulated with.
     slices : The simulated slices, in slice order.
     group : ISMRMRD dataset group name.
     """
     path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     path.unlink(missing_ok=True)
     readouts = _readouts(settings, slices)
     with h5py.File(path, "w") as f:
