@@ -48,10 +48,6 @@ class Channel:
         """Mark the end of the items."""
         self.put(_END)
 
-    def empty(self) -> bool:
-        """Return whether no item is waiting right now."""
-        return self._queue.empty()
-
     def __iter__(self) -> Iterator[Any]:
         while not self._ended:
             try:
