@@ -244,12 +244,15 @@ def run_chain(
     for worker in workers:
         worker.start()
     try:
-        for worker in workers:
-            worker.join()
+        while not cancelled.is_set() and any(worker.is_alive() for worker in workers):
+            workers[-1].join(timeout=_POLL_S)
     finally:
         cancelled.set()
-        for worker in workers:
+        for worker in workers[1:]:
             worker.join()
+        # The first gadget may sit in a read of a paused client: the failure is reported now, not when the client
+        # sends again; its thread ends at its next item or when the connection closes.
+        workers[0].join(timeout=_POLL_S)
     if output.error is not None:
         raise output.error
     if failures:

@@ -1,5 +1,6 @@
 """The MRD TCP server: one thread and one pipeline per connection; no bad stream stops it."""
 
+import contextlib
 import io
 import itertools
 import logging
@@ -55,6 +56,8 @@ class _Handler(socketserver.StreamRequestHandler):
         log.info("%s: connected", stream)
         rfile, wfile = cast(BinaryIO, self.rfile), cast(BinaryIO, self.wfile)
         serve_stream(rfile, wfile, stream=stream, journal_dir=self.server.journal_dir)
+        with contextlib.suppress(OSError):  # wakes a gadget thread still blocked reading a failed stream
+            self.connection.shutdown(socket.SHUT_RDWR)
         log.info("%s: closed", stream)
 
 

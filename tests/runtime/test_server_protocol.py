@@ -24,7 +24,8 @@ from tests.conftest import raw_header_and_items
 
 TIMEOUT_S = 30.0
 CHAINS_DIR = Path(__file__).resolve().parents[2] / "chains"
-CONFIG_FILE, CONFIG_TEXT, HEADER, TEXT, ACQUISITION = 1, 2, 3, 5, 1008
+CONFIG_FILE, CONFIG_TEXT, HEADER, CLOSE, TEXT = 1, 2, 3, 4, 5
+IDLE_WAIT_S = 3.0
 
 # Buffer phases by idx.set, recon each slice when its ACQ_LAST_IN_SLICE readout arrives.
 GAP_CHAIN = """<?xml version="1.0" encoding="utf-8"?>
@@ -70,7 +71,7 @@ def length_frame(message_id: int, text: str, *, nul: bool = False) -> bytes:
 
 
 def close_frame() -> bytes:
-    return struct.pack("<H", 4)
+    return struct.pack("<H", CLOSE)
 
 
 def _send(sock: socket.socket, payload: bytes, barrier: threading.Barrier | None) -> None:
@@ -417,6 +418,28 @@ def test_gadget_error_names_gadget_and_reason_then_good_client(server: MrdServer
     assert_passthrough_works(server.port, header, few)
 
 
+def test_gadget_error_reaches_a_client_that_waits(server: MrdServer, scan: tuple) -> None:
+    """The failing gadget is not the one reading the socket; the client sent slice 0 and waits for its result.
+
+    The server knows the stream failed as soon as slice 0 is buffered: the ERROR must not wait for more input.
+    """
+    header, items = scan
+    sent, before_failure = _phase_gap(items)
+    reader = "<gadget><name>First</name><dll>qmri</dll><classname>PassThroughGadget</classname></gadget>"
+    chain = GAP_CHAIN.replace("<stream>", f"<stream>{reader}")
+    with (
+        socket.create_connection(("127.0.0.1", server.port), timeout=IDLE_WAIT_S) as sock,
+        sock.makefile("rb") as rfile,
+    ):
+        sock.sendall(serialize(ConfigText(chain), header, *sent[:before_failure], close=False))
+        try:
+            reply = list(read_messages(rfile))
+        except TimeoutError:
+            pytest.fail(f"no ERROR within {IDLE_WAIT_S} s although slice 0 failed; the server waits for more input")
+    (error,) = errors(reply)
+    assert error.startswith("ERROR gadget 'Buffer' (AcquisitionBufferGadget) failed: ValueError: ")
+
+
 # A chain that ends without an output gadget: its SliceBuffer cannot be serialized to the client.
 BUFFER_ONLY_CHAIN = """<?xml version="1.0" encoding="utf-8"?>
 <configuration>
@@ -464,6 +487,8 @@ def test_journal_that_cannot_be_written_is_not_a_silent_empty_reply(tmp_path: Pa
         server.shutdown()
         server.server_close()
     assert acquisitions(reply) or errors(reply), f"the client got nothing but CLOSE: {reply}"
+    if not errors(reply):
+        assert_same_acquisitions(acquisitions(reply), items[:20])
 
 
 # ---------------------------------------------------------------------------------------------------- 8. journal
