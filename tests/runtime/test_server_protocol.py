@@ -438,6 +438,8 @@ def test_gadget_error_reaches_a_client_that_waits(server: MrdServer, scan: tuple
             pytest.fail(f"no ERROR within {IDLE_WAIT_S} s although slice 0 failed; the server waits for more input")
     (error,) = errors(reply)
     assert error.startswith("ERROR gadget 'Buffer' (AcquisitionBufferGadget) failed: ValueError: ")
+    (path,) = journal_files(server)  # closed before CLOSE was sent, while the reader may still wait for input
+    assert_same_acquisitions(read_journal(path), sent[:before_failure])
 
 
 # A chain that ends without an output gadget: its SliceBuffer cannot be serialized to the client.
