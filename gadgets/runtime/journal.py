@@ -53,7 +53,9 @@ class Journal:
             yield item
 
     def flush(self) -> None:
-        """Write what is pending and flush the file to disk."""
+        """Write what is pending and flush the file to disk (nothing once closed: a failed stream's reader may lag)."""
+        if not self._file.id.valid:
+            return
         append_rows(self._group, "data", acquisition_rows(self._acquisitions))
         append_rows(self._group, "waveforms", waveform_rows(self._waveforms))
         self._acquisitions.clear()

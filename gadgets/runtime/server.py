@@ -60,6 +60,14 @@ class _Handler(socketserver.StreamRequestHandler):
             self.connection.shutdown(socket.SHUT_RDWR)
         log.info("%s: closed", stream)
 
+    def finish(self) -> None:
+        try:
+            super().finish()
+        except OSError as exc:  # the client left; serve_stream has logged it, socketserver would print a traceback
+            log.debug("closing a connection whose client left: %s", exc)
+            with contextlib.suppress(OSError):
+                self.rfile.close()
+
 
 class MrdServer(socketserver.ThreadingTCPServer):
     """A threaded MRD server; ``serve_forever`` until ``shutdown``."""
