@@ -5,7 +5,7 @@ Used by the TCP server (one session per connection) and by stream mode (stdin to
 
 import logging
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 from gadgets.runtime.chain import Chain, ChainError, parse_chain, resolve_chain
 from gadgets.runtime.journal import Journal
@@ -68,9 +68,9 @@ def serve_stream(
     True if the stream completed without error.
     """
     reply = ReplyWriter(wfile)
-    before_blocking_read = getattr(getattr(rfile, "raw", None), "before_blocking_read", False)
-    if before_blocking_read is None:  # a socket reader that can tell us when the client pauses
-        rfile.raw.before_blocking_read = reply.flush  # type: ignore[attr-defined]
+    raw: Any = getattr(rfile, "raw", None)
+    if hasattr(raw, "before_blocking_read"):  # the server's socket reader: flush replies whenever the client pauses
+        raw.before_blocking_read = reply.flush
     journal = None
     ok = False
     try:
