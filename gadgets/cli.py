@@ -18,7 +18,8 @@ def _serve(args: argparse.Namespace) -> int:
     registered_gadgets()  # import the gadgets (sigpy, torch) now, not on the first scanner's connection
     if args.journal is not None:
         args.journal.mkdir(parents=True, exist_ok=True)  # a journal that cannot be written fails here, at start
-    with MrdServer(args.host, args.port, journal_dir=args.journal) as server:
+    args.output.mkdir(parents=True, exist_ok=True)
+    with MrdServer(args.host, args.port, journal_dir=args.journal, output_dir=args.output) as server:
         log.info(
             "serving MRD on %s:%d%s", args.host, server.port, f", journal in {args.journal}" if args.journal else ""
         )
@@ -42,7 +43,7 @@ def _stream(args: argparse.Namespace) -> int:
     from gadgets.runtime.session import serve_stream
 
     chain = resolve_chain(args.chain)
-    ok = serve_stream(sys.stdin.buffer, sys.stdout.buffer, stream="stdin", chain=chain)
+    ok = serve_stream(sys.stdin.buffer, sys.stdout.buffer, stream="stdin", chain=chain, output_dir=args.output)
     return 0 if ok else 1
 
 
@@ -120,6 +121,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=9002)
     p.add_argument("--journal", type=Path, help="write every incoming stream to an ISMRMRD file in this directory")
+    p.add_argument(
+        "--output", type=Path, default=Path("qmri_output"), help="folder for files the chains write (DICOM, outbox)"
+    )
     p.set_defaults(run=_serve)
 
     p = sub.add_parser("replay", help="run an ISMRMRD raw file through a chain")
@@ -132,6 +136,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("stream", help="MRD byte stream on stdin through a chain, reply stream on stdout")
     p.add_argument("--chain", required=True, help="shipped chain name or chain XML file")
+    p.add_argument(
+        "--output", type=Path, default=Path("qmri_output"), help="folder for files the chain writes (DICOM, outbox)"
+    )
     p.set_defaults(run=_stream)
 
     p = sub.add_parser("simulate", help="write a simulated multi-phase raw file with its truth")

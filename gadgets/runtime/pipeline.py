@@ -11,6 +11,7 @@ import threading
 import xml.etree.ElementTree as ET
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Protocol
 
 from gadgets.runtime.chain import Chain
@@ -69,7 +70,14 @@ class Connection:
     """
 
     def __init__(
-        self, inbox: Iterable[Any], outbox: "Outbox", header: Any, parameters: dict[str, str], *, stream: str
+        self,
+        inbox: Iterable[Any],
+        outbox: "Outbox",
+        header: Any,
+        parameters: dict[str, str],
+        *,
+        stream: str,
+        output_dir: Path,
     ) -> None:
         self._inbox = inbox
         self._outbox = outbox
@@ -77,6 +85,8 @@ class Connection:
         self.header = header
         self.parameters = dict(parameters)
         self.stream = stream
+        self.output_dir = output_dir
+        """Where gadgets that write files (DICOM) put them: the replay's output folder, the server's ``--output``."""
         self.config = ET.Element("configuration")
         for name, value in self.parameters.items():
             ET.SubElement(self.config, "property", name=name, value=value)
@@ -183,6 +193,7 @@ def run_chain(
     *,
     stream: str = "stream",
     queue_size: int = 64,
+    output_dir: Path | None = None,
 ) -> None:
     """Run ``items`` through the chain, handing everything the last gadget sends to ``sink``.
 
@@ -197,6 +208,7 @@ def run_chain(
     sink : Called with each output item, in order, from the last gadget's thread.
     stream : Name of the stream for logs.
     queue_size : Items each queue between two gadgets holds before its producer waits.
+    output_dir : Folder for files that gadgets write (``connection.output_dir``); the working directory if None.
 
     Raises
     ------
@@ -225,7 +237,9 @@ def run_chain(
     def run_stage(index: int) -> None:
         stage = chain.stages[index]
         inbox, outbox = inboxes[index], outboxes[index]
-        connection = Connection(inbox, outbox, header, stage.properties, stream=stream)
+        connection = Connection(
+            inbox, outbox, header, stage.properties, stream=stream, output_dir=output_dir or Path.cwd()
+        )
         try:
             stage.spec.gadget(connection)
             for leftover in inbox:

@@ -11,7 +11,12 @@ from typing import Any, Protocol
 
 from gadgets.runtime.config import GadgetConfig
 
-GADGET_MODULES = ("gadgets.basic", "gadgets.buffering", "gadgets.recon", "gadgets.output")
+GADGET_MODULES = (
+    "gadgets.basic",
+    "gadgets.buffering",
+    "gadgets.recon",
+    "gadgets.output",
+)
 """Modules whose gadgets are registered; importing them fills the registry."""
 
 

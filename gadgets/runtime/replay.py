@@ -75,7 +75,7 @@ def replay(raw: Path, chain: Chain, out_dir: Path, *, group: str = "dataset", pr
             raw_items(f[group]), total=n_readouts, unit="readout", desc=f"replay {Path(raw).name}", disable=not progress
         )
         with OutputFile(out, header_xml, group=group) as output:
-            run_chain(chain, header, items, output.write, stream=f"replay {raw}")
+            run_chain(chain, header, items, output.write, stream=f"replay {raw}", output_dir=Path(out_dir))
     summary = ", ".join(f"{n} {key}" for key, n in sorted(output.counts.items())) or "nothing"
     log.info("replay of %s through '%s' wrote %s to %s", raw, chain.name, summary, out)
     for text in output.texts:

@@ -55,7 +55,9 @@ class _Handler(socketserver.StreamRequestHandler):
         stream = f"client {self.client_address[0]}:{self.client_address[1]} #{next(self.server.counter)}"
         log.info("%s: connected", stream)
         rfile, wfile = cast(BinaryIO, self.rfile), cast(BinaryIO, self.wfile)
-        serve_stream(rfile, wfile, stream=stream, journal_dir=self.server.journal_dir)
+        serve_stream(
+            rfile, wfile, stream=stream, journal_dir=self.server.journal_dir, output_dir=self.server.output_dir
+        )
         with contextlib.suppress(OSError):  # wakes a gadget thread still blocked reading a failed stream
             self.connection.shutdown(socket.SHUT_RDWR)
         log.info("%s: closed", stream)
@@ -75,8 +77,16 @@ class MrdServer(socketserver.ThreadingTCPServer):
     daemon_threads = True
     allow_reuse_address = True
 
-    def __init__(self, host: str = "127.0.0.1", port: int = DEFAULT_PORT, *, journal_dir: Path | None = None) -> None:
+    def __init__(
+        self,
+        host: str = "127.0.0.1",
+        port: int = DEFAULT_PORT,
+        *,
+        journal_dir: Path | None = None,
+        output_dir: Path | None = None,
+    ) -> None:
         self.journal_dir = journal_dir
+        self.output_dir = output_dir
         self.counter = itertools.count(1)
         if ":" in host:
             self.address_family = socket.AF_INET6

@@ -52,6 +52,7 @@ def serve_stream(
     stream: str,
     journal_dir: Path | None = None,
     chain: Chain | None = None,
+    output_dir: Path | None = None,
 ) -> bool:
     """Serve one MRD stream: errors go to the client as TEXT starting with ``ERROR``, and CLOSE is always sent.
 
@@ -62,6 +63,7 @@ def serve_stream(
     stream : Name of the stream for logs (client address and number).
     journal_dir : Where to journal the incoming stream, if anywhere.
     chain : Run this chain whatever the client's config message names (stream mode's ``--chain``).
+    output_dir : Folder for files the gadgets write (DICOM); the working directory if None.
 
     Returns
     -------
@@ -85,7 +87,7 @@ def serve_stream(
             journal = _open_journal(journal_dir, start.header.toXML(), protocol or "unnamed", reply, stream)
         if journal is not None:
             items = journal.record(items)
-        run_chain(chain, start.header, items, reply.send, stream=stream)
+        run_chain(chain, start.header, items, reply.send, stream=stream, output_dir=output_dir)
         ok = True
     except (ProtocolError, ChainError, StreamError) as exc:
         log.error("%s: %s", stream, exc)  # noqa: TRY400 - the traceback was logged where it happened
