@@ -7,7 +7,7 @@ import h5py
 import ismrmrd
 import numpy as np
 
-from qmri_models.metrics import nrmse
+from qmri_models.metrics import TissueScore, nrmse, score_map_per_tissue
 from qmri_models.simulation.raw_writer import TRUTH_GROUP
 
 
@@ -19,6 +19,12 @@ class PhaseScore:
     phase: int
     prep_time_ms: float
     nrmse: float
+
+
+def series_in(images_file: Path, *, group: str = "dataset") -> set[int]:
+    """Return the ``image_series_index`` of every series an MRD images file holds."""
+    with ismrmrd.Dataset(str(images_file), group, create_if_needed=False) as dataset:
+        return {int(name.removeprefix("image_")) for name in dataset.list() if name.startswith("image_")}
 
 
 def read_series(images_file: Path, series: int, *, group: str = "dataset") -> tuple[np.ndarray, list[ismrmrd.Image]]:
@@ -66,4 +72,48 @@ def score_phase_images(out_dir: Path, raw: Path, *, series: int = 1) -> list[Pha
     for pixels, image in zip(data, images, strict=True):
         s, p = int(image.slice), int(image.set)
         scores.append(PhaseScore(s, p, float(prep[p]), nrmse(pixels, truth[s, p], labels[s] > 0)))
+    return scores
+
+
+TRUTH_MAPS = {"T1": "t1_ms", "T2": "t2_ms"}
+"""The truth dataset of each map's ``GADGETRON_DataRole``."""
+
+
+@dataclass(frozen=True)
+class MapScores:
+    """Scores of one slice's map against the truth, per tissue class."""
+
+    slice: int
+    map_name: str
+    tissues: list[TissueScore]
+
+
+def score_maps(out_dir: Path, raw: Path, *, series: int = 11) -> list[MapScores]:
+    """Return per-tissue MAPE, NRMSE and SSIM of every slice's map in a replay against the raw file's truth.
+
+    Parameters
+    ----------
+    out_dir : Replay output directory (holding images.h5).
+    raw : The simulated raw file (holding /truth).
+    series : Series of the maps (its images' ``GADGETRON_DataRole`` says T1 or T2).
+
+    Returns
+    -------
+    One entry per slice.
+    """
+    data, images = read_series(Path(out_dir) / "images.h5", series)
+    with h5py.File(raw, "r") as f:
+        if TRUTH_GROUP not in f:
+            raise ValueError(f"{raw}: no /{TRUTH_GROUP} group; only simulated raw files can be scored")
+        truth_group = f[TRUTH_GROUP]
+        labels = truth_group["labels"][:]
+        names = [str(n) for n in truth_group.attrs["label_names"]]
+        truths = {role: truth_group[key][:] for role, key in TRUTH_MAPS.items()}
+    scores = []
+    for values, image in zip(data, images, strict=True):
+        role = ismrmrd.Meta.deserialize(image.attribute_string).get("GADGETRON_DataRole", "")
+        if role not in truths:
+            raise ValueError(f"series {series} holds {role!r} images; only {', '.join(TRUTH_MAPS)} maps can be scored")
+        s = int(image.slice)
+        scores.append(MapScores(s, role, score_map_per_tissue(values, truths[role][s], labels[s], names)))
     return scores

@@ -8,6 +8,8 @@ from dataclasses import dataclass, field
 import ismrmrd
 import numpy as np
 
+from qmri_models.fitting.maps import SliceMaps
+
 
 @dataclass
 class SliceBuffer:
@@ -47,3 +49,20 @@ class PhaseImages:
     """Field of view ``(x, y, z)`` in mm."""
     sens: np.ndarray | None = field(default=None, repr=False)
     """Coil sensitivities used. Shape `(coils, y, x)` complex64, or None."""
+
+
+@dataclass
+class MapImages:
+    """Parametric maps of one slice with their SD maps, fitted from its phase images."""
+
+    maps: SliceMaps = field(repr=False)
+    """Maps and SD maps by name (``T1``, ``T2`` ...), units, fit mask."""
+    primary_map: str
+    """The map the chain is for (``T1`` or ``T2``)."""
+    model: str
+    """Signal model that was fitted (``molli``, ``t2prep`` ...)."""
+    slice: int
+    references: list[ismrmrd.Acquisition] = field(repr=False)
+    """First readout of every phase, for geometry."""
+    field_of_view_mm: tuple[float, float, float]
+    """Field of view ``(x, y, z)`` in mm."""

@@ -5,7 +5,7 @@ from dataclasses import dataclass
 import ismrmrd
 import numpy as np
 
-from gadgets.items import PhaseImages
+from gadgets.items import MapImages, PhaseImages
 from gadgets.runtime.config import GadgetConfig, prop
 from gadgets.runtime.registry import GadgetConnection, register
 
@@ -74,3 +74,90 @@ def phase_images_to_mrd(item: PhaseImages, config: ImageSeriesConfig) -> list[is
         image.attribute_string = meta.serialize()
         images.append(image)
     return images
+
+
+@dataclass(frozen=True)
+class MapSeriesConfig(GadgetConfig):
+    """Properties of MapSeriesGadget."""
+
+    map_series_index: int = prop(11, "image_series_index of the map (Gadgetron's mapping gadgets use 11)", minimum=0)
+    sd_series_index: int = prop(12, "image_series_index of its SD map (Gadgetron's mapping gadgets use 12)", minimum=0)
+    send_sd: bool = prop(True, "send the SD map series")
+    window_center: float = prop(0.0, "window centre of the map in its unit (0: from the map's 1st-99th percentile)")
+    window_width: float = prop(0.0, "window width of the map in its unit (0: from the map's 1st-99th percentile)")
+
+
+@register("MapSeriesGadget", MapSeriesConfig)
+def map_series(connection: GadgetConnection) -> None:
+    """Send each slice's primary map and its SD map as float ismrmrd.Images in their series, meta as Gadgetron's."""
+    config = MapSeriesConfig.from_connection(connection)
+    for item in connection:
+        if isinstance(item, MapImages):
+            for image in map_images_to_mrd(item, config):
+                connection.send(image)
+        else:
+            connection.send(item)
+
+
+def map_images_to_mrd(item: MapImages, config: MapSeriesConfig) -> list[ismrmrd.Image]:
+    """Return the map image and (when asked) its SD image of one slice.
+
+    Values are in the map's unit (ms for T1 and T2) as float32, zero outside the fit mask. Meta, as Gadgetron's
+    mapping gadgets: ``GADGETRON_DataRole`` (``T1`` / ``T1SD``), ``GADGETRON_SeqDescription``,
+    ``GADGETRON_ImageComment``, ``GADGETRON_WindowCenter`` / ``GADGETRON_WindowWidth``, ``DataRole=Quantitative``
+    (scanner-side converters must not rescale) and ``Units``.
+
+    Parameters
+    ----------
+    item : The slice's maps.
+    config : Series properties.
+
+    Returns
+    -------
+    The map image, then the SD image.
+    """
+    name = item.primary_map
+    unit = item.maps.units[name]
+    values, sds, mask = item.maps.values[name], item.maps.sds[name], item.maps.mask
+    window = _window(values[mask], config.window_center, config.window_width)
+    images = [_map_image(item, values, config.map_series_index, name, f"{name} map ({unit}), {item.model} fit", window)]
+    if config.send_sd:
+        sd_window = _window(sds[mask], 0.0, 0.0)
+        comment = f"{name} standard deviation ({unit}) from the fit residual"
+        images.append(_map_image(item, sds, config.sd_series_index, f"{name}SD", comment, sd_window))
+    return images
+
+
+def _window(values: np.ndarray, center: float, width: float) -> tuple[float, float]:
+    """Return ``(center, width)``: the given ones, else the 1st to 99th percentile of ``values``."""
+    if width > 0:
+        return center, width
+    if values.size == 0:
+        return 0.0, 1.0
+    low, high = np.percentile(values, [1, 99])
+    return float(high + low) / 2, max(float(high - low), 1e-6)
+
+
+def _map_image(
+    item: MapImages, values: np.ndarray, series: int, role: str, comment: str, window: tuple[float, float]
+) -> ismrmrd.Image:
+    """Return one float map image of the slice with Gadgetron's mapping meta."""
+    image = ismrmrd.Image.from_array(values.astype(np.float32), acquisition=item.references[0], transpose=False)
+    image.image_type = ismrmrd.IMTYPE_MAGNITUDE
+    image.image_series_index = series
+    image.image_index = item.slice + 1
+    image.slice = item.slice
+    image.field_of_view[:] = item.field_of_view_mm
+    meta = ismrmrd.Meta(
+        {
+            "GADGETRON_DataRole": role,
+            "DataRole": "Quantitative",
+            "GADGETRON_SeqDescription": f"_{role}_MAP",
+            "GADGETRON_ImageComment": comment,
+            "Units": item.maps.units[item.primary_map],
+            "GADGETRON_WindowCenter": f"{window[0]:.6g}",
+            "GADGETRON_WindowWidth": f"{window[1]:.6g}",
+        }
+    )
+    image.attribute_string = meta.serialize()
+    return image

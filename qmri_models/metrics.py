@@ -1,6 +1,9 @@
 """Image quality metrics against a reference, inside a mask."""
 
+from dataclasses import dataclass
+
 import numpy as np
+from skimage.metrics import structural_similarity
 
 
 def nrmse(estimate: np.ndarray, reference: np.ndarray, mask: np.ndarray | None = None) -> float:
@@ -44,3 +47,59 @@ def normalised_cross_correlation(a: np.ndarray, b: np.ndarray) -> float:
     a = a.astype(np.float64).ravel() - a.mean()
     b = b.astype(np.float64).ravel() - b.mean()
     return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b)))
+
+
+@dataclass(frozen=True)
+class TissueScore:
+    """A map's error in one tissue class."""
+
+    tissue: str
+    n_pixels: int
+    median_ape_percent: float
+    """Median absolute percentage error, %."""
+    nrmse: float
+    ssim: float
+    """Mean structural similarity over the class's pixels (SSIM map of the whole tissue, data range of the truth)."""
+
+
+def score_map_per_tissue(
+    estimate: np.ndarray, truth: np.ndarray, labels: np.ndarray, label_names: list[str]
+) -> list[TissueScore]:
+    """Return the error of a parametric map in each tissue class (label 0, background, is skipped).
+
+    Parameters
+    ----------
+    estimate : Estimated map, e.g. T1 in ms. Shape `(y, x)`.
+    truth : True map in the same unit. Shape `(y, x)`.
+    labels : Tissue class of every pixel (index into ``label_names``). Shape `(y, x)` int.
+    label_names : Name of every class.
+
+    Returns
+    -------
+    One score per class present, in label order.
+    """
+    tissue = labels > 0
+    if not tissue.any():
+        raise ValueError("no tissue pixels (all labels are 0)")
+    ssim_map = structural_similarity(
+        np.where(tissue, truth, 0.0).astype(np.float64),
+        np.where(tissue, estimate, 0.0).astype(np.float64),
+        data_range=float(truth[tissue].max() - truth[tissue].min()) or 1.0,
+        full=True,
+    )[1]
+    scores = []
+    for index, name in enumerate(label_names):
+        pixels = labels == index
+        if index == 0 or not pixels.any():
+            continue
+        ape = 100.0 * np.abs(estimate[pixels] - truth[pixels]) / np.abs(truth[pixels])
+        scores.append(
+            TissueScore(
+                tissue=name,
+                n_pixels=int(pixels.sum()),
+                median_ape_percent=float(np.median(ape)),
+                nrmse=nrmse(estimate, truth, pixels),
+                ssim=float(ssim_map[pixels].mean()),
+            )
+        )
+    return scores

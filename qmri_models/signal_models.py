@@ -1,10 +1,20 @@
-"""Forward signal models of the preparation-based qMRI sequences.
+"""Signal models of the preparation-based qMRI sequences, each with its forward model and Jacobian.
 
-Times are in ms everywhere. Every function broadcasts: the preparation times carry the phase axis in
-front, the tissue parameters the image axes behind, e.g. ``ti_ms[:, None, None]`` against ``(y, x)`` maps.
+A model maps per-pixel parameters ``(..., n_params)`` and the phases' preparation times ``(phases,)`` in ms to the
+signal ``(..., phases)``; ``jacobian`` gives ``(..., phases, n_params)``. Models are torch code, so the fitter runs
+every pixel of a slice at once on CPU or CUDA; the simulator calls the same forward model through ``signal_array``,
+so what is simulated is what is fitted. Chains name a model by its ``name`` (``MODELS``).
+
+Every model also offers a variable-projection start: a grid over its nonlinear parameters with the amplitude solved
+in closed form at each grid point (``start``), and the maps a clinician reads (``maps``: T1, T2 ... in ms) with
+their standard deviation propagated from the parameter covariance.
 """
 
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+
 import numpy as np
+import torch
 
 MOLLI_TI_MS: tuple[float, ...] = (251.0, 400.0, 1251.0, 1400.0, 2251.0, 2400.0, 3251.0, 4251.0)
 """The 8 inversion times of the PUQ paper's MOLLI data, ms."""
@@ -12,22 +22,366 @@ MOLLI_TI_MS: tuple[float, ...] = (251.0, 400.0, 1251.0, 1400.0, 2251.0, 2400.0, 
 T2PREP_TE_MS: tuple[float, ...] = (0.0, 25.0, 35.0, 45.0, 65.0, 85.0, 105.0, 125.0)
 """The 8 T2-preparation durations of the PUQ paper's T2 data, ms."""
 
+IR_TI_MS: tuple[float, ...] = (50.0, 100.0, 250.0, 500.0, 850.0, 1500.0, 2500.0)
+"""The 7 inversion times of the qMRI Diffusor paper's IR-FSE protocol, ms."""
 
-def molli_signal(ti_ms: np.ndarray, a: np.ndarray, b: np.ndarray, t1_star_ms: np.ndarray) -> np.ndarray:
-    """Return the signed Look-Locker signal ``A - B exp(-TI / T1*)``.
+_GRID_SIZE = 96
+"""Points of the log-spaced grid over a relaxation time in the variable-projection start."""
+
+
+@dataclass(frozen=True)
+class Parameter:
+    """One fitted parameter: its name, unit, bounds, and whether it scales with the signal (an amplitude)."""
+
+    name: str
+    unit: str
+    lower: float
+    upper: float
+    amplitude: bool = False
+
+
+@dataclass(frozen=True)
+class MapOutput:
+    """A map a model reports per pixel: value and standard deviation. Shapes `(...)` like the fitted pixels."""
+
+    value: torch.Tensor
+    sd: torch.Tensor
+    unit: str
+
+
+class SignalModel(ABC):
+    """A signal model: forward signal, Jacobian, a start for the fit, and the maps it reports."""
+
+    name: str
+    """What chains call the model."""
+    parameters: tuple[Parameter, ...]
+    primary_map: str
+    """The map this model is for (``T1`` or ``T2``): the chain's map and SD series."""
+    signed: bool
+    """True when the model gives a signed signal, so magnitude data need their polarity restored before fitting."""
+
+    @abstractmethod
+    def signal(self, params: torch.Tensor, times_ms: torch.Tensor) -> torch.Tensor:
+        """Return the signal.
+
+        Parameters
+        ----------
+        params : Parameters in the order of ``parameters``. Shape `(..., n_params)`.
+        times_ms : Preparation time of every phase in ms. Shape `(phases,)`.
+
+        Returns
+        -------
+        Signal. Shape `(..., phases)`.
+        """
+
+    @abstractmethod
+    def jacobian(self, params: torch.Tensor, times_ms: torch.Tensor) -> torch.Tensor:
+        """Return the derivative of the signal by each parameter. Shape `(..., phases, n_params)`."""
+
+    @abstractmethod
+    def start(self, data: torch.Tensor, times_ms: torch.Tensor) -> torch.Tensor:
+        """Return starting parameters from a grid search with the amplitude solved in closed form.
+
+        Parameters
+        ----------
+        data : Measured signal (signed for signed models). Shape `(pixels, phases)`.
+        times_ms : Preparation times in ms. Shape `(phases,)`.
+
+        Returns
+        -------
+        Parameters. Shape `(pixels, n_params)`.
+        """
+
+    @abstractmethod
+    def maps(self, params: torch.Tensor, covariance: torch.Tensor) -> dict[str, MapOutput]:
+        """Return the reported maps with their SD from the parameter covariance (delta method).
+
+        Parameters
+        ----------
+        params : Fitted parameters. Shape `(pixels, n_params)`.
+        covariance : Their covariance. Shape `(pixels, n_params, n_params)`.
+
+        Returns
+        -------
+        Map name (``T1``, ``T2``, ``PD`` ...) to value and SD, each shape `(pixels,)`.
+        """
+
+    @property
+    def parameter_names(self) -> tuple[str, ...]:
+        """Names of the parameters in order."""
+        return tuple(p.name for p in self.parameters)
+
+    def bounds(self, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Return lower and upper bounds as tensors on ``like``'s device and dtype. Shapes `(n_params,)`."""
+        lower = torch.tensor([p.lower for p in self.parameters], dtype=like.dtype, device=like.device)
+        upper = torch.tensor([p.upper for p in self.parameters], dtype=like.dtype, device=like.device)
+        return lower, upper
+
+    def signal_array(self, times_ms: np.ndarray, **params: np.ndarray) -> np.ndarray:
+        """Return the signal for numpy parameter maps (the simulator's entry point).
+
+        Parameters
+        ----------
+        times_ms : Preparation times in ms. Shape `(phases,)`.
+        **params : One array per parameter name, all of one shape `(...)`.
+
+        Returns
+        -------
+        Signal, phases first. Shape `(phases, ...)` float64.
+        """
+        missing = set(self.parameter_names) - set(params)
+        if missing or len(params) != len(self.parameters):
+            raise ValueError(f"model {self.name} needs parameters {self.parameter_names}, got {tuple(params)}")
+        stacked = np.stack(np.broadcast_arrays(*(np.asarray(params[n], np.float64) for n in self.parameter_names)), -1)
+        out = self.signal(torch.from_numpy(stacked), torch.as_tensor(times_ms, dtype=torch.float64))
+        return np.moveaxis(out.numpy(), -1, 0)
+
+
+def _log_grid(low_ms: float, high_ms: float, like: torch.Tensor) -> torch.Tensor:
+    """Return ``_GRID_SIZE`` log-spaced relaxation times in ms. Shape `(grid,)`."""
+    return torch.logspace(np.log10(low_ms), np.log10(high_ms), _GRID_SIZE, dtype=like.dtype, device=like.device)
+
+
+def _best_on_grid(data: torch.Tensor, basis: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Return, per pixel, the grid point whose basis fits best and the linear coefficients there.
 
     Parameters
     ----------
-    ti_ms : Inversion times in ms. Shape `(phases, 1, ...)` so it broadcasts against the maps.
-    a : Recovered signal A. Shape `(...)`.
-    b : Inversion amplitude B (``2 A`` for a perfect inversion without readout effect). Shape `(...)`.
-    t1_star_ms : Apparent relaxation time T1* in ms. Shape `(...)`.
+    data : Signal. Shape `(pixels, phases)`.
+    basis : Linear basis at every grid point. Shape `(grid, phases, n_linear)`.
 
     Returns
     -------
-    Signed signal. Shape `(phases, ...)`.
+    ``(index, coefficients)``: shapes `(pixels,)` and `(pixels, n_linear)`.
     """
-    return a - b * np.exp(-ti_ms / t1_star_ms)
+    pinv = torch.linalg.pinv(basis)  # (grid, n_linear, phases)
+    coefficients = torch.einsum("glp,np->ngl", pinv, data)
+    residual = data[:, None, :] - torch.einsum("gpl,ngl->ngp", basis, coefficients)
+    index = torch.argmin((residual**2).sum(-1), dim=1)
+    return index, coefficients[torch.arange(data.shape[0], device=data.device), index]
+
+
+def _delta_sd(gradient: torch.Tensor, covariance: torch.Tensor) -> torch.Tensor:
+    """Return ``sqrt(g^T C g)`` per pixel. ``gradient`` shape `(pixels, n_params)`; returns `(pixels,)`."""
+    variance = torch.einsum("np,npq,nq->n", gradient, covariance, gradient)
+    return torch.sqrt(torch.clamp(variance, min=0.0))
+
+
+def _parameter_map(params: torch.Tensor, covariance: torch.Tensor, index: int, unit: str) -> MapOutput:
+    """Return one parameter as a map with the SD from the covariance's diagonal."""
+    return MapOutput(params[:, index], torch.sqrt(torch.clamp(covariance[:, index, index], min=0.0)), unit)
+
+
+class MolliModel(SignalModel):
+    """MOLLI / Look-Locker: ``A - B exp(-TI / T1*)``, T1 = T1* (B / A - 1); signed, so polarity is restored first."""
+
+    name = "molli"
+    parameters = (
+        Parameter("a", "a.u.", 0.0, np.inf, amplitude=True),
+        Parameter("b", "a.u.", 0.0, np.inf, amplitude=True),
+        Parameter("t1_star_ms", "ms", 1.0, 20000.0),
+    )
+    primary_map = "T1"
+    signed = True
+
+    def signal(self, params: torch.Tensor, times_ms: torch.Tensor) -> torch.Tensor:
+        """Return ``A - B exp(-TI / T1*)``. Shape `(..., phases)`."""
+        a, b, t1s = params[..., 0:1], params[..., 1:2], params[..., 2:3]
+        return a - b * torch.exp(-times_ms / t1s)
+
+    def jacobian(self, params: torch.Tensor, times_ms: torch.Tensor) -> torch.Tensor:
+        """Return the derivatives by A, B and T1*. Shape `(..., phases, 3)`."""
+        b, t1s = params[..., 1:2], params[..., 2:3]
+        decay = torch.exp(-times_ms / t1s)
+        return torch.stack(
+            [torch.ones_like(decay), -decay, -b * decay * times_ms / t1s**2],
+            dim=-1,
+        )
+
+    def start(self, data: torch.Tensor, times_ms: torch.Tensor) -> torch.Tensor:
+        """Return ``(A, B, T1*)`` from a T1* grid with A and B solved by least squares."""
+        grid = _log_grid(20.0, 6000.0, data)
+        decay = torch.exp(-times_ms[None, :] / grid[:, None])
+        basis = torch.stack([torch.ones_like(decay), -decay], dim=-1)
+        index, ab = _best_on_grid(data, basis)
+        return torch.stack([ab[:, 0].clamp(min=0.0), ab[:, 1].clamp(min=0.0), grid[index]], dim=-1)
+
+    def maps(self, params: torch.Tensor, covariance: torch.Tensor) -> dict[str, MapOutput]:
+        """Return T1 (ms, Look-Locker corrected), T1* (ms) and A, each with its SD."""
+        a, b, t1s = params[:, 0], params[:, 1], params[:, 2]
+        safe_a = torch.where(a > 0, a, torch.ones_like(a))
+        ratio = b / safe_a
+        t1 = torch.where(a > 0, t1s * (ratio - 1.0), torch.zeros_like(a))
+        gradient = torch.stack([-t1s * b / safe_a**2, t1s / safe_a, ratio - 1.0], dim=-1)
+        return {
+            "T1": MapOutput(t1, _delta_sd(gradient, covariance), "ms"),
+            "T1star": _parameter_map(params, covariance, 2, "ms"),
+            "A": _parameter_map(params, covariance, 0, "a.u."),
+        }
+
+
+class T2PrepModel(SignalModel):
+    """T2 preparation: ``M0 exp(-TEprep / T2)``."""
+
+    name = "t2prep"
+    parameters = (Parameter("m0", "a.u.", 0.0, np.inf, amplitude=True), Parameter("t2_ms", "ms", 0.5, 5000.0))
+    primary_map = "T2"
+    signed = False
+
+    def signal(self, params: torch.Tensor, times_ms: torch.Tensor) -> torch.Tensor:
+        """Return ``M0 exp(-TE / T2)``. Shape `(..., phases)`."""
+        return params[..., 0:1] * torch.exp(-times_ms / params[..., 1:2])
+
+    def jacobian(self, params: torch.Tensor, times_ms: torch.Tensor) -> torch.Tensor:
+        """Return the derivatives by M0 and T2. Shape `(..., phases, 2)`."""
+        m0, t2 = params[..., 0:1], params[..., 1:2]
+        decay = torch.exp(-times_ms / t2)
+        return torch.stack([decay, m0 * decay * times_ms / t2**2], dim=-1)
+
+    def start(self, data: torch.Tensor, times_ms: torch.Tensor) -> torch.Tensor:
+        """Return ``(M0, T2)`` from a T2 grid with M0 solved by least squares."""
+        grid = _log_grid(2.0, 3000.0, data)
+        basis = torch.exp(-times_ms[None, :] / grid[:, None])[..., None]
+        index, m0 = _best_on_grid(data, basis)
+        return torch.stack([m0[:, 0].clamp(min=0.0), grid[index]], dim=-1)
+
+    def maps(self, params: torch.Tensor, covariance: torch.Tensor) -> dict[str, MapOutput]:
+        """Return T2 (ms) and M0 with their SD."""
+        return {
+            "T2": _parameter_map(params, covariance, 1, "ms"),
+            "M0": _parameter_map(params, covariance, 0, "a.u."),
+        }
+
+
+class T2PrepOffsetModel(SignalModel):
+    """T2 preparation with an offset: ``M0 exp(-TEprep / T2) + C`` (recovery during the readout, Rician floor)."""
+
+    name = "t2prep_offset"
+    parameters = (
+        Parameter("m0", "a.u.", 0.0, np.inf, amplitude=True),
+        Parameter("t2_ms", "ms", 0.5, 5000.0),
+        Parameter("offset", "a.u.", -np.inf, np.inf, amplitude=True),
+    )
+    primary_map = "T2"
+    signed = False
+
+    def signal(self, params: torch.Tensor, times_ms: torch.Tensor) -> torch.Tensor:
+        """Return ``M0 exp(-TE / T2) + C``. Shape `(..., phases)`."""
+        return params[..., 0:1] * torch.exp(-times_ms / params[..., 1:2]) + params[..., 2:3]
+
+    def jacobian(self, params: torch.Tensor, times_ms: torch.Tensor) -> torch.Tensor:
+        """Return the derivatives by M0, T2 and C. Shape `(..., phases, 3)`."""
+        m0, t2 = params[..., 0:1], params[..., 1:2]
+        decay = torch.exp(-times_ms / t2)
+        return torch.stack([decay, m0 * decay * times_ms / t2**2, torch.ones_like(decay)], dim=-1)
+
+    def start(self, data: torch.Tensor, times_ms: torch.Tensor) -> torch.Tensor:
+        """Return ``(M0, T2, C)`` from a T2 grid with M0 and C solved by least squares."""
+        grid = _log_grid(2.0, 3000.0, data)
+        decay = torch.exp(-times_ms[None, :] / grid[:, None])
+        index, coefficients = _best_on_grid(data, torch.stack([decay, torch.ones_like(decay)], dim=-1))
+        return torch.stack([coefficients[:, 0].clamp(min=0.0), grid[index], coefficients[:, 1]], dim=-1)
+
+    def maps(self, params: torch.Tensor, covariance: torch.Tensor) -> dict[str, MapOutput]:
+        """Return T2 (ms), M0 and the offset with their SD."""
+        return {
+            "T2": _parameter_map(params, covariance, 1, "ms"),
+            "M0": _parameter_map(params, covariance, 0, "a.u."),
+            "Offset": _parameter_map(params, covariance, 2, "a.u."),
+        }
+
+
+class InversionRecoveryModel(SignalModel):
+    """Inversion recovery, as the qMRI Diffusor paper: ``PD (1 - B exp(-TI / T1))``, B about 2 for a full inversion.
+
+    The paper's model is the magnitude ``|PD (1 - B exp(-TI / T1))|``; magnitude data are fitted with their polarity
+    restored (``signed``), which finds the global minimum of the magnitude fit where a fit of ``|.|`` itself stops
+    in local minima near the null point (as Barral et al.'s RD-NLS-PR).
+    """
+
+    name = "inversion_recovery"
+    parameters = (
+        Parameter("pd", "a.u.", 0.0, np.inf, amplitude=True),
+        Parameter("b", "1", 0.0, 3.0),
+        Parameter("t1_ms", "ms", 1.0, 20000.0),
+    )
+    primary_map = "T1"
+    signed = True
+
+    def signal(self, params: torch.Tensor, times_ms: torch.Tensor) -> torch.Tensor:
+        """Return ``PD (1 - B exp(-TI / T1))``. Shape `(..., phases)`."""
+        pd, b, t1 = params[..., 0:1], params[..., 1:2], params[..., 2:3]
+        return pd * (1.0 - b * torch.exp(-times_ms / t1))
+
+    def jacobian(self, params: torch.Tensor, times_ms: torch.Tensor) -> torch.Tensor:
+        """Return the derivatives by PD, B and T1. Shape `(..., phases, 3)`."""
+        pd, b, t1 = params[..., 0:1], params[..., 1:2], params[..., 2:3]
+        decay = torch.exp(-times_ms / t1)
+        return torch.stack([1.0 - b * decay, -pd * decay, -pd * b * decay * times_ms / t1**2], dim=-1)
+
+    def start(self, data: torch.Tensor, times_ms: torch.Tensor) -> torch.Tensor:
+        """Return ``(PD, B, T1)`` from a T1 grid with ``PD`` and ``PD * B`` solved by least squares."""
+        grid = _log_grid(10.0, 6000.0, data)
+        decay = torch.exp(-times_ms[None, :] / grid[:, None])
+        index, coefficients = _best_on_grid(data, torch.stack([torch.ones_like(decay), -decay], dim=-1))
+        pd = coefficients[:, 0].clamp(min=torch.finfo(data.dtype).tiny)
+        return torch.stack([pd, (coefficients[:, 1] / pd).clamp(0.0, 3.0), grid[index]], dim=-1)
+
+    def maps(self, params: torch.Tensor, covariance: torch.Tensor) -> dict[str, MapOutput]:
+        """Return T1 (ms), PD and the inversion efficiency B with their SD."""
+        return {
+            "T1": _parameter_map(params, covariance, 2, "ms"),
+            "PD": _parameter_map(params, covariance, 0, "a.u."),
+            "B": _parameter_map(params, covariance, 1, "1"),
+        }
+
+
+class SaturationRecoveryModel(SignalModel):
+    """Saturation recovery (e.g. SASHA): ``M0 (1 - exp(-TS / T1))`` with TS the saturation delay."""
+
+    name = "saturation_recovery"
+    parameters = (Parameter("m0", "a.u.", 0.0, np.inf, amplitude=True), Parameter("t1_ms", "ms", 1.0, 20000.0))
+    primary_map = "T1"
+    signed = False
+
+    def signal(self, params: torch.Tensor, times_ms: torch.Tensor) -> torch.Tensor:
+        """Return ``M0 (1 - exp(-TS / T1))``. Shape `(..., phases)`."""
+        return params[..., 0:1] * (1.0 - torch.exp(-times_ms / params[..., 1:2]))
+
+    def jacobian(self, params: torch.Tensor, times_ms: torch.Tensor) -> torch.Tensor:
+        """Return the derivatives by M0 and T1. Shape `(..., phases, 2)`."""
+        m0, t1 = params[..., 0:1], params[..., 1:2]
+        decay = torch.exp(-times_ms / t1)
+        return torch.stack([1.0 - decay, -m0 * decay * times_ms / t1**2], dim=-1)
+
+    def start(self, data: torch.Tensor, times_ms: torch.Tensor) -> torch.Tensor:
+        """Return ``(M0, T1)`` from a T1 grid with M0 solved by least squares."""
+        grid = _log_grid(10.0, 6000.0, data)
+        basis = (1.0 - torch.exp(-times_ms[None, :] / grid[:, None]))[..., None]
+        index, m0 = _best_on_grid(data, basis)
+        return torch.stack([m0[:, 0].clamp(min=0.0), grid[index]], dim=-1)
+
+    def maps(self, params: torch.Tensor, covariance: torch.Tensor) -> dict[str, MapOutput]:
+        """Return T1 (ms) and M0 with their SD."""
+        return {
+            "T1": _parameter_map(params, covariance, 1, "ms"),
+            "M0": _parameter_map(params, covariance, 0, "a.u."),
+        }
+
+
+MODELS: dict[str, SignalModel] = {
+    model.name: model
+    for model in (MolliModel(), T2PrepModel(), T2PrepOffsetModel(), InversionRecoveryModel(), SaturationRecoveryModel())
+}
+"""Every signal model by the name chains use."""
+
+
+def signal_model(name: str) -> SignalModel:
+    """Return the model called ``name``; the error lists the known names."""
+    try:
+        return MODELS[name]
+    except KeyError:
+        raise ValueError(f"unknown signal model {name!r}; known: {', '.join(MODELS)}") from None
 
 
 def molli_parameters_from_t1(
@@ -54,20 +408,3 @@ def molli_parameters_from_t1(
     b = a * (1.0 + inversion_efficiency)
     t1_star_ms = np.asarray(t1_ms, dtype=np.float64) / inversion_efficiency
     return a, b, t1_star_ms
-
-
-def t2prep_signal(te_prep_ms: np.ndarray, m0: np.ndarray, t2_ms: np.ndarray) -> np.ndarray:
-    """Return the T2-prepared signal ``M0 exp(-TEprep / T2)``.
-
-    Parameters
-    ----------
-    te_prep_ms : T2-preparation durations in ms. Shape `(phases, 1, ...)`.
-    m0 : Signal without preparation. Shape `(...)`.
-    t2_ms : T2 in ms; 0 where there is no tissue. Shape `(...)`.
-
-    Returns
-    -------
-    Signal. Shape `(phases, ...)`.
-    """
-    safe_t2 = np.where(t2_ms > 0, t2_ms, np.inf)
-    return m0 * np.exp(-te_prep_ms / safe_t2)

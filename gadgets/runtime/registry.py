@@ -15,6 +15,7 @@ GADGET_MODULES = (
     "gadgets.basic",
     "gadgets.buffering",
     "gadgets.recon",
+    "gadgets.fitting",
     "gadgets.output",
 )
 """Modules whose gadgets are registered; importing them fills the registry."""

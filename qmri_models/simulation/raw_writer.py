@@ -64,12 +64,16 @@ def ismrmrd_header(settings: ScanSettings) -> ismrmrd.xsd.ismrmrdHeader:
         parallelImaging=parallel,
     )
     is_molli = settings.contrast == "molli"
+    has_ti = settings.contrast in ("molli", "ir")
     sequence = xsd.sequenceParametersType(
-        TR=[2.5], TE=[1.1], TI=list(settings.prep_times) if is_molli else [], flipAngle_deg=[35.0 if is_molli else 12.0]
+        TR=[10000.0 if settings.contrast == "ir" else 2.5],
+        TE=[7.14 if settings.contrast == "ir" else 1.1],
+        TI=list(settings.prep_times) if has_ti else [],
+        flipAngle_deg=[90.0 if settings.contrast == "ir" else 35.0 if is_molli else 12.0],
     )
     user = xsd.userParametersType(
         userParameterDouble=[]
-        if is_molli
+        if has_ti
         else [xsd.userParameterDoubleType(name=T2PREP_USER_PARAMETER, value=t) for t in settings.prep_times]
     )
     protocol = f"qmri_sim_{settings.contrast}_{settings.phantom}_R{settings.acceleration}"
@@ -83,7 +87,7 @@ def ismrmrd_header(settings: ScanSettings) -> ismrmrd.xsd.ismrmrdHeader:
             measurementID=f"qmri_{settings.seed}",
             patientPosition=xsd.patientPositionType("HFS"),
             protocolName=protocol,
-            sequenceName="molli" if is_molli else "t2prep_bssfp",
+            sequenceName={"molli": "molli", "t2prep": "t2prep_bssfp", "ir": "ir_fse"}[settings.contrast],
         ),
         acquisitionSystemInformation=xsd.acquisitionSystemInformationType(
             systemVendor="qmri-gadgets",

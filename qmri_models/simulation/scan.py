@@ -8,18 +8,23 @@ from scipy.ndimage import gaussian_filter
 
 from qmri_models.recon.cartesian import centered_fft2
 from qmri_models.signal_models import (
+    IR_TI_MS,
     MOLLI_TI_MS,
     T2PREP_TE_MS,
+    InversionRecoveryModel,
+    MolliModel,
+    T2PrepModel,
     molli_parameters_from_t1,
-    molli_signal,
-    t2prep_signal,
 )
 from qmri_models.simulation.anatomy import brain_slice, sphere_phantom
 from qmri_models.simulation.coils import coil_sensitivities
 from qmri_models.simulation.sampling import DEFAULT_ACS_FRACTION, random_line_mask
 from qmri_models.simulation.tissues import ParameterMaps
 
-Contrast = Literal["molli", "t2prep"]
+Contrast = Literal["molli", "t2prep", "ir"]
+CONTRASTS: tuple[str, ...] = ("molli", "t2prep", "ir")
+"""Simulated contrasts: MOLLI T1, T2-prepared T2, inversion-recovery (IR-FSE-like) T1."""
+_DEFAULT_PREP_TIMES_MS = {"molli": MOLLI_TI_MS, "t2prep": T2PREP_TE_MS, "ir": IR_TI_MS}
 Phantom = Literal["brain", "spheres"]
 
 
@@ -43,8 +48,8 @@ class ScanSettings:
     n_noise_readouts: int = 4
 
     def __post_init__(self) -> None:
-        if self.contrast not in ("molli", "t2prep"):
-            raise ValueError(f"contrast must be molli or t2prep, got {self.contrast!r}")
+        if self.contrast not in CONTRASTS:
+            raise ValueError(f"contrast must be one of {', '.join(CONTRASTS)}, got {self.contrast!r}")
         if self.phantom not in ("brain", "spheres"):
             raise ValueError(f"phantom must be brain or spheres, got {self.phantom!r}")
         if self.matrix < 32:
@@ -58,10 +63,10 @@ class ScanSettings:
 
     @property
     def prep_times(self) -> tuple[float, ...]:
-        """Preparation time of every phase in ms: TIs for MOLLI, T2-prep durations for T2-prep."""
+        """Preparation time of every phase in ms: TIs for MOLLI and IR, T2-prep durations for T2-prep."""
         if self.prep_times_ms is not None:
             return tuple(float(t) for t in self.prep_times_ms)
-        return MOLLI_TI_MS if self.contrast == "molli" else T2PREP_TE_MS
+        return _DEFAULT_PREP_TIMES_MS[self.contrast]
 
     @property
     def acs(self) -> float:
@@ -90,7 +95,9 @@ class SimulatedSlice:
 
 
 def contrast_images(settings: ScanSettings, truth: ParameterMaps) -> np.ndarray:
-    """Return the real-valued signal of every phase for the slice's tissue (signed for MOLLI).
+    """Return the real-valued signal of every phase for the slice's tissue (signed for MOLLI and IR).
+
+    The same forward models the fit uses (``qmri_models.signal_models``); IR uses ``B = 1 + inversion_efficiency``.
 
     Parameters
     ----------
@@ -101,12 +108,16 @@ def contrast_images(settings: ScanSettings, truth: ParameterMaps) -> np.ndarray:
     -------
     Signal. Shape `(phases, y, x)` float64.
     """
-    prep = np.asarray(settings.prep_times)[:, None, None]
+    prep = np.asarray(settings.prep_times)
+    t1 = np.where(truth.t1_ms > 0, truth.t1_ms, 1.0)
     if settings.contrast == "molli":
-        t1 = np.where(truth.t1_ms > 0, truth.t1_ms, 1.0)
         a, b, t1_star = molli_parameters_from_t1(t1, truth.pd, settings.inversion_efficiency)
-        return molli_signal(prep, a, b, t1_star)
-    return t2prep_signal(prep, truth.pd.astype(np.float64), truth.t2_ms)
+        return MolliModel().signal_array(prep, a=a, b=b, t1_star_ms=t1_star)
+    if settings.contrast == "ir":
+        b_ir = np.full(t1.shape, 1.0 + settings.inversion_efficiency)
+        return InversionRecoveryModel().signal_array(prep, pd=truth.pd, b=b_ir, t1_ms=t1)
+    t2 = np.where(truth.t2_ms > 0, truth.t2_ms, np.inf)
+    return T2PrepModel().signal_array(prep, m0=truth.pd, t2_ms=t2)
 
 
 def _smooth_phase(matrix: int, rng: np.random.Generator) -> np.ndarray:

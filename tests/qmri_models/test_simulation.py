@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from qmri_models.recon.cartesian import centered_fft2, centered_ifft2
-from qmri_models.signal_models import MOLLI_TI_MS, T2PREP_TE_MS, molli_parameters_from_t1, molli_signal
+from qmri_models.signal_models import MOLLI_TI_MS, T2PREP_TE_MS, MolliModel, molli_parameters_from_t1
 from qmri_models.simulation.sampling import acs_lines, random_line_mask
 from qmri_models.simulation.scan import ScanSettings, simulate_scan
 from tests.conftest import make_raw
@@ -90,7 +90,7 @@ def test_noise_free_truth_follows_the_molli_model() -> None:
     tissue = sim.truth.labels > 0
     t1_ms = sim.truth.t1_ms[tissue]
     a, b, t1_star = molli_parameters_from_t1(t1_ms, sim.truth.pd[tissue], settings.inversion_efficiency)
-    expected = molli_signal(np.asarray(MOLLI_TI_MS)[:, None], a, b, t1_star)
+    expected = MolliModel().signal_array(np.asarray(MOLLI_TI_MS), a=a, b=b, t1_star_ms=t1_star)
     np.testing.assert_allclose(np.abs(sim.images[:, tissue]), np.abs(expected), rtol=1e-4, atol=1e-6)
     # Look-Locker correction returns the truth exactly
     np.testing.assert_allclose(t1_star * (b / a - 1), t1_ms, rtol=1e-6)

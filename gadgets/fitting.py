@@ -1,0 +1,93 @@
+"""Fitting: a slice's phase images to parametric maps (T1, T2 ...) with their SD, every pixel at once."""
+
+import logging
+import time
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+
+from gadgets.items import MapImages, PhaseImages
+from gadgets.runtime.config import GadgetConfig, prop
+from gadgets.runtime.registry import GadgetConnection, register
+from qmri_models.device import torch_device
+from qmri_models.fitting.maps import fit_maps
+from qmri_models.signal_models import signal_model
+
+log = logging.getLogger(__name__)
+
+ModelName = Literal["molli", "t2prep", "t2prep_offset", "inversion_recovery", "saturation_recovery"]
+"""The names of ``qmri_models.signal_models.MODELS`` (a test holds the two equal)."""
+
+
+@dataclass(frozen=True)
+class ParameterFitConfig(GadgetConfig):
+    """Properties of ParameterFitGadget."""
+
+    model: ModelName = prop("molli", "signal model fitted to every pixel (T1: molli, inversion_recovery; T2: t2prep)")
+    mask_threshold: float = prop(
+        0.08,
+        "pixels whose brightest phase is below this fraction of the bright level are background",
+        minimum=0.0,
+        maximum=0.99,
+    )
+    max_iterations: int = prop(100, "most Levenberg-Marquardt iterations per pixel", minimum=1, maximum=10000)
+    device: str = prop("auto", "auto (CUDA when present), cpu or cuda")
+    send_phase_images: bool = prop(False, "also pass the phase images on (an ImageSeriesGadget downstream sends them)")
+
+
+@register("ParameterFitGadget", ParameterFitConfig)
+def parameter_fit(connection: GadgetConnection) -> None:
+    """Fit the chain's signal model to each slice's phase images; send the maps (and the images when asked)."""
+    config = ParameterFitConfig.from_connection(connection)
+    device = torch_device(config.device)
+    for item in connection:
+        if isinstance(item, PhaseImages):
+            connection.send(fit_slice(item, config, device=str(device)))
+            if config.send_phase_images:
+                connection.send(item)
+        else:
+            connection.send(item)
+
+
+def fit_slice(item: PhaseImages, config: ParameterFitConfig, *, device: str = "cpu") -> MapImages:
+    """Return the maps of one slice's phase images.
+
+    Parameters
+    ----------
+    item : The slice's phase images and preparation times (ms).
+    config : Fit properties.
+    device : Torch device to fit on.
+
+    Returns
+    -------
+    Maps and SD maps of the model, ready for the output gadgets.
+    """
+    model = signal_model(config.model)
+    start = time.perf_counter()
+    maps = fit_maps(
+        model,
+        item.images,
+        np.asarray(item.prep_times_ms, dtype=np.float64),
+        mask_threshold=config.mask_threshold,
+        device=device,
+        max_iterations=config.max_iterations,
+    )
+    n_fitted = int(maps.mask.sum())
+    log.info(
+        "slice %d: %s fit of %d pixels in %.2f s on %s, %.1f%% converged",
+        item.slice,
+        model.name,
+        n_fitted,
+        time.perf_counter() - start,
+        device,
+        100.0 * float(maps.converged[maps.mask].mean()) if n_fitted else 100.0,
+    )
+    return MapImages(
+        maps=maps,
+        primary_map=model.primary_map,
+        model=model.name,
+        slice=item.slice,
+        references=item.references,
+        field_of_view_mm=item.field_of_view_mm,
+    )
