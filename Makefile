@@ -28,6 +28,7 @@ test: lint
 
 bench: $(STAMP)
 	$(PY) bench/bench_server_throughput.py
+	$(PY) bench/bench_fitting.py
 
 clean:
 	rm -rf $(OUT) .pytest_cache .mypy_cache .ruff_cache

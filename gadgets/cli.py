@@ -1,4 +1,4 @@
-"""The ``qmri`` command: serve, replay, stream, simulate, chains, check-chain, gadgets, evaluate."""
+"""The ``qmri`` command: serve, replay, stream, simulate, chains, check-chain, gadgets, evaluate, dicom-flush."""
 
 import argparse
 import logging
@@ -101,14 +101,38 @@ def _gadgets(_: argparse.Namespace) -> int:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    from gadgets.evaluate import score_phase_images
+    from gadgets.evaluate import score_maps, score_phase_images, series_in
 
-    scores = score_phase_images(args.out_dir, args.raw, series=args.series)
-    print(f"{'slice':>5} {'phase':>5} {'prep ms':>8} {'NRMSE':>8}")
-    for s in scores:
-        print(f"{s.slice:5d} {s.phase:5d} {s.prep_time_ms:8.1f} {s.nrmse:8.4f}")
-    print(f"mean NRMSE {sum(s.nrmse for s in scores) / len(scores):.4f} over {len(scores)} images")
+    present = series_in(args.out_dir / "images.h5")
+    if args.series not in present and args.map_series not in present:
+        raise ValueError(f"{args.out_dir}: neither phase series {args.series} nor map series {args.map_series} found")
+    if args.series in present:
+        scores = score_phase_images(args.out_dir, args.raw, series=args.series)
+        print(f"{'slice':>5} {'phase':>5} {'prep ms':>8} {'NRMSE':>8}")
+        for s in scores:
+            print(f"{s.slice:5d} {s.phase:5d} {s.prep_time_ms:8.1f} {s.nrmse:8.4f}")
+        print(f"mean NRMSE {sum(s.nrmse for s in scores) / len(scores):.4f} over {len(scores)} images")
+    if args.map_series in present:
+        for entry in score_maps(args.out_dir, args.raw, series=args.map_series):
+            print(f"slice {entry.slice} {entry.map_name} map against the truth, per tissue class:")
+            print(f"  {'tissue':<14} {'pixels':>7} {'median APE %':>12} {'NRMSE':>8} {'SSIM':>6}")
+            for t in entry.tissues:
+                print(f"  {t.tissue:<14} {t.n_pixels:7d} {t.median_ape_percent:12.2f} {t.nrmse:8.4f} {t.ssim:6.3f}")
     return 0
+
+
+def _dicom_flush(args: argparse.Namespace) -> int:
+    from gadgets.dicom.store import DicomNode, Outbox
+
+    if not args.dir.is_dir():
+        raise ValueError(f"outbox {args.dir} is not a folder")
+    names = {"called_ae": args.called_ae, "calling_ae": args.calling_ae}
+    node = DicomNode(args.host, args.port, **{k: v for k, v in names.items() if v is not None})
+    result = Outbox(args.dir).flush(node)
+    for error in result.errors:
+        print(f"error: {error}")
+    print(f"{node}: sent {result.sent}, kept {result.kept} in {args.dir}")
+    return 0 if result.kept == 0 else 1
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -142,7 +166,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(run=_stream)
 
     p = sub.add_parser("simulate", help="write a simulated multi-phase raw file with its truth")
-    p.add_argument("contrast", choices=["molli", "t2prep"])
+    p.add_argument(
+        "contrast", choices=["molli", "t2prep", "ir"], help="molli (T1), t2prep (T2) or ir (inversion-recovery T1)"
+    )
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--matrix", type=int, default=160)
     p.add_argument("--coils", type=int, default=8)
@@ -168,7 +194,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("out_dir", type=Path)
     p.add_argument("raw", type=Path)
     p.add_argument("--series", type=int, default=1, help="series of the per-phase images")
+    p.add_argument("--map-series", type=int, default=11, help="series of the T1 or T2 maps")
     p.set_defaults(run=_evaluate)
+
+    p = sub.add_parser("dicom-flush", help="send a DICOM outbox to a DICOM node (C-STORE); stored files leave it")
+    p.add_argument("dir", type=Path, help="the outbox folder")
+    p.add_argument("--host", required=True, help="the node's host name or address")
+    p.add_argument("--port", type=int, required=True, help="the node's DICOM port")
+    p.add_argument("--called-ae", help="the node's AE title (default ANY-SCP)")
+    p.add_argument("--calling-ae", help="our AE title as the node knows us (default QMRI)")
+    p.set_defaults(run=_dicom_flush)
     return parser
 
 
@@ -180,6 +215,7 @@ def main(argv: list[str] | None = None) -> int:
         stream=sys.stderr,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    logging.getLogger("pynetdicom").setLevel(logging.DEBUG if args.verbose else logging.WARNING)  # not every PDU
     try:
         return int(args.run(args))
     except (ChainError, StreamError, ValueError, OSError) as exc:

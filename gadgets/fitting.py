@@ -43,9 +43,10 @@ def parameter_fit(connection: GadgetConnection) -> None:
     device = torch_device(config.device)
     for item in connection:
         if isinstance(item, PhaseImages):
-            connection.send(fit_slice(item, config, device=str(device)))
-            if config.send_phase_images:
+            maps = fit_slice(item, config, device=str(device))
+            if config.send_phase_images:  # first, so the maps' DICOM can reference the phase images it came from
                 connection.send(item)
+            connection.send(maps)
         else:
             connection.send(item)
 

@@ -17,6 +17,7 @@ GADGET_MODULES = (
     "gadgets.recon",
     "gadgets.fitting",
     "gadgets.output",
+    "gadgets.dicom_output",
 )
 """Modules whose gadgets are registered; importing them fills the registry."""
 

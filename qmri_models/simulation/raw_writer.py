@@ -7,12 +7,14 @@ every readout also carries its preparation time in ``user_int[7]`` in microsecon
 ``ACQ_LAST_IN_SLICE``. The truth goes in the HDF5 group ``/truth``, next to the ISMRMRD group.
 """
 
+import datetime
 from pathlib import Path
 
 import h5py
 import ismrmrd
 import ismrmrd.xsd
 import numpy as np
+from xsdata.models.datatype import XmlDate, XmlTime
 
 from qmri_models.ismrmrd_hdf5 import acquisition_rows, append_rows, write_header
 from qmri_models.simulation.sampling import acs_lines
@@ -77,12 +79,19 @@ def ismrmrd_header(settings: ScanSettings) -> ismrmrd.xsd.ismrmrdHeader:
         else [xsd.userParameterDoubleType(name=T2PREP_USER_PARAMETER, value=t) for t in settings.prep_times]
     )
     protocol = f"qmri_sim_{settings.contrast}_{settings.phantom}_R{settings.acceleration}"
+    now = datetime.datetime.now()  # the study happens when it is simulated
     return xsd.ismrmrdHeader(
         version=2,
         subjectInformation=xsd.subjectInformationType(
             patientName="Simulated^Phantom", patientID=f"SIM{settings.seed:06d}"
         ),
-        studyInformation=xsd.studyInformationType(studyID=f"SIM{settings.seed}", studyDescription="qmri simulation"),
+        studyInformation=xsd.studyInformationType(
+            studyID=f"SIM{settings.seed}",
+            studyDescription="qmri simulation",
+            studyDate=XmlDate.from_date(now.date()),
+            studyTime=XmlTime.from_time(now.time().replace(microsecond=0)),
+            bodyPartExamined="PHANTOM" if settings.phantom == "spheres" else "BRAIN",
+        ),
         measurementInformation=xsd.measurementInformationType(
             measurementID=f"qmri_{settings.seed}",
             patientPosition=xsd.patientPositionType("HFS"),
