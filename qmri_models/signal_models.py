@@ -145,6 +145,9 @@ def _log_grid(low_ms: float, high_ms: float, like: torch.Tensor) -> torch.Tensor
 def _best_on_grid(data: torch.Tensor, basis: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Return, per pixel, the grid point whose basis fits best and the linear coefficients there.
 
+    The residual at a grid point is ``||y||^2 - ||Q^T y||^2`` with ``Q`` an orthonormal basis of that point's columns,
+    so one matrix product scores every pixel at every grid point.
+
     Parameters
     ----------
     data : Signal. Shape `(pixels, phases)`.
@@ -154,11 +157,16 @@ def _best_on_grid(data: torch.Tensor, basis: torch.Tensor) -> tuple[torch.Tensor
     -------
     ``(index, coefficients)``: shapes `(pixels,)` and `(pixels, n_linear)`.
     """
-    pinv = torch.linalg.pinv(basis)  # (grid, n_linear, phases)
-    coefficients = torch.einsum("glp,np->ngl", pinv, data)
-    residual = data[:, None, :] - torch.einsum("gpl,ngl->ngp", basis, coefficients)
-    index = torch.argmin((residual**2).sum(-1), dim=1)
-    return index, coefficients[torch.arange(data.shape[0], device=data.device), index]
+    q, r = torch.linalg.qr(basis)  # (grid, phases, n_linear), (grid, n_linear, n_linear)
+    n_grid, n_phases, n_linear = q.shape
+    projections = (data @ q.permute(1, 0, 2).reshape(n_phases, n_grid * n_linear)).reshape(-1, n_grid, n_linear)
+    explained = sum(projections[..., i] ** 2 for i in range(n_linear))  # a strided sum over 1-2 columns is slow
+    index = torch.argmax(explained, dim=1)
+    pixels = torch.arange(data.shape[0], device=data.device)
+    coefficients = torch.linalg.solve_triangular(
+        r[index], projections[pixels, index].unsqueeze(-1), upper=True
+    ).squeeze(-1)
+    return index, coefficients
 
 
 def _delta_sd(gradient: torch.Tensor, covariance: torch.Tensor) -> torch.Tensor:

@@ -15,7 +15,9 @@ from qmri_models.signal_models import SignalModel
 _DAMPING_START = 1e-3
 _DAMPING_UP = 4.0
 _DAMPING_DOWN = 3.0
-_DAMPING_MAX = 1e12
+_DAMPING_MAX = 1e10
+_STEP_TOLERANCE = 1e-8
+"""A step (tried or taken) smaller than this, relative to every parameter, ends a pixel's fit (MINPACK's xtol)."""
 
 
 @dataclass(frozen=True)
@@ -29,8 +31,8 @@ class FitResult:
     residual_sd: torch.Tensor
     """Residual-based noise estimate ``sqrt(r^T W r / (phases - n_params))``. Shape `(pixels,)`."""
     converged: torch.Tensor
-    """Whether the pixel stopped before ``max_iterations``: tolerance met, or no step lowers the cost even with
-    the largest damping (a minimum to machine precision). Shape `(pixels,)` bool."""
+    """Whether the pixel stopped before ``max_iterations``: its cost stopped falling, or its steps became negligible
+    (a minimum to machine precision). Shape `(pixels,)` bool."""
     iterations: int
     """Iterations run (for the slowest pixel)."""
 
@@ -66,7 +68,7 @@ def fit_pixels(
     start : Starting parameters, shape `(pixels, n_params)`; None for the model's grid-search start.
     absolute_weights : The weights are inverse noise variances: the covariance is ``(J^T W J)^-1`` unscaled.
     max_iterations : Most iterations.
-    tolerance : A pixel has converged when its relative cost decrease and its relative step are below this.
+    tolerance : A pixel has converged when an accepted step lowers its cost by less than this fraction.
 
     Returns
     -------
@@ -86,50 +88,107 @@ def fit_pixels(
     amplitude = torch.tensor([p.amplitude for p in model.parameters], device=data.device)
     param_scale = torch.where(amplitude, scale[:, None], torch.ones_like(scale)[:, None])
     y = data / scale[:, None]
-    w_scaled = w * scale[:, None] ** 2 if absolute_weights else w
     lower, upper = model.bounds(data)
     x = model.start(y, times_ms) if start is None else start.to(data) / param_scale
     x = torch.clamp(x, lower, upper)
-
-    cost = _cost(model, y, w, x, times_ms)
+    converged = torch.zeros(n_pixels, dtype=torch.bool, device=data.device)
+    # The working set: pixels still iterating, compacted when a quarter of them has stopped.
+    work = torch.arange(n_pixels, device=data.device)
+    xw, yw, ww = x.clone(), y, w
+    residual = yw - model.signal(xw, times_ms)
+    cost = (ww * residual**2).sum(-1)
     damping = torch.full((n_pixels,), _DAMPING_START, dtype=data.dtype, device=data.device)
-    active = torch.ones(n_pixels, dtype=torch.bool, device=data.device)
-    identity = torch.eye(n_params, dtype=data.dtype, device=data.device)
+    stopped = torch.zeros(n_pixels, dtype=torch.bool, device=data.device)
     iterations = 0
-    while iterations < max_iterations and bool(active.any()):
+    while iterations < max_iterations and work.numel() > 0:
         iterations += 1
-        idx = torch.nonzero(active).squeeze(1)
-        xa, wa = x[idx], w[idx]
-        jac = model.jacobian(xa, times_ms)
-        residual = y[idx] - model.signal(xa, times_ms)
-        jtwj = torch.einsum("npi,np,npj->nij", jac, wa, jac)
-        gradient = torch.einsum("npi,np,np->ni", jac, wa, residual)
+        jac = model.jacobian(xw, times_ms)
+        weighted_jac = jac * ww[..., None]
+        jtwj = weighted_jac.transpose(1, 2) @ jac
+        gradient = (weighted_jac * residual[..., None]).sum(1)
         diagonal = torch.diagonal(jtwj, dim1=-2, dim2=-1).clamp(min=1e-12)
-        system = jtwj + damping[idx, None, None] * torch.diag_embed(diagonal) + 1e-15 * identity
-        step = torch.linalg.solve(system, gradient)
-        trial = torch.clamp(xa + step, lower, upper)
-        trial_cost = _cost(model, y[idx], wa, trial, times_ms)
-        better = trial_cost < cost[idx]
-        relative_drop = (cost[idx] - trial_cost) / cost[idx].clamp(min=torch.finfo(data.dtype).tiny)
-        relative_step = ((trial - xa).abs() / (xa.abs() + 1e-12)).amax(-1)
-        x[idx] = torch.where(better[:, None], trial, xa)
-        cost[idx] = torch.where(better, trial_cost, cost[idx])
-        damping[idx] = torch.where(better, damping[idx] / _DAMPING_DOWN, damping[idx] * _DAMPING_UP)
-        done = (better & (relative_drop < tolerance) & (relative_step < tolerance**0.5)) | (damping[idx] > _DAMPING_MAX)
-        done |= cost[idx] <= torch.finfo(data.dtype).tiny
-        active[idx[done]] = False
-    converged = ~active
-    covariance, residual_sd = _covariance(model, x, y, w, w_scaled, times_ms, absolute_weights=absolute_weights)
+        # Parameters on a bound that the step would push outward are held there (the reduced system of the others).
+        held = ((xw <= lower) & (gradient < 0)) | ((xw >= upper) & (gradient > 0))
+        free = (~held).to(data.dtype)
+        system = (jtwj + torch.diag_embed(damping[:, None] * diagonal)) * (free[:, :, None] * free[:, None, :])
+        step = _solve_small(system + torch.diag_embed(1.0 - free), gradient * free)
+        trial = torch.clamp(xw + step, lower, upper)
+        trial_residual = yw - model.signal(trial, times_ms)
+        trial_cost = (ww * trial_residual**2).sum(-1)
+        better = trial_cost < cost
+        relative_drop = (cost - trial_cost) / cost.clamp(min=torch.finfo(data.dtype).tiny)
+        relative_step = ((trial - xw).abs() / (xw.abs() + 1e-12)).amax(-1)
+        xw = torch.where(better[:, None], trial, xw)
+        residual = torch.where(better[:, None], trial_residual, residual)
+        cost = torch.where(better, trial_cost, cost)
+        damping = torch.where(better, damping / _DAMPING_DOWN, damping * _DAMPING_UP)
+        stopped = (better & (relative_drop < tolerance)) | (relative_step < _STEP_TOLERANCE) | (damping > _DAMPING_MAX)
+        stopped |= cost <= torch.finfo(data.dtype).tiny
+        if 4 * int(stopped.sum()) >= work.numel():
+            x[work] = xw
+            converged[work[stopped]] = True
+            keep = ~stopped
+            work, xw, yw, ww = work[keep], xw[keep], yw[keep], ww[keep]
+            residual, cost, damping, stopped = residual[keep], cost[keep], damping[keep], stopped[keep]
+    x[work] = xw
+    converged[work[stopped]] = True
+    covariance, residual_sd = _covariance(model, x, y, w, times_ms, scale, absolute_weights=absolute_weights)
     params = x * param_scale
     covariance = covariance * param_scale[:, :, None] * param_scale[:, None, :]
     return FitResult(params, covariance, residual_sd * scale, converged, iterations)
 
 
-def _cost(
-    model: SignalModel, y: torch.Tensor, w: torch.Tensor, params: torch.Tensor, times_ms: torch.Tensor
-) -> torch.Tensor:
-    """Return the weighted sum of squared residuals of each pixel. Shape `(pixels,)`."""
-    return (w * (y - model.signal(params, times_ms)) ** 2).sum(-1)
+def _solve_small(system: torch.Tensor, rhs: torch.Tensor) -> torch.Tensor:
+    """Return the solution of a batch of small linear systems; closed form (Cramer) up to 3 unknowns.
+
+    Batched LAPACK costs more in call overhead than the arithmetic of a 2x2 or 3x3 system, so these are solved by
+    their adjugate. A singular system gives non-finite steps, which the caller rejects like a cost increase.
+
+    Parameters
+    ----------
+    system : Matrices. Shape `(n, p, p)`.
+    rhs : Right-hand sides. Shape `(n, p)`.
+
+    Returns
+    -------
+    Solutions. Shape `(n, p)`.
+    """
+    p = rhs.shape[-1]
+    if p == 1:
+        return rhs / system[:, 0]
+    if p == 2:
+        a, b, c, d = system[:, 0, 0], system[:, 0, 1], system[:, 1, 0], system[:, 1, 1]
+        det = a * d - b * c
+        return torch.stack([d * rhs[:, 0] - b * rhs[:, 1], a * rhs[:, 1] - c * rhs[:, 0]], dim=-1) / det[:, None]
+    if p == 3:
+        c0, c1, c2 = system[:, :, 0], system[:, :, 1], system[:, :, 2]
+        cross = torch.linalg.cross(c1, c2)
+        det = (c0 * cross).sum(-1)
+        x0 = (rhs * cross).sum(-1)
+        x1 = (c0 * torch.linalg.cross(rhs, c2)).sum(-1)
+        x2 = (c0 * torch.linalg.cross(c1, rhs)).sum(-1)
+        return torch.stack([x0, x1, x2], dim=-1) / det[:, None]
+    return torch.linalg.solve(system, rhs)
+
+
+def _invert_small(matrices: torch.Tensor) -> torch.Tensor:
+    """Return the inverses of a batch of small matrices (closed form up to 3x3), NaN where singular.
+
+    A singular information matrix means a parameter the data do not determine; its SD is reported as NaN rather
+    than as a finite number that would look trustworthy.
+
+    Parameters
+    ----------
+    matrices : Shape `(n, p, p)`.
+
+    Returns
+    -------
+    Inverses. Shape `(n, p, p)`.
+    """
+    p = matrices.shape[-1]
+    identity = torch.eye(p, dtype=matrices.dtype, device=matrices.device).expand(matrices.shape[0], p, p)
+    columns = [_solve_small(matrices, identity[:, :, i]) for i in range(p)]
+    return torch.stack(columns, dim=-1)
 
 
 def _weights(weights: torch.Tensor | None, data: torch.Tensor) -> torch.Tensor:
@@ -151,21 +210,22 @@ def _covariance(
     x: torch.Tensor,
     y: torch.Tensor,
     w: torch.Tensor,
-    w_scaled: torch.Tensor,
     times_ms: torch.Tensor,
+    scale: torch.Tensor,
     *,
     absolute_weights: bool,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Return the covariance of the scaled parameters and the residual SD of the scaled data.
 
-    ``w`` are the weights used in the fit; ``w_scaled`` the weights as inverse variances of the scaled data (only
-    used with ``absolute_weights``).
+    ``x`` and ``y`` are scaled by ``scale`` (each pixel's maximum); with ``absolute_weights`` the weights are inverse
+    variances of the unscaled data, so of the scaled data they are ``w * scale^2``.
     """
     n_phases, n_params = y.shape[1], x.shape[1]
     jac = model.jacobian(x, times_ms)
     residual = y - model.signal(x, times_ms)
     residual_var = (w * residual**2).sum(-1) / (n_phases - n_params)
-    information = torch.einsum("npi,np,npj->nij", jac, w_scaled if absolute_weights else w, jac)
-    inverse = torch.linalg.pinv(information, hermitian=True)
+    information_weights = w * scale[:, None] ** 2 if absolute_weights else w
+    information = (jac * information_weights[..., None]).transpose(1, 2) @ jac
+    inverse = _invert_small(information)
     covariance = inverse if absolute_weights else inverse * residual_var[:, None, None]
     return covariance, torch.sqrt(residual_var)

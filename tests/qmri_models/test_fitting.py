@@ -114,6 +114,9 @@ def test_bounds_hold() -> None:
     fit = fit_pixels(model, rising, times)
     lower, upper = model.bounds(rising)
     assert bool(((fit.params >= lower) & (fit.params <= upper)).all())
+    assert float(fit.params[0, 1]) == upper[1]  # T2 held on its bound, M0 fitted, and the fit ends
+    assert bool(fit.converged.all())
+    assert fit.iterations < 20
 
 
 @pytest.mark.parametrize(
