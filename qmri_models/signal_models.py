@@ -16,6 +16,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from qmri_models.small_linalg import solve_small
+
 MOLLI_TI_MS: tuple[float, ...] = (251.0, 400.0, 1251.0, 1400.0, 2251.0, 2400.0, 3251.0, 4251.0)
 """The 8 inversion times of the PUQ paper's MOLLI data, ms."""
 
@@ -78,19 +80,65 @@ class SignalModel(ABC):
     def jacobian(self, params: torch.Tensor, times_ms: torch.Tensor) -> torch.Tensor:
         """Return the derivative of the signal by each parameter. Shape `(..., phases, n_params)`."""
 
+    relaxation_range_ms: tuple[float, float]
+    """Range of the one relaxation time (T1, T1*, T2) that the start's grid covers, ms."""
+
     @abstractmethod
-    def start(self, data: torch.Tensor, times_ms: torch.Tensor) -> torch.Tensor:
-        """Return starting parameters from a grid search with the amplitude solved in closed form.
+    def linear_basis(self, relaxation_ms: torch.Tensor, times_ms: torch.Tensor) -> torch.Tensor:
+        """Return the columns the signal is a linear combination of, for a given relaxation time.
+
+        Parameters
+        ----------
+        relaxation_ms : Relaxation time in ms. Shape `(...)`.
+        times_ms : Preparation times in ms. Shape `(phases,)`.
+
+        Returns
+        -------
+        Basis. Shape `(..., phases, n_linear)`.
+        """
+
+    @abstractmethod
+    def from_linear(self, relaxation_ms: torch.Tensor, coefficients: torch.Tensor) -> torch.Tensor:
+        """Return the parameters for a relaxation time and the coefficients of ``linear_basis``.
+
+        Parameters
+        ----------
+        relaxation_ms : Shape `(pixels,)`.
+        coefficients : Shape `(pixels, n_linear)`.
+
+        Returns
+        -------
+        Parameters, within bounds. Shape `(pixels, n_params)`.
+        """
+
+    def start(self, data: torch.Tensor, times_ms: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
+        """Return starting parameters by variable projection.
+
+        The relaxation time comes from a log-spaced grid refined by a parabola through the best point and its
+        neighbours; the linear coefficients are solved in closed form there.
 
         Parameters
         ----------
         data : Measured signal (signed for signed models). Shape `(pixels, phases)`.
         times_ms : Preparation times in ms. Shape `(phases,)`.
+        weights : Weight of every phase of every pixel, shape `(pixels, phases)`; None for equal weights.
 
         Returns
         -------
         Parameters. Shape `(pixels, n_params)`.
         """
+        grid = _log_grid(*self.relaxation_range_ms, data)
+        grid_basis = self.linear_basis(grid, times_ms)
+        if weights is None:
+            explained = _explained_energy(data, grid_basis)
+        else:
+            explained = _weighted_explained_energy(data, grid_basis, weights)
+        relaxation = _refined_minimum(grid, -explained)
+        basis = self.linear_basis(relaxation, times_ms)
+        weighted_basis = basis if weights is None else basis * weights[..., None]
+        normal = weighted_basis.transpose(1, 2) @ basis
+        coefficients = solve_small(normal, (weighted_basis * data[..., None]).sum(1))
+        return self.from_linear(relaxation, coefficients)
 
     @abstractmethod
     def maps(self, params: torch.Tensor, covariance: torch.Tensor) -> dict[str, MapOutput]:
@@ -142,11 +190,11 @@ def _log_grid(low_ms: float, high_ms: float, like: torch.Tensor) -> torch.Tensor
     return torch.logspace(np.log10(low_ms), np.log10(high_ms), _GRID_SIZE, dtype=like.dtype, device=like.device)
 
 
-def _best_on_grid(data: torch.Tensor, basis: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Return, per pixel, the grid point whose basis fits best and the linear coefficients there.
+def _explained_energy(data: torch.Tensor, basis: torch.Tensor) -> torch.Tensor:
+    """Return ``||Q^T y||^2`` per pixel and grid point, ``Q`` an orthonormal basis of the point's columns.
 
-    The residual at a grid point is ``||y||^2 - ||Q^T y||^2`` with ``Q`` an orthonormal basis of that point's columns,
-    so one matrix product scores every pixel at every grid point.
+    The least-squares residual at a grid point is ``||y||^2`` minus this, so one matrix product scores every pixel at
+    every grid point.
 
     Parameters
     ----------
@@ -155,18 +203,65 @@ def _best_on_grid(data: torch.Tensor, basis: torch.Tensor) -> tuple[torch.Tensor
 
     Returns
     -------
-    ``(index, coefficients)``: shapes `(pixels,)` and `(pixels, n_linear)`.
+    Explained energy. Shape `(pixels, grid)`.
     """
-    q, r = torch.linalg.qr(basis)  # (grid, phases, n_linear), (grid, n_linear, n_linear)
+    q, _ = torch.linalg.qr(basis)
     n_grid, n_phases, n_linear = q.shape
     projections = (data @ q.permute(1, 0, 2).reshape(n_phases, n_grid * n_linear)).reshape(-1, n_grid, n_linear)
-    explained = sum(projections[..., i] ** 2 for i in range(n_linear))  # a strided sum over 1-2 columns is slow
-    index = torch.argmax(explained, dim=1)
-    pixels = torch.arange(data.shape[0], device=data.device)
-    coefficients = torch.linalg.solve_triangular(
-        r[index], projections[pixels, index].unsqueeze(-1), upper=True
-    ).squeeze(-1)
-    return index, coefficients
+    explained = projections[..., 0] ** 2  # summed column by column: a strided sum over 1-2 columns is slow
+    for column in range(1, n_linear):
+        explained = explained + projections[..., column] ** 2
+    return explained
+
+
+def _weighted_explained_energy(data: torch.Tensor, basis: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """Return ``v^T M^-1 v`` with ``M = B^T W B``, ``v = B^T W y`` per pixel and grid point (per-pixel weights).
+
+    Parameters
+    ----------
+    data : Signal. Shape `(pixels, phases)`.
+    basis : Linear basis at every grid point. Shape `(grid, phases, n_linear)`.
+    weights : Phase weights of every pixel. Shape `(pixels, phases)`.
+
+    Returns
+    -------
+    Explained weighted energy. Shape `(pixels, grid)`.
+    """
+    n_linear = basis.shape[-1]
+    v = torch.stack([(weights * data) @ basis[:, :, i].T for i in range(n_linear)], dim=-1)
+    m = torch.stack(
+        [
+            torch.stack([weights @ (basis[:, :, i] * basis[:, :, j]).T for j in range(n_linear)], -1)
+            for i in range(n_linear)
+        ],
+        dim=-2,
+    )
+    n_pixels, n_grid = v.shape[:2]
+    flat_m = m.reshape(-1, n_linear, n_linear) + 1e-12 * torch.eye(n_linear, dtype=m.dtype, device=m.device)
+    coefficients = solve_small(flat_m, v.reshape(-1, n_linear)).reshape(n_pixels, n_grid, n_linear)
+    return (v * coefficients).sum(-1)
+
+
+def _refined_minimum(grid: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+    """Return, per pixel, the relaxation time of least residual: the best grid point refined by a parabola in log time.
+
+    Parameters
+    ----------
+    grid : Log-spaced relaxation times in ms. Shape `(grid,)`.
+    residual : Residual (up to a per-pixel constant) at every grid point. Shape `(pixels, grid)`.
+
+    Returns
+    -------
+    Relaxation time in ms. Shape `(pixels,)`.
+    """
+    n_grid = grid.shape[0]
+    centre = torch.argmin(residual, dim=1).clamp(1, n_grid - 2)
+    pixels = torch.arange(residual.shape[0], device=residual.device)
+    below, at, above = (residual[pixels, centre + k] for k in (-1, 0, 1))
+    curvature = above - 2.0 * at + below
+    offset = torch.where(curvature > 0, 0.5 * (below - above) / curvature.clamp(min=1e-300), torch.zeros_like(at))
+    log_step = torch.log(grid[1] / grid[0])
+    return grid[centre] * torch.exp(offset.clamp(-1.0, 1.0) * log_step)
 
 
 def _delta_sd(gradient: torch.Tensor, covariance: torch.Tensor) -> torch.Tensor:
@@ -206,13 +301,16 @@ class MolliModel(SignalModel):
             dim=-1,
         )
 
-    def start(self, data: torch.Tensor, times_ms: torch.Tensor) -> torch.Tensor:
-        """Return ``(A, B, T1*)`` from a T1* grid with A and B solved by least squares."""
-        grid = _log_grid(20.0, 6000.0, data)
-        decay = torch.exp(-times_ms[None, :] / grid[:, None])
-        basis = torch.stack([torch.ones_like(decay), -decay], dim=-1)
-        index, ab = _best_on_grid(data, basis)
-        return torch.stack([ab[:, 0].clamp(min=0.0), ab[:, 1].clamp(min=0.0), grid[index]], dim=-1)
+    relaxation_range_ms = (20.0, 6000.0)
+
+    def linear_basis(self, relaxation_ms: torch.Tensor, times_ms: torch.Tensor) -> torch.Tensor:
+        """Return ``[1, -exp(-TI / T1*)]``. Shape `(..., phases, 2)`."""
+        decay = torch.exp(-times_ms / relaxation_ms[..., None])
+        return torch.stack([torch.ones_like(decay), -decay], dim=-1)
+
+    def from_linear(self, relaxation_ms: torch.Tensor, coefficients: torch.Tensor) -> torch.Tensor:
+        """Return ``(A, B, T1*)``."""
+        return torch.stack([coefficients[:, 0].clamp(min=0.0), coefficients[:, 1].clamp(min=0.0), relaxation_ms], -1)
 
     def maps(self, params: torch.Tensor, covariance: torch.Tensor) -> dict[str, MapOutput]:
         """Return T1 (ms, Look-Locker corrected), T1* (ms) and A, each with its SD."""
@@ -246,12 +344,15 @@ class T2PrepModel(SignalModel):
         decay = torch.exp(-times_ms / t2)
         return torch.stack([decay, m0 * decay * times_ms / t2**2], dim=-1)
 
-    def start(self, data: torch.Tensor, times_ms: torch.Tensor) -> torch.Tensor:
-        """Return ``(M0, T2)`` from a T2 grid with M0 solved by least squares."""
-        grid = _log_grid(2.0, 3000.0, data)
-        basis = torch.exp(-times_ms[None, :] / grid[:, None])[..., None]
-        index, m0 = _best_on_grid(data, basis)
-        return torch.stack([m0[:, 0].clamp(min=0.0), grid[index]], dim=-1)
+    relaxation_range_ms = (2.0, 3000.0)
+
+    def linear_basis(self, relaxation_ms: torch.Tensor, times_ms: torch.Tensor) -> torch.Tensor:
+        """Return ``[exp(-TE / T2)]``. Shape `(..., phases, 1)`."""
+        return torch.exp(-times_ms / relaxation_ms[..., None])[..., None]
+
+    def from_linear(self, relaxation_ms: torch.Tensor, coefficients: torch.Tensor) -> torch.Tensor:
+        """Return ``(M0, T2)``."""
+        return torch.stack([coefficients[:, 0].clamp(min=0.0), relaxation_ms], dim=-1)
 
     def maps(self, params: torch.Tensor, covariance: torch.Tensor) -> dict[str, MapOutput]:
         """Return T2 (ms) and M0 with their SD."""
@@ -283,12 +384,16 @@ class T2PrepOffsetModel(SignalModel):
         decay = torch.exp(-times_ms / t2)
         return torch.stack([decay, m0 * decay * times_ms / t2**2, torch.ones_like(decay)], dim=-1)
 
-    def start(self, data: torch.Tensor, times_ms: torch.Tensor) -> torch.Tensor:
-        """Return ``(M0, T2, C)`` from a T2 grid with M0 and C solved by least squares."""
-        grid = _log_grid(2.0, 3000.0, data)
-        decay = torch.exp(-times_ms[None, :] / grid[:, None])
-        index, coefficients = _best_on_grid(data, torch.stack([decay, torch.ones_like(decay)], dim=-1))
-        return torch.stack([coefficients[:, 0].clamp(min=0.0), grid[index], coefficients[:, 1]], dim=-1)
+    relaxation_range_ms = (2.0, 3000.0)
+
+    def linear_basis(self, relaxation_ms: torch.Tensor, times_ms: torch.Tensor) -> torch.Tensor:
+        """Return ``[exp(-TE / T2), 1]``. Shape `(..., phases, 2)`."""
+        decay = torch.exp(-times_ms / relaxation_ms[..., None])
+        return torch.stack([decay, torch.ones_like(decay)], dim=-1)
+
+    def from_linear(self, relaxation_ms: torch.Tensor, coefficients: torch.Tensor) -> torch.Tensor:
+        """Return ``(M0, T2, C)``."""
+        return torch.stack([coefficients[:, 0].clamp(min=0.0), relaxation_ms, coefficients[:, 1]], dim=-1)
 
     def maps(self, params: torch.Tensor, covariance: torch.Tensor) -> dict[str, MapOutput]:
         """Return T2 (ms), M0 and the offset with their SD."""
@@ -327,13 +432,17 @@ class InversionRecoveryModel(SignalModel):
         decay = torch.exp(-times_ms / t1)
         return torch.stack([1.0 - b * decay, -pd * decay, -pd * b * decay * times_ms / t1**2], dim=-1)
 
-    def start(self, data: torch.Tensor, times_ms: torch.Tensor) -> torch.Tensor:
-        """Return ``(PD, B, T1)`` from a T1 grid with ``PD`` and ``PD * B`` solved by least squares."""
-        grid = _log_grid(10.0, 6000.0, data)
-        decay = torch.exp(-times_ms[None, :] / grid[:, None])
-        index, coefficients = _best_on_grid(data, torch.stack([torch.ones_like(decay), -decay], dim=-1))
-        pd = coefficients[:, 0].clamp(min=torch.finfo(data.dtype).tiny)
-        return torch.stack([pd, (coefficients[:, 1] / pd).clamp(0.0, 3.0), grid[index]], dim=-1)
+    relaxation_range_ms = (10.0, 6000.0)
+
+    def linear_basis(self, relaxation_ms: torch.Tensor, times_ms: torch.Tensor) -> torch.Tensor:
+        """Return ``[1, -exp(-TI / T1)]`` (coefficients ``PD`` and ``PD * B``). Shape `(..., phases, 2)`."""
+        decay = torch.exp(-times_ms / relaxation_ms[..., None])
+        return torch.stack([torch.ones_like(decay), -decay], dim=-1)
+
+    def from_linear(self, relaxation_ms: torch.Tensor, coefficients: torch.Tensor) -> torch.Tensor:
+        """Return ``(PD, B, T1)``."""
+        pd = coefficients[:, 0].clamp(min=torch.finfo(coefficients.dtype).tiny)
+        return torch.stack([pd, (coefficients[:, 1] / pd).clamp(0.0, 3.0), relaxation_ms], dim=-1)
 
     def maps(self, params: torch.Tensor, covariance: torch.Tensor) -> dict[str, MapOutput]:
         """Return T1 (ms), PD and the inversion efficiency B with their SD."""
@@ -362,12 +471,15 @@ class SaturationRecoveryModel(SignalModel):
         decay = torch.exp(-times_ms / t1)
         return torch.stack([1.0 - decay, -m0 * decay * times_ms / t1**2], dim=-1)
 
-    def start(self, data: torch.Tensor, times_ms: torch.Tensor) -> torch.Tensor:
-        """Return ``(M0, T1)`` from a T1 grid with M0 solved by least squares."""
-        grid = _log_grid(10.0, 6000.0, data)
-        basis = (1.0 - torch.exp(-times_ms[None, :] / grid[:, None]))[..., None]
-        index, m0 = _best_on_grid(data, basis)
-        return torch.stack([m0[:, 0].clamp(min=0.0), grid[index]], dim=-1)
+    relaxation_range_ms = (10.0, 6000.0)
+
+    def linear_basis(self, relaxation_ms: torch.Tensor, times_ms: torch.Tensor) -> torch.Tensor:
+        """Return ``[1 - exp(-TS / T1)]``. Shape `(..., phases, 1)`."""
+        return (1.0 - torch.exp(-times_ms / relaxation_ms[..., None]))[..., None]
+
+    def from_linear(self, relaxation_ms: torch.Tensor, coefficients: torch.Tensor) -> torch.Tensor:
+        """Return ``(M0, T1)``."""
+        return torch.stack([coefficients[:, 0].clamp(min=0.0), relaxation_ms], dim=-1)
 
     def maps(self, params: torch.Tensor, covariance: torch.Tensor) -> dict[str, MapOutput]:
         """Return T1 (ms) and M0 with their SD."""

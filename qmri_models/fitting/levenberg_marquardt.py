@@ -11,8 +11,9 @@ from dataclasses import dataclass
 import torch
 
 from qmri_models.signal_models import SignalModel
+from qmri_models.small_linalg import invert_small, solve_small
 
-_DAMPING_START = 1e-3
+_DAMPING_START = 1e-4
 _DAMPING_UP = 4.0
 _DAMPING_DOWN = 3.0
 _DAMPING_MAX = 1e10
@@ -51,7 +52,7 @@ def fit_pixels(
     start: torch.Tensor | None = None,
     absolute_weights: bool = False,
     max_iterations: int = 100,
-    tolerance: float = 1e-10,
+    tolerance: float = 1e-8,
 ) -> FitResult:
     """Return the weighted least-squares fit of ``model`` to every pixel's signal.
 
@@ -89,7 +90,7 @@ def fit_pixels(
     param_scale = torch.where(amplitude, scale[:, None], torch.ones_like(scale)[:, None])
     y = data / scale[:, None]
     lower, upper = model.bounds(data)
-    x = model.start(y, times_ms) if start is None else start.to(data) / param_scale
+    x = model.start(y, times_ms, None if weights is None else w) if start is None else start.to(data) / param_scale
     x = torch.clamp(x, lower, upper)
     converged = torch.zeros(n_pixels, dtype=torch.bool, device=data.device)
     # The working set: pixels still iterating, compacted when a quarter of them has stopped.
@@ -104,14 +105,14 @@ def fit_pixels(
         iterations += 1
         jac = model.jacobian(xw, times_ms)
         weighted_jac = jac * ww[..., None]
-        jtwj = weighted_jac.transpose(1, 2) @ jac
-        gradient = (weighted_jac * residual[..., None]).sum(1)
+        jtwj = torch.einsum("npi,npj->nij", weighted_jac, jac)  # faster than bmm or a broadcast sum here (measured)
+        gradient = torch.einsum("npi,np->ni", weighted_jac, residual)
         diagonal = torch.diagonal(jtwj, dim1=-2, dim2=-1).clamp(min=1e-12)
         # Parameters on a bound that the step would push outward are held there (the reduced system of the others).
         held = ((xw <= lower) & (gradient < 0)) | ((xw >= upper) & (gradient > 0))
         free = (~held).to(data.dtype)
         system = (jtwj + torch.diag_embed(damping[:, None] * diagonal)) * (free[:, :, None] * free[:, None, :])
-        step = _solve_small(system + torch.diag_embed(1.0 - free), gradient * free)
+        step = solve_small(system + torch.diag_embed(1.0 - free), gradient * free)
         trial = torch.clamp(xw + step, lower, upper)
         trial_residual = yw - model.signal(trial, times_ms)
         trial_cost = (ww * trial_residual**2).sum(-1)
@@ -136,59 +137,6 @@ def fit_pixels(
     params = x * param_scale
     covariance = covariance * param_scale[:, :, None] * param_scale[:, None, :]
     return FitResult(params, covariance, residual_sd * scale, converged, iterations)
-
-
-def _solve_small(system: torch.Tensor, rhs: torch.Tensor) -> torch.Tensor:
-    """Return the solution of a batch of small linear systems; closed form (Cramer) up to 3 unknowns.
-
-    Batched LAPACK costs more in call overhead than the arithmetic of a 2x2 or 3x3 system, so these are solved by
-    their adjugate. A singular system gives non-finite steps, which the caller rejects like a cost increase.
-
-    Parameters
-    ----------
-    system : Matrices. Shape `(n, p, p)`.
-    rhs : Right-hand sides. Shape `(n, p)`.
-
-    Returns
-    -------
-    Solutions. Shape `(n, p)`.
-    """
-    p = rhs.shape[-1]
-    if p == 1:
-        return rhs / system[:, 0]
-    if p == 2:
-        a, b, c, d = system[:, 0, 0], system[:, 0, 1], system[:, 1, 0], system[:, 1, 1]
-        det = a * d - b * c
-        return torch.stack([d * rhs[:, 0] - b * rhs[:, 1], a * rhs[:, 1] - c * rhs[:, 0]], dim=-1) / det[:, None]
-    if p == 3:
-        c0, c1, c2 = system[:, :, 0], system[:, :, 1], system[:, :, 2]
-        cross = torch.linalg.cross(c1, c2)
-        det = (c0 * cross).sum(-1)
-        x0 = (rhs * cross).sum(-1)
-        x1 = (c0 * torch.linalg.cross(rhs, c2)).sum(-1)
-        x2 = (c0 * torch.linalg.cross(c1, rhs)).sum(-1)
-        return torch.stack([x0, x1, x2], dim=-1) / det[:, None]
-    return torch.linalg.solve(system, rhs)
-
-
-def _invert_small(matrices: torch.Tensor) -> torch.Tensor:
-    """Return the inverses of a batch of small matrices (closed form up to 3x3), NaN where singular.
-
-    A singular information matrix means a parameter the data do not determine; its SD is reported as NaN rather
-    than as a finite number that would look trustworthy.
-
-    Parameters
-    ----------
-    matrices : Shape `(n, p, p)`.
-
-    Returns
-    -------
-    Inverses. Shape `(n, p, p)`.
-    """
-    p = matrices.shape[-1]
-    identity = torch.eye(p, dtype=matrices.dtype, device=matrices.device).expand(matrices.shape[0], p, p)
-    columns = [_solve_small(matrices, identity[:, :, i]) for i in range(p)]
-    return torch.stack(columns, dim=-1)
 
 
 def _weights(weights: torch.Tensor | None, data: torch.Tensor) -> torch.Tensor:
@@ -225,7 +173,7 @@ def _covariance(
     residual = y - model.signal(x, times_ms)
     residual_var = (w * residual**2).sum(-1) / (n_phases - n_params)
     information_weights = w * scale[:, None] ** 2 if absolute_weights else w
-    information = (jac * information_weights[..., None]).transpose(1, 2) @ jac
-    inverse = _invert_small(information)
+    information = torch.einsum("npi,npj->nij", jac * information_weights[..., None], jac)
+    inverse = invert_small(information)
     covariance = inverse if absolute_weights else inverse * residual_var[:, None, None]
     return covariance, torch.sqrt(residual_var)

@@ -8,8 +8,10 @@ import torch
 from qmri_models.fitting.levenberg_marquardt import FitResult, fit_pixels
 from qmri_models.signal_models import SignalModel
 
-CHUNK_PIXELS = 32768
-"""Pixels fitted together; bounds the grid search's memory (pixels x grid x phases doubles)."""
+CHUNK_PIXELS = 6144
+"""Pixels fitted together. Each Levenberg-Marquardt step streams a few `(pixels, phases, params)` temporaries, so
+chunks that stay in the CPU caches are faster overall: 6144 (12288 with MOLLI's two polarity candidates) fitted a
+160^2 MOLLI slice in 39 ms against 65 ms in one piece (bench/bench_fitting.py's slice, 2 cores)."""
 
 
 @dataclass(frozen=True)

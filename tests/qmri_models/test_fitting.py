@@ -104,7 +104,7 @@ def test_zero_weight_ignores_a_corrupted_phase() -> None:
     weights = torch.ones(len(MOLLI_TI_MS), dtype=torch.float64)
     weights[3] = 0.0
     fit = fit_pixels(model, data, times, weights=weights)
-    torch.testing.assert_close(fit.params, truth, rtol=1e-6, atol=1e-9)
+    torch.testing.assert_close(fit.params, truth, rtol=1e-4, atol=1e-6)
 
 
 def test_bounds_hold() -> None:
