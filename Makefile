@@ -14,9 +14,9 @@ $(STAMP): pyproject.toml
 
 demo: $(STAMP)
 	$(VENV)/bin/qmri simulate molli --acceleration 4 --out $(OUT)/molli_R4.h5
-	$(VENV)/bin/qmri replay $(OUT)/molli_R4.h5 --chain cartesian_multiphase --out $(OUT)/molli_R4
+	$(VENV)/bin/qmri replay $(OUT)/molli_R4.h5 --chain t1_molli --out $(OUT)/molli_R4
 	$(VENV)/bin/qmri evaluate $(OUT)/molli_R4 $(OUT)/molli_R4.h5
-	@echo "demo done: raw file $(OUT)/molli_R4.h5 (truth in /truth), images $(OUT)/molli_R4/images.h5"
+	@echo "demo done: raw file $(OUT)/molli_R4.h5 (truth in /truth), T1 and SD maps $(OUT)/molli_R4/images.h5 (series 11, 12), DICOM $(OUT)/molli_R4/dicom"
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
