@@ -1,7 +1,9 @@
 """Shared fixtures: small simulated raw files and a live server on a free loopback port."""
 
 import shutil
+import socket
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -76,3 +78,27 @@ def ensure_debian_tool(executable: str, package: str) -> str:
     if not found:
         pytest.skip(f"Debian package {package} installed but {executable} is not on PATH")
     return found
+
+
+def dciodvfy_lines(path: Path) -> list[str]:
+    """The Error and Warning lines dciodvfy prints for a file."""
+    tool = shutil.which("dciodvfy", path=str(Path(sys.executable).parent)) or shutil.which("dciodvfy")
+    if tool is None:
+        pytest.skip("dciodvfy (dicom3tools) is not installed")
+    result = subprocess.run([tool, str(path)], capture_output=True, text=True, check=False, timeout=60)
+    return [line for line in (result.stdout + result.stderr).splitlines() if line.startswith(("Error", "Warning"))]
+
+
+# pynetdicom <= 3.0.4 does not close its socket when the TCP connect is refused (shutdown() of an unconnected
+# socket raises first, then it drops the reference); CPython closes it when collected, with a ResourceWarning that
+# filterwarnings=error turns into a failure. Fixed upstream: pydicom/pynetdicom#979, #999.
+pynetdicom_refused_socket = pytest.mark.filterwarnings(
+    "ignore:Exception ignored in. <socket.socket:pytest.PytestUnraisableExceptionWarning"
+)
+
+
+def free_port() -> int:
+    """Return a loopback TCP port nobody listens on now (bound, then released)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])

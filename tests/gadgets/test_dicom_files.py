@@ -1,9 +1,5 @@
 """DICOM output: valid files (dciodvfy), exact map values, one series per image series, geometry, pass-through."""
 
-import shutil
-import socket
-import subprocess
-import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -21,7 +17,7 @@ from gadgets.runtime.chain import load_chain, parse_chain
 from gadgets.runtime.config import PropertyError
 from gadgets.runtime.pipeline import run_chain
 from gadgets.runtime.replay import replay
-from tests.conftest import make_raw, raw_header_and_items
+from tests.conftest import dciodvfy_lines, free_port, make_raw, pynetdicom_refused_socket, raw_header_and_items
 
 RECON_XML = """<?xml version="1.0" encoding="utf-8"?>
 <configuration>
@@ -47,15 +43,6 @@ def dicom_chain(**properties: object):
         "<configuration><version>2</version><stream><gadget><name>Dicom</name><dll>qmri</dll>"
         f"<classname>DicomOutputGadget</classname>{props}</gadget></stream></configuration>"
     )
-
-
-def dciodvfy_lines(path: Path) -> list[str]:
-    """The Error and Warning lines dciodvfy prints for a file."""
-    tool = shutil.which("dciodvfy", path=str(Path(sys.executable).parent)) or shutil.which("dciodvfy")
-    if tool is None:
-        pytest.skip("dciodvfy (dicom3tools) is not installed")
-    result = subprocess.run([tool, str(path)], capture_output=True, text=True, check=False, timeout=60)
-    return [line for line in (result.stdout + result.stderr).splitlines() if line.startswith(("Error", "Warning"))]
 
 
 def map_image(like: ismrmrd.Image, values: np.ndarray, series: int, role: str) -> ismrmrd.Image:
@@ -360,21 +347,13 @@ def test_multichannel_images_are_refused_with_the_channel_count(stream: Stream, 
         DicomSeriesWriter(stream.header, tmp_path).write(image)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def run_gadget(stream: Stream, out: Path, **properties: object) -> list[object]:
     outputs: list[object] = []
     run_chain(dicom_chain(**properties), stream.header, iter(stream.inputs), outputs.append, output_dir=out)
     return outputs
 
 
-# pynetdicom <= 3.0.4 leaves its socket unclosed when the TCP connect is refused (ResourceWarning when collected);
-# fixed upstream (pydicom/pynetdicom#979, #999).
-@pytest.mark.filterwarnings("ignore:Exception ignored in. <socket.socket:pytest.PytestUnraisableExceptionWarning")
+@pynetdicom_refused_socket
 def test_node_down_keeps_files_in_outbox_and_warns_once(stream: Stream, tmp_path: Path) -> None:
     port = free_port()
     outputs = run_gadget(stream, tmp_path, node_host="127.0.0.1", node_port=port, outbox="box")

@@ -30,21 +30,9 @@ import gadgets.dicom.store as store
 from gadgets.dicom.store import DicomNode, FlushResult, Outbox
 from gadgets.runtime.chain import CHAINS_DIR, load_chain
 from gadgets.runtime.replay import replay
-from tests.conftest import ensure_debian_tool, make_raw
+from tests.conftest import ensure_debian_tool, free_port, make_raw, pynetdicom_refused_socket
 
 AET = "QMRITEST"
-
-# pynetdicom <= 3.0.4 does not close its socket when the TCP connect is refused (shutdown() of an unconnected
-# socket raises first); CPython closes it at once with a ResourceWarning. Fixed upstream: pydicom/pynetdicom#979, #999.
-pynetdicom_refused_socket = pytest.mark.filterwarnings(
-    "ignore:Exception ignored in. <socket.socket:pytest.PytestUnraisableExceptionWarning"
-)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class Orthanc:

@@ -6,16 +6,19 @@ from pathlib import Path
 import h5py
 import ismrmrd
 import numpy as np
+import pydicom
 import pytest
 
 from gadgets.cli import main
 from gadgets.evaluate import read_series, score_maps
 from gadgets.fitting import ModelName
 from gadgets.runtime.chain import parse_chain, resolve_chain
+from gadgets.runtime.client import send_stream
 from gadgets.runtime.replay import replay
+from gadgets.runtime.server import MrdServer
 from qmri_models.signal_models import MODELS
 from qmri_models.simulation.anatomy import NIST_T1_MS
-from tests.conftest import make_raw
+from tests.conftest import dciodvfy_lines, free_port, make_raw, pynetdicom_refused_socket, raw_header_and_items
 
 
 def meta_of(image: ismrmrd.Image) -> dict[str, str]:
@@ -59,6 +62,16 @@ def test_fully_sampled_maps_match_truth_in_white_and_grey_matter(
     # the SD map is in ms and of the size of the fit's scatter in white matter
     scatter = np.std(maps[0][wm] - truth_ms[wm])
     assert 0.5 < np.median(sds[0][wm]) / scatter < 2.0
+    # the chain's DICOM: one Parametric Map per series, values in ms exactly as the MRD map, valid for dciodvfy
+    for series, values, kind in ((11, maps[0], "map"), (12, sds[0], "uncertainty")):
+        (path,) = (out / "dicom").glob(f"*/series_{series:04d}/*.dcm")
+        dataset = pydicom.dcmread(path)
+        assert dataset.SeriesNumber == series
+        assert kind in dataset.SeriesDescription
+        np.testing.assert_array_equal(dataset.pixel_array, values)
+        mapping = dataset.SharedFunctionalGroupsSequence[0].RealWorldValueMappingSequence[0]
+        assert mapping.MeasurementUnitsCodeSequence[0].CodeValue == "ms"
+        assert not [line for line in dciodvfy_lines(path) if line.startswith("Error")]
 
 
 def test_undersampled_molli_returns_maps_and_phase_images_when_asked(tmp_path: Path) -> None:
@@ -105,3 +118,39 @@ def test_evaluate_command_prints_per_tissue_table(tmp_path: Path, capsys: pytest
     assert "T2 map against the truth" in printed
     for header in ("median APE %", "NRMSE", "SSIM", "white_matter", "grey_matter"):
         assert header in printed
+
+
+@pynetdicom_refused_socket
+def test_server_returns_maps_and_sd_while_the_dicom_node_is_down(tmp_path: Path) -> None:
+    """The scanner path: a MOLLI stream to `qmri serve` comes back as T1 and T1SD images even though the DICOM node
+    the chain names is down; the client gets a WARNING text and the DICOM files wait in the outbox."""
+    raw = make_raw(tmp_path / "molli.h5", contrast="molli", seed=5)
+    chain_text = Path(resolve_chain("t1_molli").source).read_text()
+    chain_text = chain_text.replace(
+        '<property name="node_host" value=""/>',
+        f'<property name="node_host" value="127.0.0.1"/><property name="node_port" value="{free_port()}"/>',
+    )
+    output = tmp_path / "server_output"
+    server = MrdServer("127.0.0.1", 0, output_dir=output)
+    server.start_in_background()
+    try:
+        header, items = raw_header_and_items(raw)
+        reply = send_stream("127.0.0.1", server.port, header, items, config_text=chain_text)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert not reply.errors
+    (warning,) = [text for text in reply.texts if text.startswith("WARNING")]
+    assert "qmri dicom-flush" in warning
+    assert len(list((output / "dicom_outbox").glob("*.dcm"))) == 2
+    roles = sorted(meta_of(image)["GADGETRON_DataRole"] for image in reply.images)
+    assert roles == ["T1", "T1SD"]
+    t1 = next(image for image in reply.images if meta_of(image)["GADGETRON_DataRole"] == "T1")
+    assert t1.image_series_index == 11
+    assert t1.data.dtype == np.float32
+    with h5py.File(raw, "r") as f:
+        truth = f["truth"]["t1_ms"][0]
+        labels = f["truth"]["labels"][0]
+    wm = labels == 1
+    assert abs(np.median(t1.data[0, 0][wm] / truth[wm]) - 1.0) < 0.03
+    assert len(list((output / "dicom").glob("*/series_*/*.dcm"))) == 2
