@@ -215,7 +215,8 @@ def main(argv: list[str] | None = None) -> int:
         stream=sys.stderr,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    logging.getLogger("pynetdicom").setLevel(logging.DEBUG if args.verbose else logging.WARNING)  # not every PDU
+    for library in ("pynetdicom", "highdicom"):  # not every PDU, not every module copied into every instance
+        logging.getLogger(library).setLevel(logging.DEBUG if args.verbose else logging.WARNING)
     try:
         return int(args.run(args))
     except (ChainError, StreamError, ValueError, OSError) as exc:
