@@ -313,7 +313,7 @@ class MolliModel(SignalModel):
         return torch.stack([coefficients[:, 0].clamp(min=0.0), coefficients[:, 1].clamp(min=0.0), relaxation_ms], -1)
 
     def maps(self, params: torch.Tensor, covariance: torch.Tensor) -> dict[str, MapOutput]:
-        """Return T1 (ms, Look-Locker corrected), T1* (ms) and A, each with its SD."""
+        """Return T1 (ms, Look-Locker corrected), T1* (ms), A and B, each with its SD."""
         a, b, t1s = params[:, 0], params[:, 1], params[:, 2]
         safe_a = torch.where(a > 0, a, torch.ones_like(a))
         ratio = b / safe_a
@@ -323,6 +323,7 @@ class MolliModel(SignalModel):
             "T1": MapOutput(t1, _delta_sd(gradient, covariance), "ms"),
             "T1star": _parameter_map(params, covariance, 2, "ms"),
             "A": _parameter_map(params, covariance, 0, "a.u."),
+            "B": _parameter_map(params, covariance, 1, "a.u."),
         }
 
 

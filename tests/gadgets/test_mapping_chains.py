@@ -154,3 +154,21 @@ def test_server_returns_maps_and_sd_while_the_dicom_node_is_down(tmp_path: Path)
     wm = labels == 1
     assert abs(np.median(t1.data[0, 0][wm] / truth[wm]) - 1.0) < 0.03
     assert len(list((output / "dicom").glob("*/series_*/*.dcm"))) == 2
+
+
+def test_map_series_properties_move_series_and_window(tmp_path: Path) -> None:
+    raw = make_raw(tmp_path / "t2.h5", contrast="t2prep", seed=8)
+    text = Path(resolve_chain("t2prep").source).read_text()
+    text = text.replace('name="map_series_index" value="11"', 'name="map_series_index" value="21"')
+    text = text.replace(
+        '<property name="sd_series_index" value="12"/>',
+        '<property name="send_sd" value="false"/><property name="window_center" value="60"/>'
+        '<property name="window_width" value="120"/>',
+    )
+    out = tmp_path / "out"
+    replay(raw, parse_chain(text), out, progress=False)
+    with ismrmrd.Dataset(str(out / "images.h5"), "dataset", create_if_needed=False) as dataset:
+        assert sorted(dataset.list()) == ["image_21", "xml"]
+    _, images = read_series(out / "images.h5", 21)
+    meta = meta_of(images[0])
+    assert (meta["GADGETRON_WindowCenter"], meta["GADGETRON_WindowWidth"]) == ("60", "120")

@@ -165,7 +165,7 @@ def test_signal_mask_and_empty_fit() -> None:
     mask = signal_mask(images, 0.1)
     assert mask.sum() == 4
     empty = fit_maps(MODELS["molli"], images, np.asarray(MOLLI_TI_MS), mask=np.zeros((6, 6), bool))
-    assert set(empty.values) == {"T1", "T1star", "A"}
+    assert set(empty.values) == {"T1", "T1star", "A", "B"}
     assert not empty.values["T1"].any()
 
 
