@@ -1,0 +1,1 @@
+"""Networks: the PUQ unrolled reconstruction with MC dropout, and its batched sampling."""
