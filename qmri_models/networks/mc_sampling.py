@@ -1,9 +1,11 @@
 """Monte Carlo dropout sampling of a reconstruction network, the samples run as batches.
 
-The PUQ paper runs T = 100 forward passes one after another (2386.7 ms per image on an A800). Here the T samples of
-one slice go through the network as a few batches (the inputs repeated along the batch axis), sized to the memory
-of the device, and their mean and standard deviation are accumulated batch by batch (Chan et al.'s pairwise update),
-so no more than one batch of samples is ever held.
+The PUQ paper runs T = 100 forward passes one after another (2386.7 ms per image on an A800). Here, on CUDA, the T
+samples of one slice go through the network as a few batches (the inputs repeated along the batch axis), sized to
+the free memory; their mean and standard deviation are accumulated batch by batch (Chan et al.'s pairwise update),
+so no more than one batch of samples is ever held. On the CPU one sample per pass is fastest: a 160^2 slice's
+convolutions already use every core, and batches only push the activations out of the caches (measured with
+bench/bench_mc_sampling.py: 580 ms per sample one at a time, 712 in pairs, 796 in fours, 1563 in tens, 2 cores).
 """
 
 from collections.abc import Callable
@@ -13,8 +15,6 @@ import torch
 
 from qmri_models.networks.unrolled import UnrolledRecon
 
-CPU_BATCH_BYTES = 1 << 30
-"""Memory one batch of samples may take on the CPU."""
 CUDA_FREE_FRACTION = 0.5
 """Fraction of the free CUDA memory one batch of samples may take."""
 _LIVE_ACTIVATIONS = 8
@@ -61,26 +61,26 @@ class RunningMoments:
         return torch.sqrt(self.m2 / self.count)
 
 
-def samples_per_batch(network: UnrolledRecon, kdata: torch.Tensor) -> int:
-    """Return how many MC samples of one slice fit in one batch on ``kdata``'s device.
+def samples_per_batch(network: UnrolledRecon, kdata: torch.Tensor, *, free_bytes: int | None = None) -> int:
+    """Return how many MC samples of one slice to run per forward pass on ``kdata``'s device.
 
     Parameters
     ----------
     network : The network (its hidden width sets the activation size).
     kdata : The slice's k-space. Shape `(phases, coils, ky, kx)` complex.
+    free_bytes : Device memory free for the batch; None to ask CUDA (on the CPU, None gives 1, the fastest there).
 
     Returns
     -------
     Samples per batch, at least 1.
     """
+    if free_bytes is None:
+        if kdata.device.type != "cuda":
+            return 1
+        free_bytes, _ = torch.cuda.mem_get_info(kdata.device)
     n_phases, n_coils, ny, nx = kdata.shape
     bytes_per_sample = 4 * ny * nx * (_LIVE_ACTIVATIONS * network.hidden + 4 * 2 * n_phases * n_coils)
-    if kdata.device.type == "cuda":
-        free, _ = torch.cuda.mem_get_info(kdata.device)
-        budget = int(free * CUDA_FREE_FRACTION)
-    else:
-        budget = CPU_BATCH_BYTES
-    return max(1, budget // bytes_per_sample)
+    return max(1, int(free_bytes * CUDA_FREE_FRACTION) // bytes_per_sample)
 
 
 def mc_sample(
@@ -102,7 +102,7 @@ def mc_sample(
     sampled : Sampled lines. Shape `(phases, ky)` bool.
     sens : Coil sensitivities. Shape `(coils, y, x)` complex64.
     n_samples : Samples T.
-    batch_size : Samples per forward pass; None to size batches to the device's memory (``samples_per_batch``).
+    batch_size : Samples per forward pass; None for ``samples_per_batch`` (memory-sized on CUDA, 1 on the CPU).
         1 runs the paper's T sequential passes.
     on_batch : Called with the number of samples done after every batch (progress).
 
