@@ -1,0 +1,124 @@
+"""Training examples of the PUQ reconstruction network, made by the simulator.
+
+Each example is one simulated slice: a random brain slice (position, orientation, warp, lesions, tissue values),
+random coils, a random 1D Cartesian mask at one of the accelerations (the PUQ paper's 6/8/10x with its ACS
+fractions), noise at the given SNR, and the noise-free images as the target. K-space and target are scaled together
+so the zero-filled image's 99th-percentile magnitude is 1 (the network sees one intensity range whatever the gain);
+the scale is kept so a reconstruction can be put back in the scanner's units.
+"""
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import torch
+
+from qmri_models.networks.unrolled import sens_reduce
+from qmri_models.simulation.scan import ScanSettings, simulate_slice
+
+MapName = Literal["t1", "t2"]
+CONTRAST_OF_MAP: dict[str, Literal["molli", "t2prep"]] = {"t1": "molli", "t2": "t2prep"}
+"""The simulated contrast that trains each map's network: MOLLI for T1, T2-prep for T2."""
+
+
+@dataclass(frozen=True)
+class ReconExamples:
+    """Stacked training examples; every tensor has the examples first."""
+
+    kdata: torch.Tensor
+    """Scaled noisy k-space, zero where not sampled. Shape `(n, phases, coils, ky, kx)` complex64."""
+    sampled: torch.Tensor
+    """Sampled lines. Shape `(n, phases, ky)` bool."""
+    sens: torch.Tensor
+    """Coil sensitivities, unit sum of squares. Shape `(n, coils, y, x)` complex64."""
+    target: torch.Tensor
+    """Scaled noise-free images. Shape `(n, phases, y, x)` complex64."""
+    tissue: torch.Tensor
+    """Tissue mask (label > 0). Shape `(n, y, x)` bool."""
+    scale: torch.Tensor
+    """Factor the raw k-space was divided by. Shape `(n,)` float32."""
+    acceleration: torch.Tensor
+    """Acceleration of every example. Shape `(n,)` int64."""
+
+    def __len__(self) -> int:
+        return int(self.kdata.shape[0])
+
+
+def input_scale(kdata: torch.Tensor, sens: torch.Tensor) -> torch.Tensor:
+    """Return the 99th percentile of the zero-filled image's magnitude, per example.
+
+    Parameters
+    ----------
+    kdata : K-space. Shape `(n, phases, coils, ky, kx)` complex.
+    sens : Coil sensitivities. Shape `(n, coils, y, x)` complex.
+
+    Returns
+    -------
+    Scale. Shape `(n,)`, positive.
+    """
+    magnitude = sens_reduce(kdata, sens).abs().flatten(1)
+    return torch.quantile(magnitude, 0.99, dim=1).clamp(min=torch.finfo(magnitude.dtype).tiny)
+
+
+def simulate_recon_examples(
+    map_name: MapName,
+    n_examples: int,
+    *,
+    matrix: int = 160,
+    n_coils: int = 8,
+    accelerations: tuple[int, ...] = (6, 8, 10),
+    snr: float = 50.0,
+    seed: int = 0,
+    on_example: Callable[[int], None] | None = None,
+) -> ReconExamples:
+    """Return ``n_examples`` simulated slices for the T1 (MOLLI) or T2 (T2-prep) network.
+
+    Parameters
+    ----------
+    map_name : ``t1`` or ``t2``.
+    n_examples : Number of slices.
+    matrix : Image size in pixels per side.
+    n_coils : Coils.
+    accelerations : Accelerations drawn from, uniformly.
+    snr : Signal-to-noise ratio of the simulator (mean tissue signal of the brightest phase over the noise SD).
+    seed : Seed of everything (anatomy, coils, masks, noise, accelerations).
+    on_example : Called with the number of examples made so far (progress).
+
+    Returns
+    -------
+    The stacked, scaled examples.
+    """
+    if map_name not in CONTRAST_OF_MAP:
+        raise ValueError(f"map_name must be t1 or t2, got {map_name!r}")
+    if n_examples < 1:
+        raise ValueError(f"n_examples must be at least 1, got {n_examples}")
+    sequences = np.random.SeedSequence(seed).spawn(n_examples)
+    parts: dict[str, list[np.ndarray]] = {k: [] for k in ("kdata", "sampled", "sens", "target", "tissue", "accel")}
+    for index, sequence in enumerate(sequences):
+        rng = np.random.default_rng(sequence)
+        acceleration = int(rng.choice(accelerations))
+        settings = ScanSettings(
+            contrast=CONTRAST_OF_MAP[map_name], matrix=matrix, n_coils=n_coils, acceleration=acceleration, snr=snr
+        )
+        simulated = simulate_slice(settings, rng)
+        parts["kdata"].append(simulated.kdata)
+        parts["sampled"].append(simulated.sampled)
+        parts["sens"].append(simulated.sens)
+        parts["target"].append(simulated.images)
+        parts["tissue"].append(simulated.truth.labels > 0)
+        parts["accel"].append(np.asarray(acceleration))
+        if on_example is not None:
+            on_example(index + 1)
+    kdata = torch.from_numpy(np.stack(parts["kdata"]))
+    sens = torch.from_numpy(np.stack(parts["sens"]))
+    scale = input_scale(kdata, sens)
+    return ReconExamples(
+        kdata=kdata / scale[:, None, None, None, None],
+        sampled=torch.from_numpy(np.stack(parts["sampled"])),
+        sens=sens,
+        target=torch.from_numpy(np.stack(parts["target"])) / scale[:, None, None, None],
+        tissue=torch.from_numpy(np.stack(parts["tissue"])),
+        scale=scale.to(torch.float32),
+        acceleration=torch.from_numpy(np.stack(parts["accel"])).to(torch.int64),
+    )
