@@ -88,3 +88,17 @@ def test_resume_refuses_a_different_configuration(tmp_path: Path) -> None:
 def test_config_errors_name_the_field() -> None:
     with pytest.raises(ValueError, match="batch_size must be at least 1"):
         replace(TINY, batch_size=0)
+
+
+def test_train_command_trains_and_resumes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from gadgets.cli import main
+
+    args = ["train", "puq-recon", "--map", "t2", "--out", str(tmp_path), "--n-train", "2", "--n-val", "1"]
+    args += ["--matrix", "32", "--coils", "2", "--accelerations", "4", "--iterations", "1", "--hidden", "4"]
+    args += ["--batch-size", "2", "--validate-every", "2", "--quiet"]
+    assert main([*args, "--steps", "2"]) == 0
+    assert main([*args, "--steps", "4"]) == 0
+    assert "4 steps" in capsys.readouterr().out
+    checkpoint = torch.load(tmp_path / CHECKPOINT, weights_only=False)
+    assert checkpoint["step"] == 4
+    assert checkpoint["history"]["steps"] == [2, 4]
