@@ -48,6 +48,21 @@ def read_series(images_file: Path, series: int, *, group: str = "dataset") -> tu
     return np.stack([im.data[0, 0] for im in images]), images
 
 
+def read_truth(raw: Path, *names: str) -> tuple[list[np.ndarray], list[str]]:
+    """Return the named datasets of a simulated raw file's ``/truth`` group, in the order asked, and its tissue names.
+
+    Raises
+    ------
+    ValueError
+        If the file has no truth (it was not made by the simulator).
+    """
+    with h5py.File(raw, "r") as f:
+        if TRUTH_GROUP not in f:
+            raise ValueError(f"{raw}: no /{TRUTH_GROUP} group; only simulated raw files can be scored")
+        truth = f[TRUTH_GROUP]
+        return [truth[name][:] for name in names], [str(n) for n in truth.attrs["label_names"]]
+
+
 def score_phase_images(out_dir: Path, raw: Path, *, series: int = 1) -> list[PhaseScore]:
     """Return the NRMSE of every phase image of a replay against the raw file's truth.
 
@@ -62,12 +77,8 @@ def score_phase_images(out_dir: Path, raw: Path, *, series: int = 1) -> list[Pha
     One score per slice and phase.
     """
     data, images = read_series(Path(out_dir) / "images.h5", series)
-    with h5py.File(raw, "r") as f:
-        if TRUTH_GROUP not in f:
-            raise ValueError(f"{raw}: no /{TRUTH_GROUP} group; only simulated raw files can be scored")
-        truth = np.abs(f[TRUTH_GROUP]["images"][:])
-        labels = f[TRUTH_GROUP]["labels"][:]
-        prep = f[TRUTH_GROUP]["prep_times_ms"][:]
+    (truth_images, labels, prep), _ = read_truth(raw, "images", "labels", "prep_times_ms")
+    truth = np.abs(truth_images)
     scores = []
     for pixels, image in zip(data, images, strict=True):
         s, p = int(image.slice), int(image.set)
@@ -102,13 +113,8 @@ def score_maps(out_dir: Path, raw: Path, *, series: int = 11) -> list[MapScores]
     One entry per slice.
     """
     data, images = read_series(Path(out_dir) / "images.h5", series)
-    with h5py.File(raw, "r") as f:
-        if TRUTH_GROUP not in f:
-            raise ValueError(f"{raw}: no /{TRUTH_GROUP} group; only simulated raw files can be scored")
-        truth_group = f[TRUTH_GROUP]
-        labels = truth_group["labels"][:]
-        names = [str(n) for n in truth_group.attrs["label_names"]]
-        truths = {role: truth_group[key][:] for role, key in TRUTH_MAPS.items()}
+    (labels, *maps), names = read_truth(raw, "labels", *TRUTH_MAPS.values())
+    truths = dict(zip(TRUTH_MAPS, maps, strict=True))
     scores = []
     for values, image in zip(data, images, strict=True):
         role = ismrmrd.Meta.deserialize(image.attribute_string).get("GADGETRON_DataRole", "")

@@ -264,6 +264,12 @@ def _refined_minimum(grid: torch.Tensor, residual: torch.Tensor) -> torch.Tensor
     return grid[centre] * torch.exp(offset.clamp(-1.0, 1.0) * log_step)
 
 
+def _offset_minus_decay_basis(relaxation_ms: torch.Tensor, times_ms: torch.Tensor) -> torch.Tensor:
+    """Return ``[1, -exp(-t / T)]``, the basis of the inversion-recovery shapes. Shape `(..., phases, 2)`."""
+    decay = torch.exp(-times_ms / relaxation_ms[..., None])
+    return torch.stack([torch.ones_like(decay), -decay], dim=-1)
+
+
 def _delta_sd(gradient: torch.Tensor, covariance: torch.Tensor) -> torch.Tensor:
     """Return ``sqrt(g^T C g)`` per pixel. ``gradient`` shape `(pixels, n_params)`; returns `(pixels,)`."""
     variance = torch.einsum("np,npq,nq->n", gradient, covariance, gradient)
@@ -305,8 +311,7 @@ class MolliModel(SignalModel):
 
     def linear_basis(self, relaxation_ms: torch.Tensor, times_ms: torch.Tensor) -> torch.Tensor:
         """Return ``[1, -exp(-TI / T1*)]``. Shape `(..., phases, 2)`."""
-        decay = torch.exp(-times_ms / relaxation_ms[..., None])
-        return torch.stack([torch.ones_like(decay), -decay], dim=-1)
+        return _offset_minus_decay_basis(relaxation_ms, times_ms)
 
     def from_linear(self, relaxation_ms: torch.Tensor, coefficients: torch.Tensor) -> torch.Tensor:
         """Return ``(A, B, T1*)``."""
@@ -437,8 +442,7 @@ class InversionRecoveryModel(SignalModel):
 
     def linear_basis(self, relaxation_ms: torch.Tensor, times_ms: torch.Tensor) -> torch.Tensor:
         """Return ``[1, -exp(-TI / T1)]`` (coefficients ``PD`` and ``PD * B``). Shape `(..., phases, 2)`."""
-        decay = torch.exp(-times_ms / relaxation_ms[..., None])
-        return torch.stack([torch.ones_like(decay), -decay], dim=-1)
+        return _offset_minus_decay_basis(relaxation_ms, times_ms)
 
     def from_linear(self, relaxation_ms: torch.Tensor, coefficients: torch.Tensor) -> torch.Tensor:
         """Return ``(PD, B, T1)``."""

@@ -16,9 +16,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch.nn import functional
 
+from qmri_models.metrics import nrmse
 from qmri_models.networks.unrolled import UnrolledRecon, sens_reduce
 from qmri_models.training.recon_data import MapName, ReconExamples, simulate_recon_examples
 
@@ -84,7 +86,7 @@ def validation_nrmse(network: UnrolledRecon, examples: ReconExamples, device: to
     with torch.inference_mode():
         for i in range(len(examples)):
             out = network(*(t[i : i + 1].to(device) for t in (examples.kdata, examples.sampled, examples.sens)))
-            scores.append(_nrmse(out[0].cpu(), examples.target[i], examples.tissue[i]))
+            scores.append(_tissue_nrmse(out[0].cpu(), examples.target[i], examples.tissue[i]))
     network.train()
     return float(sum(scores) / len(scores))
 
@@ -92,14 +94,13 @@ def validation_nrmse(network: UnrolledRecon, examples: ReconExamples, device: to
 def zero_filled_nrmse(examples: ReconExamples) -> float:
     """Return the mean NRMSE of the zero-filled (coil-combined) images in the tissue mask."""
     images = sens_reduce(examples.kdata, examples.sens)
-    scores = [_nrmse(images[i], examples.target[i], examples.tissue[i]) for i in range(len(examples))]
+    scores = [_tissue_nrmse(images[i], examples.target[i], examples.tissue[i]) for i in range(len(examples))]
     return float(sum(scores) / len(scores))
 
 
-def _nrmse(estimate: torch.Tensor, target: torch.Tensor, tissue: torch.Tensor) -> float:
-    """Return ``||estimate - target|| / ||target||`` over the tissue pixels of every phase."""
-    diff = (estimate - target)[:, tissue]
-    return float(torch.linalg.vector_norm(diff) / torch.linalg.vector_norm(target[:, tissue]))
+def _tissue_nrmse(estimate: torch.Tensor, target: torch.Tensor, tissue: torch.Tensor) -> float:
+    """Return ``qmri_models.metrics.nrmse`` over the tissue pixels of every phase (`(phases, y, x)` images)."""
+    return nrmse(estimate.numpy(), target.numpy(), np.broadcast_to(tissue.numpy(), target.shape))
 
 
 def train_recon(
