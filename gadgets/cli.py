@@ -1,4 +1,4 @@
-"""The ``qmri`` command: serve, replay, stream, simulate, chains, check-chain, gadgets, evaluate, dicom-flush."""
+"""The ``qmri`` command: serve, replay, stream, simulate, train, chains, check-chain, gadgets, evaluate, dicom-flush."""
 
 import argparse
 import logging
@@ -105,6 +105,86 @@ def _train_puq_recon(args: argparse.Namespace) -> int:
         f"{args.out}: {config.steps} steps in {history.wall_s:.0f} s; validation NRMSE {history.val_nrmse[-1]:.4f} "
         f"(zero-filled {history.val_zero_filled_nrmse:.4f}); weights in {args.out / 'weights.pt'}"
     )
+    return 0
+
+
+def _train_puq_fit(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from qmri_models.device import torch_device
+    from qmri_models.training.train_fit import FitTrainingConfig, train_fit
+
+    config = FitTrainingConfig(
+        map_name=args.map,
+        recon_weights=str(args.recon_weights or args.map),
+        n_train=args.n_train,
+        n_val=args.n_val,
+        matrix=args.matrix,
+        accelerations=tuple(args.accelerations),
+        mc_samples=args.mc_samples,
+        epochs=args.epochs,
+        seed=args.seed,
+    )
+    bars: dict[str, tqdm] = {}
+
+    def on_progress(stage: str, done: int, total: int) -> None:
+        bar = bars.setdefault(stage, tqdm(total=total, unit="", desc=f"puq-fit {args.map} {stage}", disable=args.quiet))
+        bar.n = done
+        bar.refresh()
+
+    try:
+        history = train_fit(config, args.out, device=torch_device(args.device), on_progress=on_progress)
+    finally:
+        for bar in bars.values():
+            bar.close()
+    print(
+        f"{args.out}: {config.epochs} epochs on {history.n_train_pixels} pixels in {history.wall_s:.0f} s; validation "
+        f"RMSE {history.val_rmse_guided_ms[-1]:.1f} ms guided, {history.val_rmse_unguided_ms[-1]:.1f} ms unguided; "
+        f"weights in {args.out / 'fit_weights.pt'}"
+    )
+    return 0
+
+
+def _ship_puq(args: argparse.Namespace) -> int:
+    from qmri_models.pretrained.ship import ship
+
+    card = ship(args.map, args.recon_run, args.fit_run, device_note=args.device_note)
+    print(f"shipped {args.map} weights; model card {card}")
+    return 0
+
+
+def _evaluate_puq(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from qmri_models.device import torch_device
+    from qmri_models.pretrained import load_fit_mlp, load_recon_network
+    from qmri_models.puq_evaluation import PuqNetworks, evaluate_puq, format_table
+    from qmri_models.training.recon_data import MapName
+
+    device = torch_device(args.device)
+    map_name: MapName = "t1" if args.contrast == "t1" else "t2"
+    networks = PuqNetworks(
+        recon=load_recon_network(args.recon_weights or map_name).to(device),
+        mlp_guided=load_fit_mlp(args.fit_weights or map_name, guided=True),
+        mlp_unguided=load_fit_mlp(args.fit_weights or map_name, guided=False),
+    )
+    total = args.slices * len(args.accelerations)
+    with tqdm(total=total, unit="slice", desc=f"evaluate-puq {map_name}", disable=args.quiet) as bar:
+        results = evaluate_puq(
+            map_name,
+            args.accelerations,
+            networks,
+            n_slices=args.slices,
+            matrix=args.matrix,
+            mc_samples=args.mc_samples,
+            device=device,
+            on_slice=lambda _acceleration, _done: bar.update(1),
+        )
+    print(
+        f"{map_name.upper()} maps, {args.slices} held-out slices per acceleration, {args.matrix}^2, 8 coils, "
+        f"SNR 50, T={args.mc_samples}, {device}"
+    )
+    print(format_table(map_name, results))
     return 0
 
 
@@ -238,6 +318,40 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(run=_train_puq_recon)
+
+    p = networks.add_parser("puq-fit", help="PUQ's learned fit (MLP), guided and unguided, on stage-1 output")
+    p.add_argument("--map", choices=["t1", "t2"], default="t1", help="t1: MOLLI data, t2: T2-prep data")
+    p.add_argument("--out", type=Path, required=True, help="run folder: pixel caches, checkpoint, weights, history")
+    p.add_argument("--recon-weights", help="stage-1 network: t1, t2 (shipped) or a weights.pt (default: --map)")
+    p.add_argument("--n-train", type=int, default=24, help="simulated training slices (their own seeds)")
+    p.add_argument("--n-val", type=int, default=6, help="simulated validation slices")
+    p.add_argument("--matrix", type=int, default=160)
+    p.add_argument("--accelerations", type=int, nargs="+", default=[6, 8, 10])
+    p.add_argument("--mc-samples", type=int, default=20, help="MC samples per slice for the stage-1 SD")
+    p.add_argument("--epochs", type=int, default=30)
+    p.add_argument("--seed", type=int, default=7)
+    p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(run=_train_puq_fit)
+
+    p = networks.add_parser("puq-ship", help="copy trained PUQ weights into qmri_models/pretrained with a model card")
+    p.add_argument("--map", choices=["t1", "t2"], required=True)
+    p.add_argument("--recon-run", type=Path, required=True, help="folder of qmri train puq-recon")
+    p.add_argument("--fit-run", type=Path, required=True, help="folder of qmri train puq-fit")
+    p.add_argument("--device-note", required=True, help="where it was trained, in words, for the card")
+    p.set_defaults(run=_ship_puq)
+
+    p = sub.add_parser("evaluate-puq", help="PUQ against its baselines on held-out simulated slices (table)")
+    p.add_argument("--contrast", choices=["t1", "t2"], required=True, help="t1: MOLLI, t2: T2-prep")
+    p.add_argument("--accelerations", type=int, nargs="+", default=[6, 8, 10])
+    p.add_argument("--slices", type=int, default=4, help="held-out slices per acceleration")
+    p.add_argument("--matrix", type=int, default=160)
+    p.add_argument("--mc-samples", type=int, default=100, help="MC samples T")
+    p.add_argument("--recon-weights", help="stage-1 network (default: the shipped one of the contrast)")
+    p.add_argument("--fit-weights", help="learned fit (default: the shipped one of the contrast)")
+    p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(run=_evaluate_puq)
 
     p = sub.add_parser("chains", help="list the shipped chains")
     p.set_defaults(run=_chains)

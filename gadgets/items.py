@@ -49,6 +49,10 @@ class PhaseImages:
     """Field of view ``(x, y, z)`` in mm."""
     sens: np.ndarray | None = field(default=None, repr=False)
     """Coil sensitivities used. Shape `(coils, y, x)` complex64, or None."""
+    sd: np.ndarray | None = field(default=None, repr=False)
+    """Per-phase uncertainty (SD over MC samples) in the images' units. Shape `(phases, y, x)` float32, or None."""
+    samples: np.ndarray | None = field(default=None, repr=False)
+    """The MC samples whose mean ``images`` is. Shape `(T, phases, y, x)` complex64, or None."""
 
 
 @dataclass

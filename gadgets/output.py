@@ -17,6 +17,8 @@ class ImageSeriesConfig(GadgetConfig):
     series_index: int = prop(1, "image_series_index of the per-phase magnitude images", minimum=0)
     data_role: str = prop("Image", "GADGETRON_DataRole written in each image's meta")
     sequence_description: str = prop("_phases", "suffix for GADGETRON_SeqDescription (the series description)")
+    send_uncertainty: bool = prop(True, "also send the per-phase uncertainty (MC SD) images when the slice has them")
+    uncertainty_series_index: int = prop(2, "image_series_index of the per-phase uncertainty images", minimum=0)
 
 
 @register("ImageSeriesGadget", ImageSeriesConfig)
@@ -31,11 +33,16 @@ def image_series(connection: GadgetConnection) -> None:
             connection.send(item)
 
 
-def phase_images_to_mrd(item: PhaseImages, config: ImageSeriesConfig) -> list[ismrmrd.Image]:
-    """Return one magnitude ``ismrmrd.Image`` per phase with geometry from the readouts and meta.
+UNCERTAINTY_ROLE = "PhaseSD"
+"""``GADGETRON_DataRole`` of the per-phase uncertainty images (SD over MC samples, in the images' units)."""
 
-    Meta: ``GADGETRON_DataRole``, ``GADGETRON_SeqDescription``, ``GADGETRON_ImageComment``, ``PhaseIndex``,
-    ``PrepTime_ms`` and a window covering the slice (``GADGETRON_WindowCenter``/``GADGETRON_WindowWidth``).
+
+def phase_images_to_mrd(item: PhaseImages, config: ImageSeriesConfig) -> list[ismrmrd.Image]:
+    """Return one magnitude ``ismrmrd.Image`` per phase, then (when present and asked) one uncertainty image per phase.
+
+    Meta: ``GADGETRON_DataRole`` (the configured role, ``PhaseSD`` for the uncertainty), ``GADGETRON_SeqDescription``,
+    ``GADGETRON_ImageComment``, ``PhaseIndex``, ``PrepTime_ms`` and a window covering the slice
+    (``GADGETRON_WindowCenter``/``GADGETRON_WindowWidth``).
 
     Parameters
     ----------
@@ -44,9 +51,24 @@ def phase_images_to_mrd(item: PhaseImages, config: ImageSeriesConfig) -> list[is
 
     Returns
     -------
-    Images in phase order.
+    Images in phase order, the uncertainty images after them.
     """
-    magnitude = np.abs(item.images).astype(np.float32)
+    images = _phase_series(
+        item, np.abs(item.images), config.series_index, config.data_role, config.sequence_description, "phase"
+    )
+    if config.send_uncertainty and item.sd is not None:
+        description = f"{config.sequence_description}_sd"
+        images += _phase_series(
+            item, item.sd, config.uncertainty_series_index, UNCERTAINTY_ROLE, description, "MC SD of phase"
+        )
+    return images
+
+
+def _phase_series(
+    item: PhaseImages, values: np.ndarray, series: int, role: str, description: str, label: str
+) -> list[ismrmrd.Image]:
+    """Return one float ``ismrmrd.Image`` per phase of ``values`` `(phases, y, x)` in ``series``."""
+    magnitude = np.asarray(values, dtype=np.float32)
     n_phases = magnitude.shape[0]
     low, high = np.percentile(magnitude, [1, 99])
     images = []
@@ -54,7 +76,7 @@ def phase_images_to_mrd(item: PhaseImages, config: ImageSeriesConfig) -> list[is
         ref = item.references[phase]
         image = ismrmrd.Image.from_array(magnitude[phase], acquisition=ref, transpose=False)
         image.image_type = ismrmrd.IMTYPE_MAGNITUDE
-        image.image_series_index = config.series_index
+        image.image_series_index = series
         image.image_index = item.slice * n_phases + phase + 1
         image.slice = item.slice
         image.set = phase
@@ -62,9 +84,9 @@ def phase_images_to_mrd(item: PhaseImages, config: ImageSeriesConfig) -> list[is
         prep_ms = float(item.prep_times_ms[phase])
         meta = ismrmrd.Meta(
             {
-                "GADGETRON_DataRole": config.data_role,
-                "GADGETRON_SeqDescription": config.sequence_description,
-                "GADGETRON_ImageComment": f"phase {phase} prep {prep_ms:g} ms",
+                "GADGETRON_DataRole": role,
+                "GADGETRON_SeqDescription": description,
+                "GADGETRON_ImageComment": f"{label} {phase} prep {prep_ms:g} ms",
                 "PhaseIndex": phase,
                 "PrepTime_ms": f"{prep_ms:g}",
                 "GADGETRON_WindowCenter": f"{(high + low) / 2:.6g}",
@@ -123,7 +145,7 @@ def map_images_to_mrd(item: MapImages, config: MapSeriesConfig) -> list[ismrmrd.
     images = [_map_image(item, values, config.map_series_index, name, f"{name} map ({unit}), {item.model} fit", window)]
     if config.send_sd:
         sd_window = _window(sds[mask], 0.0, 0.0)
-        comment = f"{name} standard deviation ({unit}) from the fit residual"
+        comment = f"{name} standard deviation ({unit}) {item.maps.sd_method}"
         images.append(_map_image(item, sds, config.sd_series_index, f"{name}SD", comment, sd_window))
     return images
 

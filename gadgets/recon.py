@@ -9,9 +9,10 @@ from gadgets.items import PhaseImages, SliceBuffer
 from gadgets.runtime.config import GadgetConfig, PropertyError, prop
 from gadgets.runtime.registry import GadgetConnection, register
 from qmri_models.recon.cartesian import (
+    calibration_lines,
     centered_ifft2,
     crop_readout,
-    espirit_sensitivities,
+    phase_sensitivities,
     reconstruct_phases,
     sum_of_squares,
 )
@@ -46,13 +47,6 @@ def cartesian_recon(connection: GadgetConnection) -> None:
             connection.send(item)
 
 
-def calibration_phase(buffer: SliceBuffer) -> int:
-    """Return the phase whose calibration lines carry the most energy (the best-conditioned for ESPIRiT)."""
-    lines = buffer.calibration_lines if buffer.calibration_lines.size else np.flatnonzero(buffer.sampled.all(axis=0))
-    energy = np.sum(np.abs(buffer.kdata[:, :, lines, :]) ** 2, axis=(1, 2, 3))
-    return int(np.argmax(energy))
-
-
 def reconstruct_slice(buffer: SliceBuffer, config: CartesianReconConfig) -> PhaseImages:
     """Return the reconstructed phase images of one buffered slice.
 
@@ -69,15 +63,13 @@ def reconstruct_slice(buffer: SliceBuffer, config: CartesianReconConfig) -> Phas
     if config.coil_combine == "sos":
         images = sum_of_squares(centered_ifft2(buffer.kdata))
         return _phase_images(buffer, crop_readout(images, n_x), sens=None)
-    calib = buffer.calibration_lines
-    if calib.size == 0:
-        calib = np.flatnonzero(buffer.sampled.all(axis=0))
+    calib = calibration_lines(buffer.sampled, buffer.calibration_lines)
     if calib.size == 0:
         raise ValueError(
             f"slice {buffer.slice}: no calibration lines (flagged ACS or sampled in every phase) for ESPIRiT; "
             "use coil_combine=sos with method=zero_filled"
         )
-    sens = espirit_sensitivities(buffer.kdata[calibration_phase(buffer)], calib)
+    sens = phase_sensitivities(buffer.kdata, calib)
     images = reconstruct_phases(
         buffer.kdata, buffer.sampled, sens, method=config.method, lamda=config.cg_lambda, max_iter=config.cg_iterations
     )

@@ -49,6 +49,28 @@ def normalised_cross_correlation(a: np.ndarray, b: np.ndarray) -> float:
     return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b)))
 
 
+def masked_ssim_map(estimate: np.ndarray, truth: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Return scikit-image's SSIM map of two maps, both zeroed outside the mask, data range of the masked truth.
+
+    Parameters
+    ----------
+    estimate : Estimated map. Shape `(y, x)`.
+    truth : True map. Shape `(y, x)`.
+    mask : Pixels that count (the tissue). Shape `(y, x)` bool, not empty.
+
+    Returns
+    -------
+    SSIM of every pixel (average it over the mask). Shape `(y, x)` float64.
+    """
+    ssim_map: np.ndarray = structural_similarity(
+        np.where(mask, truth, 0.0).astype(np.float64),
+        np.where(mask, estimate, 0.0).astype(np.float64),
+        data_range=float(truth[mask].max() - truth[mask].min()) or 1.0,
+        full=True,
+    )[1]
+    return ssim_map
+
+
 @dataclass(frozen=True)
 class TissueScore:
     """A map's error in one tissue class."""
@@ -81,12 +103,7 @@ def score_map_per_tissue(
     tissue = labels > 0
     if not tissue.any():
         raise ValueError("no tissue pixels (all labels are 0)")
-    ssim_map = structural_similarity(
-        np.where(tissue, truth, 0.0).astype(np.float64),
-        np.where(tissue, estimate, 0.0).astype(np.float64),
-        data_range=float(truth[tissue].max() - truth[tissue].min()) or 1.0,
-        full=True,
-    )[1]
+    ssim_map = masked_ssim_map(estimate, truth, tissue)
     scores = []
     for index, name in enumerate(label_names):
         pixels = labels == index

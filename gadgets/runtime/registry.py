@@ -16,6 +16,8 @@ GADGET_MODULES = (
     "gadgets.buffering",
     "gadgets.recon",
     "gadgets.fitting",
+    "gadgets.puq_recon",
+    "gadgets.puq_fit",
     "gadgets.output",
     "gadgets.dicom_output",
 )

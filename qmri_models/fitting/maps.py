@@ -28,6 +28,8 @@ class SliceMaps:
     """Pixels that were fitted. Shape `(y, x)` bool."""
     converged: np.ndarray = field(repr=False)
     """Fitted pixels whose fit converged. Shape `(y, x)` bool."""
+    sd_method: str = "from the fit residual"
+    """How the SDs were made, for people (image comments)."""
 
 
 def signal_mask(images: np.ndarray, threshold: float) -> np.ndarray:
@@ -46,6 +48,11 @@ def signal_mask(images: np.ndarray, threshold: float) -> np.ndarray:
         raise ValueError(f"mask threshold must be in [0, 1), got {threshold}")
     brightest = np.abs(images).max(axis=0)
     return brightest > threshold * np.percentile(brightest, 99)
+
+
+def map_units(model: SignalModel) -> dict[str, str]:
+    """Return the unit of every map the model reports (``{"T1": "ms", "A": "a.u.", ...}``)."""
+    return {name: output.unit for name, output in model.maps(*_empty(model)).items()}
 
 
 def fit_maps(
@@ -97,7 +104,7 @@ def fit_maps(
     pixel_weights = _pixel_weights(weights, mask, n_phases)
     device = torch.device(device)
     times_t = torch.as_tensor(times, dtype=torch.float64, device=device)
-    units = {name: output.unit for name, output in model.maps(*_empty(model)).items()}
+    units = map_units(model)
     values: dict[str, list[np.ndarray]] = {name: [] for name in units}
     sds: dict[str, list[np.ndarray]] = {name: [] for name in units}
     converged = []

@@ -30,6 +30,8 @@ class McEstimate:
     sd: torch.Tensor
     """SD over the samples, ``sqrt(mean |x_t - mean|^2)`` (the paper's Eq. 2). Shape `(phases, y, x)` float32."""
     n_samples: int
+    samples: torch.Tensor | None = None
+    """Every sample when kept (to fit each one). Shape `(n_samples, phases, y, x)` complex64, else None."""
 
 
 class RunningMoments:
@@ -92,6 +94,7 @@ def mc_sample(
     n_samples: int = 100,
     batch_size: int | None = None,
     on_batch: Callable[[int], None] | None = None,
+    keep_samples: bool = False,
 ) -> McEstimate:
     """Return the mean and SD of ``n_samples`` MC-dropout reconstructions of one slice.
 
@@ -105,10 +108,11 @@ def mc_sample(
     batch_size : Samples per forward pass; None for ``samples_per_batch`` (memory-sized on CUDA, 1 on the CPU).
         1 runs the paper's T sequential passes.
     on_batch : Called with the number of samples done after every batch (progress).
+    keep_samples : Also return every sample (memory: ``n_samples`` times the slice's images).
 
     Returns
     -------
-    Mean image and SD of every phase.
+    Mean image and SD of every phase (and the samples when kept).
     """
     if n_samples < 2:
         raise ValueError(f"n_samples must be at least 2 for a standard deviation, got {n_samples}")
@@ -119,6 +123,7 @@ def mc_sample(
     network.eval()
     network.mc_dropout = True
     moments = RunningMoments()
+    kept: list[torch.Tensor] = []
     try:
         with torch.inference_mode():
             done = 0
@@ -130,6 +135,8 @@ def mc_sample(
                     sens.unsqueeze(0).expand(b, -1, -1, -1),
                 )
                 moments.add(images)
+                if keep_samples:
+                    kept.append(images.clone())
                 done += b
                 if on_batch is not None:
                     on_batch(done)
@@ -138,4 +145,5 @@ def mc_sample(
         network.mc_dropout = was_sampling
     if moments.mean is None:
         raise ValueError("no samples were drawn")
-    return McEstimate(mean=moments.mean, sd=moments.sd(), n_samples=moments.count)
+    samples = torch.cat(kept) if keep_samples else None
+    return McEstimate(mean=moments.mean, sd=moments.sd(), n_samples=moments.count, samples=samples)

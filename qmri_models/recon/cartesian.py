@@ -91,6 +91,50 @@ def sensitivity_combine(coil_img: np.ndarray, sens: np.ndarray) -> np.ndarray:
     return np.where(norm > 0, combined / np.where(norm > 0, norm, 1), 0).astype(np.complex64)
 
 
+def calibration_lines(sampled: np.ndarray, flagged: np.ndarray | None = None) -> np.ndarray:
+    """Return the calibration (ACS) lines: those flagged as such, else those sampled in every phase.
+
+    Parameters
+    ----------
+    sampled : Acquired lines per phase. Shape `(phases, ky)` bool.
+    flagged : Lines the scanner flagged as calibration. Shape `(n,)` int, or None.
+
+    Returns
+    -------
+    Line indices. Shape `(n_calib,)` int.
+    """
+    if flagged is not None and np.size(flagged):
+        return np.asarray(flagged)
+    return np.flatnonzero(sampled.all(axis=0))
+
+
+def calibration_phase(kdata: np.ndarray, lines: np.ndarray) -> int:
+    """Return the phase whose calibration lines carry the most energy (the best-conditioned for ESPIRiT).
+
+    Parameters
+    ----------
+    kdata : k-space. Shape `(phases, coils, ky, kx)` complex.
+    lines : Calibration lines. Shape `(n_calib,)` int.
+    """
+    energy = np.sum(np.abs(kdata[:, :, lines, :]) ** 2, axis=(1, 2, 3))
+    return int(np.argmax(energy))
+
+
+def phase_sensitivities(kdata: np.ndarray, lines: np.ndarray) -> np.ndarray:
+    """Return ESPIRiT sensitivities of a multi-phase slice, from its best-conditioned phase.
+
+    Parameters
+    ----------
+    kdata : k-space. Shape `(phases, coils, ky, kx)` complex.
+    lines : Calibration lines. Shape `(n_calib,)` int.
+
+    Returns
+    -------
+    Sensitivities as ``espirit_sensitivities``. Shape `(coils, ky, kx)` complex64.
+    """
+    return espirit_sensitivities(kdata[calibration_phase(kdata, lines)], lines)
+
+
 def espirit_sensitivities(kdata: np.ndarray, calib_lines: np.ndarray) -> np.ndarray:
     """Return ESPIRiT coil sensitivities (sigpy) from the fully sampled calibration block.
 

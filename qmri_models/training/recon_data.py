@@ -2,7 +2,10 @@
 
 Each example is one simulated slice: a random brain slice (position, orientation, warp, lesions, tissue values),
 random coils, a random 1D Cartesian mask at one of the accelerations (the PUQ paper's 6/8/10x with its ACS
-fractions), noise at the given SNR, and the noise-free images as the target. K-space and target are scaled together
+fractions) and noise at the given SNR. The coil sensitivities are ESPIRiT's from the slice's own calibration lines,
+exactly as the reconstruction gadget estimates them on the stream (training on the simulator's true coils would
+teach the network a coil combination it never sees at inference), and the target is the noise-free coil images
+combined with those maps. K-space and target are scaled together
 so the zero-filled image's 99th-percentile magnitude is 1 (the network sees one intensity range whatever the gain);
 the scale is kept so a reconstruction can be put back in the scanner's units.
 """
@@ -15,11 +18,14 @@ import numpy as np
 import torch
 
 from qmri_models.networks.unrolled import sens_reduce
+from qmri_models.recon.cartesian import calibration_lines, phase_sensitivities
 from qmri_models.simulation.scan import ScanSettings, simulate_slice
 
 MapName = Literal["t1", "t2"]
 CONTRAST_OF_MAP: dict[str, Literal["molli", "t2prep"]] = {"t1": "molli", "t2": "t2prep"}
 """The simulated contrast that trains each map's network: MOLLI for T1, T2-prep for T2."""
+VAL_SEED_OFFSET = 1_000_003
+"""Added to a training run's seed for its validation slices, so they are never training slices."""
 
 
 @dataclass(frozen=True)
@@ -31,15 +37,17 @@ class ReconExamples:
     sampled: torch.Tensor
     """Sampled lines. Shape `(n, phases, ky)` bool."""
     sens: torch.Tensor
-    """Coil sensitivities, unit sum of squares. Shape `(n, coils, y, x)` complex64."""
+    """ESPIRiT coil sensitivities, unit sum of squares in the object. Shape `(n, coils, y, x)` complex64."""
     target: torch.Tensor
-    """Scaled noise-free images. Shape `(n, phases, y, x)` complex64."""
+    """Scaled noise-free images combined with ``sens``. Shape `(n, phases, y, x)` complex64."""
     tissue: torch.Tensor
     """Tissue mask (label > 0). Shape `(n, y, x)` bool."""
     scale: torch.Tensor
     """Factor the raw k-space was divided by. Shape `(n,)` float32."""
     acceleration: torch.Tensor
     """Acceleration of every example. Shape `(n,)` int64."""
+    truth_ms: torch.Tensor | None = None
+    """True T1 (``t1``) or T2 (``t2``) in ms, 0 in the background. Shape `(n, y, x)` float32."""
 
     def __len__(self) -> int:
         return int(self.kdata.shape[0])
@@ -94,7 +102,8 @@ def simulate_recon_examples(
     if n_examples < 1:
         raise ValueError(f"n_examples must be at least 1, got {n_examples}")
     sequences = np.random.SeedSequence(seed).spawn(n_examples)
-    parts: dict[str, list[np.ndarray]] = {k: [] for k in ("kdata", "sampled", "sens", "target", "tissue", "accel")}
+    names = ("kdata", "sampled", "sens", "target", "tissue", "accel", "truth")
+    parts: dict[str, list[np.ndarray]] = {k: [] for k in names}
     for index, sequence in enumerate(sequences):
         rng = np.random.default_rng(sequence)
         acceleration = int(rng.choice(accelerations))
@@ -102,12 +111,14 @@ def simulate_recon_examples(
             contrast=CONTRAST_OF_MAP[map_name], matrix=matrix, n_coils=n_coils, acceleration=acceleration, snr=snr
         )
         simulated = simulate_slice(settings, rng)
+        maps = phase_sensitivities(simulated.kdata, calibration_lines(simulated.sampled))
         parts["kdata"].append(simulated.kdata)
         parts["sampled"].append(simulated.sampled)
-        parts["sens"].append(simulated.sens)
-        parts["target"].append(simulated.images)
+        parts["sens"].append(maps)
+        parts["target"].append(np.einsum("cyx,cyx,pyx->pyx", maps.conj(), simulated.sens, simulated.images))
         parts["tissue"].append(simulated.truth.labels > 0)
         parts["accel"].append(np.asarray(acceleration))
+        parts["truth"].append(simulated.truth.t1_ms if map_name == "t1" else simulated.truth.t2_ms)
         if on_example is not None:
             on_example(index + 1)
     kdata = torch.from_numpy(np.stack(parts["kdata"]))
@@ -121,4 +132,5 @@ def simulate_recon_examples(
         tissue=torch.from_numpy(np.stack(parts["tissue"])),
         scale=scale.to(torch.float32),
         acceleration=torch.from_numpy(np.stack(parts["accel"])).to(torch.int64),
+        truth_ms=torch.from_numpy(np.stack(parts["truth"]).astype(np.float32)),
     )

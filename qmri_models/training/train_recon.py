@@ -22,7 +22,7 @@ from torch.nn import functional
 
 from qmri_models.metrics import nrmse
 from qmri_models.networks.unrolled import UnrolledRecon, sens_reduce
-from qmri_models.training.recon_data import MapName, ReconExamples, simulate_recon_examples
+from qmri_models.training.recon_data import VAL_SEED_OFFSET, MapName, ReconExamples, simulate_recon_examples
 
 log = logging.getLogger(__name__)
 
@@ -199,7 +199,7 @@ def batch_indices(step: int, n_examples: int, batch_size: int, seed: int) -> tor
 def _examples(config: ReconTrainingConfig, out_dir: Path) -> tuple[ReconExamples, ReconExamples]:
     """Return the training and validation examples, simulated once and cached in ``out_dir``."""
     sets = []
-    for name, n, seed_offset in (("train", config.n_train, 0), ("val", config.n_val, 1_000_003)):
+    for name, n, seed_offset in (("train", config.n_train, 0), ("val", config.n_val, VAL_SEED_OFFSET)):
         path = out_dir / f"examples_{name}.pt"
         recipe = {**config.data_recipe(), "split": name}
         if path.exists():

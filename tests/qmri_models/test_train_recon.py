@@ -21,7 +21,7 @@ TINY = ReconTrainingConfig(
     map_name="t2",
     n_train=4,
     n_val=2,
-    matrix=32,
+    matrix=96,
     n_coils=2,
     accelerations=(4,),
     n_iterations=1,
@@ -34,16 +34,17 @@ TINY = ReconTrainingConfig(
 
 
 def test_examples_are_scaled_consistent_and_seeded() -> None:
-    examples = simulate_recon_examples("t1", 3, matrix=32, n_coils=2, accelerations=(6, 8), seed=3)
-    assert examples.kdata.shape == (3, 8, 2, 32, 32)
-    assert examples.target.shape == (3, 8, 32, 32)
-    assert set(examples.acceleration.tolist()) <= {6, 8}
+    examples = simulate_recon_examples("t1", 3, matrix=96, n_coils=2, accelerations=(4, 6), seed=3)
+    assert examples.kdata.shape == (3, 8, 2, 96, 96)
+    assert examples.target.shape == (3, 8, 96, 96)
+    assert set(examples.acceleration.tolist()) <= {4, 6}
     torch.testing.assert_close(input_scale(examples.kdata, examples.sens), torch.ones(3), rtol=1e-4, atol=1e-4)
-    # the sampled k-space is the target's k-space plus noise: its error is the noise level, far below the signal
+    # the sampled k-space is the target's k-space (through the ESPIRiT maps) plus noise: of two coils at 96^2 the
+    # maps explain about 80% of the signal, so anything unrelated to the target (e.g. a misplaced scale) fails
     measured = sens_expand(examples.target, examples.sens) * examples.sampled[:, :, None, :, None]
     noise = (examples.kdata - measured).abs().square().mean().sqrt()
-    assert float(noise) < 0.2 * float(measured.abs().square().mean().sqrt())
-    again = simulate_recon_examples("t1", 3, matrix=32, n_coils=2, accelerations=(6, 8), seed=3)
+    assert float(noise) < 0.3 * float(measured.abs().square().mean().sqrt())
+    again = simulate_recon_examples("t1", 3, matrix=96, n_coils=2, accelerations=(4, 6), seed=3)
     torch.testing.assert_close(again.kdata, examples.kdata)
 
 
@@ -94,7 +95,7 @@ def test_train_command_trains_and_resumes(tmp_path: Path, capsys: pytest.Capture
     from gadgets.cli import main
 
     args = ["train", "puq-recon", "--map", "t2", "--out", str(tmp_path), "--n-train", "2", "--n-val", "1"]
-    args += ["--matrix", "32", "--coils", "2", "--accelerations", "4", "--iterations", "1", "--hidden", "4"]
+    args += ["--matrix", "96", "--coils", "2", "--accelerations", "4", "--iterations", "1", "--hidden", "4"]
     args += ["--batch-size", "2", "--validate-every", "2", "--quiet"]
     assert main([*args, "--steps", "2"]) == 0
     assert main([*args, "--steps", "4"]) == 0

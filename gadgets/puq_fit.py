@@ -1,0 +1,104 @@
+"""PUQ stage 2 on the stream: maps from the MC mean images guided by their per-phase uncertainty, SD over samples."""
+
+import dataclasses
+import logging
+import time
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+
+from gadgets.fitting import ModelName
+from gadgets.items import MapImages, PhaseImages
+from gadgets.runtime.config import GadgetConfig, prop
+from gadgets.runtime.registry import GadgetConnection, register
+from qmri_models.device import torch_device
+from qmri_models.fitting.guided import fit_guided_maps
+from qmri_models.networks.fit_mlp import FitMlp
+from qmri_models.pretrained import load_fit_mlp
+from qmri_models.signal_models import signal_model
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class PuqFitConfig(GadgetConfig):
+    """Properties of PuqFitGadget."""
+
+    model: ModelName = prop("molli", "signal model (T1: molli; T2: t2prep); names the map of the learned fit too")
+    fit: Literal["learned", "model_based"] = prop(
+        "model_based", "model_based: Levenberg-Marquardt weighted by 1/SD^2; learned: the PUQ paper's pixelwise MLP"
+    )
+    guided: bool = prop(True, "use the per-phase uncertainty (false: equal weights / the unguided MLP, the ablation)")
+    fit_weights: str = prop("t1", "learned fit: t1 or t2 shipped weights, or a fit_weights.pt from qmri train")
+    mask_threshold: float = prop(
+        0.08, "pixels whose brightest phase is below this fraction of the bright level are background", maximum=0.99
+    )
+    max_iterations: int = prop(100, "most Levenberg-Marquardt iterations per pixel", minimum=1, maximum=10000)
+    device: str = prop("auto", "auto (CUDA when present), cpu or cuda")
+    send_phase_images: bool = prop(True, "also pass the mean images and their SD on (ImageSeriesGadget sends them)")
+
+
+@register("PuqFitGadget", PuqFitConfig)
+def puq_fit(connection: GadgetConnection) -> None:
+    """Fit each slice's MC mean images, guided by their uncertainty; the map SD is the spread over the samples."""
+    config = PuqFitConfig.from_connection(connection)
+    device = str(torch_device(config.device))
+    mlp = load_fit_mlp(config.fit_weights, guided=config.guided) if config.fit == "learned" else None
+    for item in connection:
+        if not isinstance(item, PhaseImages):
+            connection.send(item)
+            continue
+        maps = fit_puq_slice(item, config, mlp=mlp, device=device)
+        if config.send_phase_images:  # first, so the maps' DICOM can reference them; the samples stay here
+            connection.send(dataclasses.replace(item, samples=None))
+        connection.send(maps)
+
+
+def fit_puq_slice(item: PhaseImages, config: PuqFitConfig, *, mlp: FitMlp | None, device: str) -> MapImages:
+    """Return the maps of one slice's MC reconstruction.
+
+    Raises
+    ------
+    ValueError
+        If the images carry no MC samples (the reconstruction ran without MC dropout).
+    """
+    if item.sd is None or item.samples is None:
+        raise ValueError(
+            f"slice {item.slice}: PuqFitGadget needs the MC samples and their SD; set mc_dropout=true on "
+            "PuqReconGadget, or fit a deterministic reconstruction with ParameterFitGadget"
+        )
+    model = signal_model(config.model)
+    start = time.perf_counter()
+    maps = fit_guided_maps(
+        model,
+        item.images,
+        item.sd,
+        item.samples,
+        np.asarray(item.prep_times_ms, dtype=np.float64),
+        fit=config.fit,
+        guided=config.guided,
+        mlp=mlp,
+        mask_threshold=config.mask_threshold,
+        device=device,
+        max_iterations=config.max_iterations,
+    )
+    log.info(
+        "slice %d: %s %s fit (%s) of %d pixels and its %d MC samples in %.2f s on %s",
+        item.slice,
+        "guided" if config.guided else "unguided",
+        config.fit,
+        model.name,
+        int(maps.mask.sum()),
+        item.samples.shape[0],
+        time.perf_counter() - start,
+        device,
+    )
+    return MapImages(
+        maps=maps,
+        primary_map=model.primary_map,
+        model=f"{model.name} PUQ {config.fit}{'' if config.guided else ' unguided'}",
+        slice=item.slice,
+        references=item.references,
+        field_of_view_mm=item.field_of_view_mm,
+    )

@@ -1,0 +1,179 @@
+"""PUQ stage 2: maps from the MC mean images, guided by the per-phase uncertainty, with the spread over samples.
+
+Two fits, as the PUQ paper and the model-based alternative:
+
+- ``model_based``: the weighted Levenberg-Marquardt fit of the signal model, each phase of each pixel weighted by
+  ``1 / sd^2``. The SD is floored at ``SD_FLOOR`` of the pixel's largest signal, so a phase the network is
+  (over-)confident about cannot take all the weight.
+- ``learned``: the pixelwise MLP (``qmri_models.networks.fit_mlp``).
+
+Unguided (the ablation): equal weights, or the MLP trained with its uncertainty inputs zero.
+
+The map SD is not the fitter's: every MC sample is fitted the same way (all samples of the slice in one batched
+fit) and the SD of the map over the samples is reported, so it carries the reconstruction's uncertainty into the
+map.
+"""
+
+from typing import Literal
+
+import numpy as np
+import torch
+
+from qmri_models.fitting.maps import SliceMaps, fit_maps, map_units, signal_mask
+from qmri_models.networks.fit_mlp import FitMlp
+from qmri_models.signal_models import SignalModel
+
+FitKind = Literal["model_based", "learned"]
+SD_FLOOR = 0.01
+"""Smallest per-phase SD used in the weights, as a fraction of the pixel's largest signal magnitude."""
+SAMPLE_SPREAD = "SD over the MC reconstructions"
+"""How the map SD is made here (``SliceMaps.sd_method``)."""
+
+
+def phase_weights(mean: np.ndarray, sd: np.ndarray) -> np.ndarray:
+    """Return the model-based weights ``1 / max(sd, SD_FLOOR * max|mean|)^2`` of every phase and pixel.
+
+    Parameters
+    ----------
+    mean : Mean images. Shape `(phases, y, x)`.
+    sd : Per-phase SD. Shape `(phases, y, x)`.
+
+    Returns
+    -------
+    Weights. Shape `(phases, y, x)` float64.
+    """
+    floor = SD_FLOOR * np.abs(mean).max(axis=0, keepdims=True)
+    return 1.0 / np.maximum(np.maximum(sd, floor), np.finfo(np.float32).tiny).astype(np.float64) ** 2
+
+
+def fit_guided_maps(
+    model: SignalModel,
+    mean: np.ndarray,
+    sd: np.ndarray,
+    samples: np.ndarray,
+    times_ms: np.ndarray,
+    *,
+    fit: FitKind = "model_based",
+    guided: bool = True,
+    mlp: FitMlp | None = None,
+    mask_threshold: float = 0.08,
+    device: str | torch.device = "cpu",
+    max_iterations: int = 100,
+) -> SliceMaps:
+    """Return the maps of one slice from its MC reconstruction, with the map SD over the samples.
+
+    Parameters
+    ----------
+    model : Signal model (the model-based fit's; for the learned fit it names the map and its unit).
+    mean : MC mean images. Shape `(phases, y, x)` complex.
+    sd : Per-phase MC SD. Shape `(phases, y, x)` float.
+    samples : The MC samples. Shape `(T, phases, y, x)` complex, T >= 2.
+    times_ms : Preparation time of every phase in ms. Shape `(phases,)`.
+    fit : ``model_based`` or ``learned``.
+    guided : Use the uncertainty (False: the unguided ablation).
+    mlp : The learned fit's network (its ``guided`` must match ``guided``); required for ``learned``.
+    mask_threshold : Background threshold of ``signal_mask``.
+    device : Where to fit.
+    max_iterations : Most Levenberg-Marquardt iterations (model-based).
+
+    Returns
+    -------
+    Maps of the mean images; SDs over the samples (``sd_method`` says so).
+    """
+    if samples.ndim != 4 or samples.shape[1:] != mean.shape or samples.shape[0] < 2:
+        raise ValueError(f"samples must be (T >= 2, {', '.join(map(str, mean.shape))}), got {samples.shape}")
+    if sd.shape != mean.shape:
+        raise ValueError(f"sd must have the mean's shape {mean.shape}, got {sd.shape}")
+    mask = signal_mask(mean, mask_threshold)
+    if fit == "learned":
+        if mlp is None:
+            raise ValueError("the learned fit needs its MLP (mlp=...)")
+        if mlp.map_name != model.primary_map.lower():
+            raise ValueError(f"the MLP fits {mlp.map_name.upper()}, the {model.name} model {model.primary_map}")
+        if mlp.guided != guided:
+            raise ValueError(f"the MLP was trained {'with' if mlp.guided else 'without'} guidance; guided={guided}")
+        return _learned(model, mlp, mean, sd, samples, mask, device)
+    if fit != "model_based":
+        raise ValueError(f"fit must be model_based or learned, got {fit!r}")
+    weights = phase_weights(mean, sd) if guided else None
+    at_mean = fit_maps(model, mean, times_ms, mask=mask, weights=weights, device=device, max_iterations=max_iterations)
+    n_samples, n_phases, ny, nx = samples.shape
+    side_by_side = np.moveaxis(samples, 0, 2).reshape(n_phases, ny, n_samples * nx)
+    tiled_weights = None if weights is None else np.tile(weights, (1, 1, n_samples))
+    per_sample = fit_maps(
+        model,
+        side_by_side,
+        times_ms,
+        mask=np.tile(mask, (1, n_samples)),
+        weights=tiled_weights,
+        device=device,
+        max_iterations=max_iterations,
+    )
+    spreads = {
+        name: np.where(mask, values.reshape(ny, n_samples, nx).std(axis=1), 0.0).astype(np.float32)
+        for name, values in per_sample.values.items()
+    }
+    return SliceMaps(
+        values=at_mean.values,
+        sds=spreads,
+        units=at_mean.units,
+        mask=mask,
+        converged=at_mean.converged,
+        sd_method=SAMPLE_SPREAD,
+    )
+
+
+def learned_map(
+    mlp: FitMlp, images: np.ndarray, sd: np.ndarray, mask: np.ndarray, *, device: str | torch.device = "cpu"
+) -> np.ndarray:
+    """Return the MLP's map (ms) of a slice's images, zero outside the mask.
+
+    Parameters
+    ----------
+    mlp : The learned fit (guided or not; an unguided one ignores ``sd``).
+    images : Phase images. Shape `(phases, y, x)` (the magnitude is used).
+    sd : Per-phase uncertainty. Shape `(phases, y, x)`.
+    mask : Pixels to fit. Shape `(y, x)` bool.
+    device : Where the MLP runs.
+
+    Returns
+    -------
+    T1 or T2 in ms. Shape `(y, x)` float32.
+    """
+    n_phases = images.shape[0]
+    pixels = np.flatnonzero(mask.ravel())
+    mlp = mlp.to(device).eval()
+    with torch.inference_mode():
+        values = mlp.predict_ms(
+            _pixels_of(np.abs(images), pixels, n_phases, device), _pixels_of(sd, pixels, n_phases, device)
+        )
+    out = np.zeros(mask.shape, np.float32)
+    out.ravel()[pixels] = values.cpu().numpy()
+    return out
+
+
+def _learned(
+    model: SignalModel,
+    mlp: FitMlp,
+    mean: np.ndarray,
+    sd: np.ndarray,
+    samples: np.ndarray,
+    mask: np.ndarray,
+    device: str | torch.device,
+) -> SliceMaps:
+    """Return the MLP's map of the mean images and its SD over the samples' maps."""
+    name = model.primary_map
+    per_sample = np.stack([learned_map(mlp, sample, sd, mask, device=device) for sample in samples])
+    return SliceMaps(
+        values={name: learned_map(mlp, mean, sd, mask, device=device)},
+        sds={name: per_sample.std(axis=0).astype(np.float32)},
+        units={name: map_units(model)[name]},
+        mask=mask,
+        converged=mask.copy(),
+        sd_method=SAMPLE_SPREAD,
+    )
+
+
+def _pixels_of(values: np.ndarray, pixels: np.ndarray, n_phases: int, device: str | torch.device) -> torch.Tensor:
+    """Return the chosen pixels of `(phases, y, x)` values as a `(pixels, phases)` float32 tensor."""
+    return torch.as_tensor(values.reshape(n_phases, -1)[:, pixels].T, dtype=torch.float32, device=device)

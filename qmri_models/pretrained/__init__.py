@@ -1,0 +1,62 @@
+"""Shipped PUQ weights (trained here, each with its model card in this folder) and their loaders.
+
+``puq_recon_t1.pt`` / ``puq_recon_t2.pt``: the unrolled reconstruction networks for MOLLI and T2-prep.
+``puq_fit_t1.pt`` / ``puq_fit_t2.pt``: the learned fits, guided and unguided. ``PUQ_T1.md`` / ``PUQ_T2.md``: the cards.
+A loader takes a map name (``t1``, ``t2``: the shipped file) or a path to a file written by ``qmri train``.
+"""
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from qmri_models.networks.fit_mlp import FitMlp
+from qmri_models.networks.unrolled import UnrolledRecon
+
+PRETRAINED_DIR = Path(__file__).resolve().parent
+MAP_NAMES = ("t1", "t2")
+
+
+def weights_path(kind: str, source: str | Path) -> Path:
+    """Return the weights file of ``kind`` (``recon`` or ``fit``): the shipped one for a map name, else the path.
+
+    Raises
+    ------
+    FileNotFoundError
+        If the file does not exist (the message names what to run).
+    """
+    path = PRETRAINED_DIR / f"puq_{kind}_{source}.pt" if str(source) in MAP_NAMES else Path(source)
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"no PUQ {kind} weights at {path}; give t1, t2 or a weights file from `qmri train puq-{kind}`"
+        )
+    return path
+
+
+def load_recon_network(source: str | Path) -> UnrolledRecon:
+    """Return the reconstruction network of ``source`` (``t1``, ``t2`` or a ``weights.pt`` path), on the CPU."""
+    state = _load(weights_path("recon", source))
+    config = state["config"]
+    network = UnrolledRecon(
+        n_phases=int(state["state_dict"]["denoisers.0.first.weight"].shape[1]) // 2,
+        n_iterations=int(config["n_iterations"]),
+        hidden=int(config["hidden"]),
+        dropout=float(config["dropout"]),
+    )
+    network.load_state_dict(state["state_dict"])
+    return network.eval()
+
+
+def load_fit_mlp(source: str | Path, *, guided: bool = True) -> FitMlp:
+    """Return the learned fit of ``source`` (``t1``, ``t2`` or a ``fit_weights.pt`` path), guided or not, on the CPU."""
+    state = _load(weights_path("fit", source))
+    part = state["guided" if guided else "unguided"]
+    mlp = FitMlp(n_phases=int(part["n_phases"]), hidden=int(part["hidden"]), guided=guided, map_name=state["map_name"])
+    mlp.load_state_dict(part["state_dict"])
+    return mlp.eval()
+
+
+def _load(path: Path) -> dict[str, Any]:
+    """Return a weights file's content (tensors on the CPU)."""
+    state: dict[str, Any] = torch.load(path, map_location="cpu", weights_only=True)
+    return state

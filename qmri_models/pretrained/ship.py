@@ -1,0 +1,120 @@
+"""Shipping trained PUQ weights: copy them here with a check figure and write their model card from the run itself.
+
+The card is generated, not written by hand: data recipe, network size, steps, wall time and validation figures come
+from the run's files, the commands from its configuration. The check figure is the reconstruction network's NRMSE
+(dropout off) on the first ``CHECK_EXAMPLES`` validation slices, which are re-simulated from their seed by the test
+that holds the shipped weights to their card.
+"""
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from qmri_models.pretrained import PRETRAINED_DIR, load_recon_network
+from qmri_models.training.recon_data import VAL_SEED_OFFSET, MapName, simulate_recon_examples
+from qmri_models.training.train_recon import ReconTrainingConfig, validation_nrmse
+
+CHECK_EXAMPLES = 3
+_PAPER = {"hidden": 64, "n_iterations": 5, "dropout": 0.3, "matrix": 160, "n_coils": 8}
+
+
+def check_examples_nrmse(map_name: MapName, config: dict[str, Any], source: str | Path) -> float:
+    """Return the network's NRMSE (dropout off) on the first ``CHECK_EXAMPLES`` validation slices of its recipe."""
+    examples = simulate_recon_examples(
+        map_name,
+        CHECK_EXAMPLES,
+        matrix=int(config["matrix"]),
+        n_coils=int(config["n_coils"]),
+        accelerations=tuple(config["accelerations"]),
+        snr=float(config["snr"]),
+        seed=int(config["seed"]) + VAL_SEED_OFFSET,
+    )
+    return validation_nrmse(load_recon_network(source), examples, torch.device("cpu"))
+
+
+def ship(map_name: MapName, recon_run: Path, fit_run: Path, *, device_note: str, dest: Path = PRETRAINED_DIR) -> Path:
+    """Copy a run's weights into ``dest`` as the shipped ``map_name`` weights and write the model card.
+
+    Parameters
+    ----------
+    map_name : ``t1`` or ``t2``.
+    recon_run : Folder of ``qmri train puq-recon`` (its ``weights.pt``).
+    fit_run : Folder of ``qmri train puq-fit`` (its ``fit_weights.pt``).
+    device_note : Where it was trained, in words (``cpu, 2 cores, 1 thread``).
+    dest : Where the shipped files go.
+
+    Returns
+    -------
+    The model card's path.
+    """
+    recon = torch.load(recon_run / "weights.pt", map_location="cpu", weights_only=True)
+    fit = torch.load(fit_run / "fit_weights.pt", map_location="cpu", weights_only=True)
+    check = check_examples_nrmse(map_name, recon["config"], recon_run / "weights.pt")
+    recon["check"] = {"n_examples": CHECK_EXAMPLES, "val_nrmse": check}
+    torch.save(recon, dest / f"puq_recon_{map_name}.pt")
+    torch.save(fit, dest / f"puq_fit_{map_name}.pt")
+    card = dest / f"PUQ_{map_name.upper()}.md"
+    card.write_text(model_card(map_name, recon, fit, check, device_note))
+    return card
+
+
+def model_card(map_name: MapName, recon: dict[str, Any], fit: dict[str, Any], check: float, device_note: str) -> str:
+    """Return the Markdown model card of one map's shipped weights."""
+    rc, rh = recon["config"], recon["history"]
+    fc, fh = fit["config"], fit["history"]
+    contrast = "MOLLI (TIs 251-4251 ms)" if map_name == "t1" else "T2-prep (durations 0-125 ms)"
+    reduced = [f"{k} {rc[k]} (paper {v})" for k, v in _PAPER.items() if rc.get(k) != v]
+    defaults = dataclasses.asdict(ReconTrainingConfig())
+    recon_flags = _flags(rc, defaults, {"n_coils": "coils", "n_iterations": "iterations"})
+    fit_flags = " ".join(
+        f"--{k.replace('_', '-')} {_flag_value(fc[k])}" for k in ("n_train", "n_val", "mc_samples", "epochs", "seed")
+    )
+    return f"""# PUQ {map_name.upper()} weights ({contrast})
+
+Trained in this repository on simulated data only; nothing was downloaded.
+
+## Stage 1: unrolled reconstruction with MC dropout (`puq_recon_{map_name}.pt`)
+- Data: {rc["n_train"]} training and {rc["n_val"]} validation slices from `qmri_models.simulation` (random brain
+  slices, {rc["n_coils"]} random coils, 1D Cartesian masks at {", ".join(f"{a}x" for a in rc["accelerations"])} with the
+  PUQ paper's ACS, SNR {rc["snr"]:g}), {rc["matrix"]}^2, seed {rc["seed"]} (validation seed +{VAL_SEED_OFFSET}).
+  Coil maps: ESPIRiT from each slice's own calibration lines, as on the stream.
+- Network: {rc["n_iterations"]} iterations, {rc["hidden"]} hidden channels, dropout {rc["dropout"]:g}.
+  Reduced from the paper: {"; ".join(reduced) or "nothing"}.
+- Optimisation: Adam, learning rate {rc["learning_rate"]:g}, gradient norm clipped at {rc["grad_clip"]:g}, batch
+  {rc["batch_size"]}, {rc["steps"]} steps, MSE on real and imaginary parts.
+- Wall time {rh["wall_s"] / 60:.1f} min on {device_note}.
+- Validation NRMSE in the tissue (dropout off), {rc["n_val"]} slices: {rh["val_nrmse"][-1]:.4f}
+  (zero-filled {rh["val_zero_filled_nrmse"]:.4f}); along the run: {", ".join(f"{v:.4f}" for v in rh["val_nrmse"])}
+  at steps {", ".join(str(s) for s in rh["steps"])}.
+- Check figure (tests hold the shipped file to it): NRMSE on the first {CHECK_EXAMPLES} validation slices
+  {check:.5f}.
+- Command: `qmri train puq-recon --map {map_name} --out RUN {recon_flags}`
+
+## Stage 2: learned fit (`puq_fit_{map_name}.pt`), guided and unguided
+- Data: stage-1 output (MC mean and per-phase SD over {fc["mc_samples"]} samples) of {fc["n_train"]} new simulated
+  slices ({fh["n_train_pixels"]} tissue pixels) and {fc["n_val"]} validation slices ({fh["n_val_pixels"]}), seed
+  {fc["seed"]}, same recipe as stage 1.
+- Network: the paper's MLP, 5 fully connected layers of {fc["hidden"]} units, ReLU; inputs normalised by the
+  pixel's largest signal (not the first phase's: MOLLI's first TI sits on the null of fat). Adam
+  {fc["learning_rate"]:g}, batch {fc["batch_size"]}, MSE, {fc["epochs"]} epochs (paper: 200).
+- Wall time {fh["wall_s"] / 60:.1f} min (training only) on {device_note}.
+- Validation RMSE: {fh["val_rmse_guided_ms"][-1]:.1f} ms guided, {fh["val_rmse_unguided_ms"][-1]:.1f} ms unguided.
+- Command: `qmri train puq-fit --map {map_name} --out RUN_FIT --recon-weights RUN/weights.pt {fit_flags}`
+"""
+
+
+def _flags(config: dict[str, Any], defaults: dict[str, Any], names: dict[str, str]) -> str:
+    """Return the ``qmri train puq-recon`` options that differ from the defaults."""
+    parts = []
+    for key, value in config.items():
+        if key == "map_name" or _flag_value(defaults.get(key)) == _flag_value(value):
+            continue
+        parts.append(f"--{names.get(key, key).replace('_', '-')} {_flag_value(value)}")
+    return " ".join(parts)
+
+
+def _flag_value(value: object) -> str:
+    """Return a configuration value as written on the command line."""
+    return " ".join(str(v) for v in value) if isinstance(value, list | tuple) else str(value)

@@ -1,0 +1,318 @@
+"""Training of PUQ's learned fit (stage 2) on the stage-1 output of simulated slices, guided and unguided together.
+
+The data are the paper's: for every simulated slice the trained reconstruction network's MC mean and per-phase SD,
+pixel by pixel in the signal mask and the tissue, with the true T1 or T2 as the target. They are made once and
+cached in ``OUT/pixels_{train,val}.pt`` (keyed by the data recipe and the reconstruction weights), so a rerun
+resumes there. The two MLPs (with the uncertainty inputs, and with them zero: the ablation) see the same batches;
+both are checkpointed after every epoch in ``OUT/checkpoint.pt`` and a rerun with the same configuration resumes
+(only ``epochs`` may grow). The result is ``OUT/fit_weights.pt``, which ``qmri_models.pretrained.load_fit_mlp``
+reads.
+"""
+
+import dataclasses
+import hashlib
+import json
+import logging
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.nn import functional
+
+from qmri_models.fitting.maps import signal_mask
+from qmri_models.networks.fit_mlp import SCALE_MS, FitMlp, mlp_features
+from qmri_models.networks.mc_sampling import mc_sample
+from qmri_models.pretrained import load_recon_network, weights_path
+from qmri_models.training.recon_data import VAL_SEED_OFFSET, MapName, simulate_recon_examples
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT = "checkpoint.pt"
+WEIGHTS = "fit_weights.pt"
+HISTORY = "history.json"
+
+
+@dataclass(frozen=True)
+class FitTrainingConfig:
+    """What to train on and how. The MLP is the paper's (5 layers, 64 units, Adam 1e-3, batch 1024, MSE)."""
+
+    map_name: MapName = "t1"
+    recon_weights: str = "t1"
+    """The stage-1 network: ``t1``, ``t2`` (shipped) or a ``weights.pt`` path."""
+    n_train: int = 24
+    n_val: int = 6
+    matrix: int = 160
+    n_coils: int = 8
+    accelerations: tuple[int, ...] = (6, 8, 10)
+    snr: float = 50.0
+    mc_samples: int = 20
+    hidden: int = 64
+    epochs: int = 30
+    batch_size: int = 1024
+    learning_rate: float = 1e-3
+    seed: int = 7
+    """Seed of the slices (keep it apart from the reconstruction training's, 0, so the fit sees new slices)."""
+
+    def __post_init__(self) -> None:
+        for name in ("n_train", "n_val", "epochs", "batch_size", "hidden"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.mc_samples < 2:
+            raise ValueError(f"mc_samples must be at least 2, got {self.mc_samples}")
+
+
+@dataclass
+class FitHistory:
+    """Validation RMSE (ms) of both MLPs after every epoch."""
+
+    epochs: list[int] = field(default_factory=list)
+    val_rmse_guided_ms: list[float] = field(default_factory=list)
+    val_rmse_unguided_ms: list[float] = field(default_factory=list)
+    n_train_pixels: int = 0
+    n_val_pixels: int = 0
+    wall_s: float = 0.0
+
+
+@dataclass(frozen=True)
+class FitPixels:
+    """Stage-1 output of tissue pixels with their truth."""
+
+    magnitude: torch.Tensor
+    """MC mean magnitude. Shape `(pixels, phases)` float32."""
+    sd: torch.Tensor
+    """Per-phase MC SD. Shape `(pixels, phases)` float32."""
+    truth_ms: torch.Tensor
+    """True T1 or T2 in ms. Shape `(pixels,)` float32."""
+
+
+def train_fit(
+    config: FitTrainingConfig,
+    out_dir: Path,
+    *,
+    device: str | torch.device = "cpu",
+    on_progress: Callable[[str, int, int], None] | None = None,
+) -> FitHistory:
+    """Train (or resume) the guided and unguided MLPs; return the history.
+
+    Parameters
+    ----------
+    config : What to train.
+    out_dir : Where the pixel caches, checkpoint, weights and history go.
+    device : Torch device.
+    on_progress : Called with a stage (``"slices"`` or ``"epochs"``), done and total (progress bars).
+
+    Returns
+    -------
+    Validation history, also in ``out_dir/history.json``.
+
+    Raises
+    ------
+    ValueError
+        If ``out_dir`` holds a checkpoint of a different configuration.
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    device = torch.device(device)
+    train_px = _pixels(config, "train", out_dir, device, on_progress)
+    val_px = _pixels(config, "val", out_dir, device, on_progress)
+    torch.manual_seed(config.seed)
+    n_phases = int(train_px.magnitude.shape[1])
+    nets = {
+        g: FitMlp(n_phases=n_phases, hidden=config.hidden, guided=g, map_name=config.map_name) for g in (True, False)
+    }
+    for net in nets.values():
+        net.to(device)
+    optimizers: dict[bool, torch.optim.Optimizer] = {
+        g: torch.optim.Adam(nets[g].parameters(), lr=config.learning_rate) for g in nets
+    }
+    history = FitHistory(n_train_pixels=len(train_px.truth_ms), n_val_pixels=len(val_px.truth_ms))
+    epoch = 0
+    checkpoint = out_dir / CHECKPOINT
+    if checkpoint.exists():
+        epoch, history = _resume(checkpoint, config, nets, optimizers)
+        log.info("resuming %s at epoch %d of %d", out_dir, epoch, config.epochs)
+    features = {g: mlp_features(train_px.magnitude, train_px.sd if g else None) for g in nets}
+    target = train_px.truth_ms / SCALE_MS[config.map_name]
+    started, wall_before = time.perf_counter(), history.wall_s
+    while epoch < config.epochs:
+        order = torch.randperm(len(target), generator=torch.Generator().manual_seed(config.seed * 7919 + epoch))
+        for begin in range(0, len(order), config.batch_size):
+            batch = order[begin : begin + config.batch_size]
+            for g, net in nets.items():
+                loss = functional.mse_loss(net(features[g][batch].to(device)), target[batch].to(device))
+                optimizers[g].zero_grad(set_to_none=True)
+                loss.backward()
+                optimizers[g].step()
+        epoch += 1
+        history.epochs.append(epoch)
+        history.val_rmse_guided_ms.append(validation_rmse_ms(nets[True], val_px, device))
+        history.val_rmse_unguided_ms.append(validation_rmse_ms(nets[False], val_px, device))
+        history.wall_s = wall_before + time.perf_counter() - started
+        _save_checkpoint(checkpoint, config, epoch, nets, optimizers, history)
+        if on_progress is not None:
+            on_progress("epochs", epoch, config.epochs)
+    weights = {
+        "map_name": config.map_name,
+        "config": dataclasses.asdict(config),
+        "history": dataclasses.asdict(history),
+        **{
+            ("guided" if g else "unguided"): {
+                "n_phases": n_phases,
+                "hidden": config.hidden,
+                "state_dict": net.state_dict(),
+            }
+            for g, net in nets.items()
+        },
+    }
+    torch.save(weights, out_dir / WEIGHTS)
+    (out_dir / HISTORY).write_text(json.dumps(dataclasses.asdict(history), indent=2))
+    return history
+
+
+def validation_rmse_ms(mlp: FitMlp, pixels: FitPixels, device: torch.device) -> float:
+    """Return the RMSE in ms of the MLP's maps against the truth over the pixels."""
+    mlp.eval()
+    with torch.inference_mode():
+        predicted = mlp.predict_ms(pixels.magnitude.to(device), pixels.sd.to(device)).cpu()
+    mlp.train()
+    return float((predicted - pixels.truth_ms).square().mean().sqrt())
+
+
+def stage_one_pixels(
+    config: FitTrainingConfig,
+    split: str,
+    device: torch.device,
+    on_slice: Callable[[int], None] | None = None,
+) -> FitPixels:
+    """Return the stage-1 output (MC mean magnitude and SD) of the split's simulated slices, tissue pixels only.
+
+    Parameters
+    ----------
+    config : Data recipe and the reconstruction weights.
+    split : ``train`` or ``val`` (its own seeds).
+    device : Where the network runs.
+    on_slice : Called with the number of slices done.
+    """
+    n = config.n_train if split == "train" else config.n_val
+    examples = simulate_recon_examples(
+        config.map_name,
+        n,
+        matrix=config.matrix,
+        n_coils=config.n_coils,
+        accelerations=config.accelerations,
+        snr=config.snr,
+        seed=config.seed + (VAL_SEED_OFFSET if split == "val" else 0),
+    )
+    if examples.truth_ms is None:
+        raise ValueError("the simulated examples carry no truth maps")
+    network = load_recon_network(config.recon_weights).to(device)
+    parts: dict[str, list[torch.Tensor]] = {"magnitude": [], "sd": [], "truth": []}
+    for i in range(n):
+        estimate = mc_sample(
+            network,
+            examples.kdata[i].to(device),
+            examples.sampled[i].to(device),
+            examples.sens[i].to(device),
+            n_samples=config.mc_samples,
+        )
+        mean = estimate.mean.cpu()
+        keep = torch.from_numpy(signal_mask(mean.numpy(), 0.08)) & (examples.truth_ms[i] > 0)
+        parts["magnitude"].append(mean.abs()[:, keep].T)
+        parts["sd"].append(estimate.sd.cpu()[:, keep].T)
+        parts["truth"].append(examples.truth_ms[i][keep])
+        if on_slice is not None:
+            on_slice(i + 1)
+    return FitPixels(
+        magnitude=torch.cat(parts["magnitude"]).float(),
+        sd=torch.cat(parts["sd"]).float(),
+        truth_ms=torch.cat(parts["truth"]).float(),
+    )
+
+
+def _pixels(
+    config: FitTrainingConfig,
+    split: str,
+    out_dir: Path,
+    device: torch.device,
+    on_progress: Callable[[str, int, int], None] | None,
+) -> FitPixels:
+    """Return the split's pixels from the cache in ``out_dir``, made (and cached) when missing or stale."""
+    path = out_dir / f"pixels_{split}.pt"
+    recipe = {**_data_recipe(config), "split": split}
+    if path.exists():
+        cached = torch.load(path, weights_only=True)
+        if cached["recipe"] == recipe:
+            return FitPixels(**cached["pixels"])
+    n = config.n_train if split == "train" else config.n_val
+    log.info("running stage 1 (%d MC samples) on %d %s slices for %s", config.mc_samples, n, split, out_dir)
+
+    def on_slice(done: int) -> None:
+        if on_progress is not None:
+            on_progress(f"{split} slices", done, n)
+
+    pixels = stage_one_pixels(config, split, device, on_slice)
+    partial = path.with_suffix(".part")
+    torch.save({"recipe": recipe, "pixels": dataclasses.asdict(pixels)}, partial)
+    partial.replace(path)
+    return pixels
+
+
+def _data_recipe(config: FitTrainingConfig) -> dict[str, Any]:
+    """Return what decides the pixels: the simulation, the MC samples and the reconstruction weights' digest."""
+    names = ("map_name", "n_train", "n_val", "matrix", "n_coils", "snr", "mc_samples", "seed")
+    recipe: dict[str, Any] = {name: getattr(config, name) for name in names}
+    recipe["accelerations"] = list(config.accelerations)
+    recipe["recon_sha256"] = hashlib.sha256(weights_path("recon", config.recon_weights).read_bytes()).hexdigest()
+    return recipe
+
+
+def _save_checkpoint(
+    path: Path,
+    config: FitTrainingConfig,
+    epoch: int,
+    nets: dict[bool, FitMlp],
+    optimizers: Mapping[bool, torch.optim.Optimizer],
+    history: FitHistory,
+) -> None:
+    """Write the checkpoint atomically."""
+    state = {
+        "config": _comparable(config),
+        "epoch": epoch,
+        "nets": {g: n.state_dict() for g, n in nets.items()},
+        "optimizers": {g: o.state_dict() for g, o in optimizers.items()},
+        "torch_rng": torch.get_rng_state(),
+        "history": dataclasses.asdict(history),
+    }
+    partial = path.with_suffix(".part")
+    torch.save(state, partial)
+    partial.replace(path)
+
+
+def _resume(
+    path: Path,
+    config: FitTrainingConfig,
+    nets: dict[bool, FitMlp],
+    optimizers: Mapping[bool, torch.optim.Optimizer],
+) -> tuple[int, FitHistory]:
+    """Load a checkpoint; return its epoch and history."""
+    state = torch.load(path, weights_only=False)
+    current = _comparable(config)
+    differing = sorted(k for k in current if k != "epochs" and state["config"].get(k) != current[k])
+    if differing:
+        raise ValueError(
+            f"{path} was trained with a different configuration ({', '.join(differing)} differ); "
+            "use another output folder or the same settings"
+        )
+    for g, net in nets.items():
+        net.load_state_dict(state["nets"][g])
+        optimizers[g].load_state_dict(state["optimizers"][g])
+    torch.set_rng_state(state["torch_rng"])
+    return int(state["epoch"]), FitHistory(**state["history"])
+
+
+def _comparable(config: FitTrainingConfig) -> dict[str, Any]:
+    """Return the configuration as plain values (tuples as lists) for comparison across a save."""
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(config).items()}
