@@ -1,0 +1,51 @@
+"""The shipped PUQ weights: they load, hold their model card's check figure, and their uncertainty means something."""
+
+import re
+
+import numpy as np
+import pytest
+import torch
+
+from qmri_models.networks.puq_recon import puq_reconstruct
+from qmri_models.pretrained import MAP_NAMES, PRETRAINED_DIR, load_fit_mlp, load_recon_network
+from qmri_models.pretrained.ship import check_examples_nrmse
+from qmri_models.puq_evaluation import held_out_slice
+from qmri_models.recon.cartesian import calibration_lines, phase_sensitivities
+
+
+def test_shipped_weights_are_small() -> None:
+    total = sum(path.stat().st_size for path in PRETRAINED_DIR.glob("*.pt"))
+    assert len(list(PRETRAINED_DIR.glob("*.pt"))) == 4
+    assert total < 30e6
+
+
+@pytest.mark.parametrize("map_name", MAP_NAMES)
+def test_shipped_weights_reproduce_their_model_card(map_name: str) -> None:
+    """The NRMSE on the card's fixed validation slices, re-simulated from their seed, within 2%."""
+    state = torch.load(PRETRAINED_DIR / f"puq_recon_{map_name}.pt", weights_only=True)
+    card = (PRETRAINED_DIR / f"PUQ_{map_name.upper()}.md").read_text()
+    recorded = state["check"]["val_nrmse"]
+    assert f"{recorded:.5f}" in card
+    measured = check_examples_nrmse(map_name, state["config"], map_name)  # type: ignore[arg-type]
+    assert measured == pytest.approx(recorded, rel=0.02)
+    # and well below the zero-filled images' error the card reports
+    zero_filled = float(re.search(r"zero-filled (\d\.\d+)", card).group(1))  # type: ignore[union-attr]
+    assert measured < 0.7 * zero_filled
+    for guided in (True, False):
+        assert load_fit_mlp(map_name, guided=guided).map_name == map_name
+
+
+def test_uncertainty_grows_with_acceleration() -> None:
+    """Mean MC SD relative to the signal, held-out MOLLI slices: larger at 10x than at 6x, on every slice pair."""
+    network = load_recon_network("t1")
+    relative = {}
+    for acceleration in (6, 10):
+        values = []
+        for index in range(2):
+            simulated = held_out_slice("t1", acceleration, index)
+            sens = phase_sensitivities(simulated.kdata, calibration_lines(simulated.sampled))
+            estimate = puq_reconstruct(network, simulated.kdata, simulated.sampled, sens, n_samples=10)
+            tissue = torch.from_numpy(simulated.truth.labels > 0)
+            values.append(float(estimate.sd[:, tissue].mean() / estimate.mean.abs()[:, tissue].mean()))
+        relative[acceleration] = np.asarray(values)
+    assert np.all(relative[10] > relative[6]), relative
