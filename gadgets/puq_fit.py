@@ -27,7 +27,7 @@ class PuqFitConfig(GadgetConfig):
 
     model: ModelName = prop("molli", "signal model (T1: molli; T2: t2prep); names the map of the learned fit too")
     fit: Literal["learned", "model_based"] = prop(
-        "model_based", "model_based: Levenberg-Marquardt weighted by 1/SD^2; learned: the PUQ paper's pixelwise MLP"
+        "learned", "learned: the PUQ paper's pixelwise MLP; model_based: Levenberg-Marquardt weighted by 1/SD^2"
     )
     guided: bool = prop(True, "use the per-phase uncertainty (false: equal weights / the unguided MLP, the ablation)")
     fit_weights: str = prop("t1", "learned fit: t1 or t2 shipped weights, or a fit_weights.pt from qmri train")
