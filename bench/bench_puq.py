@@ -35,15 +35,14 @@ from qmri_models.fitting.guided import learned_map, phase_weights
 from qmri_models.fitting.maps import fit_maps, signal_mask
 from qmri_models.metrics import nrmse
 from qmri_models.networks.fit_mlp import FitMlp
-from qmri_models.networks.mc_sampling import samples_per_batch
+from qmri_models.networks.mc_sampling import RunningMoments, samples_per_batch
 from qmri_models.networks.puq_recon import puq_reconstruct
 from qmri_models.networks.unrolled import UnrolledRecon
 from qmri_models.pretrained import load_fit_mlp, load_recon_network
-from qmri_models.puq_evaluation import held_out_slice, uncertainty_error_correlation
+from qmri_models.puq_evaluation import held_out_slice, model_and_times, uncertainty_error_correlation
 from qmri_models.recon.cartesian import calibration_lines, phase_sensitivities
-from qmri_models.signal_models import signal_model
-from qmri_models.simulation.scan import ScanSettings, SimulatedSlice
-from qmri_models.training.recon_data import CONTRAST_OF_MAP, MapName
+from qmri_models.simulation.scan import SimulatedSlice
+from qmri_models.training.recon_data import MapName, combined_truth
 
 SWEEP_COLUMNS = ("T", "NRMSE w/o G (model)", "NRMSE guided (model)", "NRMSE guided (learned)", "Pearson r SD/error")
 
@@ -104,18 +103,18 @@ def sweep_slice(
 ) -> np.ndarray:
     """Return one row per T of the sweep: three map NRMSEs and the SD-error correlation."""
     map_name = cast("MapName", args.map)
-    contrast = CONTRAST_OF_MAP[map_name]
-    model, times = signal_model(contrast), np.asarray(ScanSettings(contrast=contrast).prep_times, dtype=np.float64)
+    model, times = model_and_times(map_name)
     n_max, k, lines = max(args.sweep), simulated.kdata, simulated.sampled
     estimate = puq_reconstruct(network, k, lines, sens, n_samples=n_max, device=args.device, keep_samples=True)
     samples = cast("torch.Tensor", estimate.samples).cpu().numpy()
     tissue = simulated.truth.labels > 0
     truth = simulated.truth.t1_ms if map_name == "t1" else simulated.truth.t2_ms
-    target = np.einsum("cyx,cyx,pyx->pyx", sens.conj(), simulated.sens, simulated.images)
+    target = combined_truth(simulated, sens)
     rows = []
     for n in args.sweep:
-        mean = samples[:n].mean(axis=0)
-        sd = np.sqrt(np.mean(np.abs(samples[:n] - mean) ** 2, axis=0))
+        moments = RunningMoments()
+        moments.add(torch.from_numpy(samples[:n]))
+        mean, sd = cast("torch.Tensor", moments.mean).numpy(), moments.sd().numpy()
         mask = signal_mask(mean, 0.08)
         unguided, guided = (
             fit_maps(model, mean, times, mask=mask, weights=w, device=args.device).values[model.primary_map]

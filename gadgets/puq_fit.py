@@ -8,9 +8,9 @@ from typing import Literal
 
 import numpy as np
 
-from gadgets.fitting import ModelName
+from gadgets.fitting import ModelName, ParameterFitConfig
 from gadgets.items import MapImages, PhaseImages
-from gadgets.runtime.config import GadgetConfig, prop
+from gadgets.runtime.config import prop
 from gadgets.runtime.registry import GadgetConnection, register
 from qmri_models.device import torch_device
 from qmri_models.fitting.guided import fit_guided_maps
@@ -22,21 +22,16 @@ log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
-class PuqFitConfig(GadgetConfig):
-    """Properties of PuqFitGadget."""
+class PuqFitConfig(ParameterFitConfig):
+    """Properties of PuqFitGadget: those of ParameterFitGadget, and how the uncertainty guides the fit."""
 
     model: ModelName = prop("molli", "signal model (T1: molli; T2: t2prep); names the map of the learned fit too")
+    send_phase_images: bool = prop(True, "also pass the mean images and their SD on (ImageSeriesGadget sends them)")
     fit: Literal["learned", "model_based"] = prop(
         "learned", "learned: the PUQ paper's pixelwise MLP; model_based: Levenberg-Marquardt weighted by 1/SD^2"
     )
     guided: bool = prop(True, "use the per-phase uncertainty (false: equal weights / the unguided MLP, the ablation)")
     fit_weights: str = prop("t1", "learned fit: t1 or t2 shipped weights, or a fit_weights.pt from qmri train")
-    mask_threshold: float = prop(
-        0.08, "pixels whose brightest phase is below this fraction of the bright level are background", maximum=0.99
-    )
-    max_iterations: int = prop(100, "most Levenberg-Marquardt iterations per pixel", minimum=1, maximum=10000)
-    device: str = prop("auto", "auto (CUDA when present), cpu or cuda")
-    send_phase_images: bool = prop(True, "also pass the mean images and their SD on (ImageSeriesGadget sends them)")
 
 
 @register("PuqFitGadget", PuqFitConfig)

@@ -30,9 +30,9 @@ from qmri_models.networks.fit_mlp import FitMlp
 from qmri_models.networks.puq_recon import deterministic_reconstruct, puq_reconstruct
 from qmri_models.networks.unrolled import UnrolledRecon
 from qmri_models.recon.cartesian import calibration_lines, phase_sensitivities, reconstruct_phases
-from qmri_models.signal_models import signal_model
+from qmri_models.signal_models import SignalModel, signal_model
 from qmri_models.simulation.scan import ScanSettings, SimulatedSlice, simulate_slice
-from qmri_models.training.recon_data import CONTRAST_OF_MAP, MapName
+from qmri_models.training.recon_data import CONTRAST_OF_MAP, MapName, combined_truth
 
 METHODS = (
     "CG-SENSE + fit",
@@ -102,6 +102,12 @@ def held_out_slice(map_name: MapName, acceleration: int, index: int, *, matrix: 
     return simulate_slice(settings, np.random.default_rng([HELD_OUT_SEED, acceleration, index]))
 
 
+def model_and_times(map_name: MapName) -> tuple[SignalModel, np.ndarray]:
+    """Return the signal model of a map's contrast and the simulator's preparation times in ms `(phases,)`."""
+    contrast = CONTRAST_OF_MAP[map_name]
+    return signal_model(contrast), np.asarray(ScanSettings(contrast=contrast).prep_times, dtype=np.float64)
+
+
 def evaluate_slice(
     map_name: MapName,
     simulated: SimulatedSlice,
@@ -120,8 +126,7 @@ def evaluate_slice(
     mc_samples : MC samples T.
     device : Where the networks and fits run.
     """
-    model = signal_model(CONTRAST_OF_MAP[map_name])
-    times = np.asarray(ScanSettings(contrast=CONTRAST_OF_MAP[map_name]).prep_times, dtype=np.float64)
+    model, times = model_and_times(map_name)
     kdata, sampled = simulated.kdata, simulated.sampled
     sens = phase_sensitivities(kdata, calibration_lines(sampled))
     cg = reconstruct_phases(kdata, sampled, sens, method="cg_sense", max_iter=10)
@@ -144,7 +149,7 @@ def evaluate_slice(
     }
     truth = simulated.truth.t1_ms if map_name == "t1" else simulated.truth.t2_ms
     tissue = simulated.truth.labels > 0
-    target = np.einsum("cyx,cyx,pyx->pyx", sens.conj(), simulated.sens, simulated.images)
+    target = combined_truth(simulated, sens)
     return SliceScores(
         nrmse={name: nrmse(values, truth, tissue) for name, values in maps.items()},
         ssim={name: float(masked_ssim_map(values, truth, tissue)[tissue].mean()) for name, values in maps.items()},

@@ -19,7 +19,7 @@ import torch
 
 from qmri_models.networks.unrolled import sens_reduce
 from qmri_models.recon.cartesian import calibration_lines, phase_sensitivities
-from qmri_models.simulation.scan import ScanSettings, simulate_slice
+from qmri_models.simulation.scan import ScanSettings, SimulatedSlice, simulate_slice
 
 MapName = Literal["t1", "t2"]
 CONTRAST_OF_MAP: dict[str, Literal["molli", "t2prep"]] = {"t1": "molli", "t2": "t2prep"}
@@ -51,6 +51,21 @@ class ReconExamples:
 
     def __len__(self) -> int:
         return int(self.kdata.shape[0])
+
+
+def combined_truth(simulated: SimulatedSlice, sens: np.ndarray) -> np.ndarray:
+    """Return the slice's noise-free coil images combined with ``sens``: what a reconstruction with these maps aims at.
+
+    Parameters
+    ----------
+    simulated : The simulated slice (its noise-free images and true coils).
+    sens : The coil maps of the reconstruction (ESPIRiT). Shape `(coils, y, x)` complex.
+
+    Returns
+    -------
+    Images. Shape `(phases, y, x)` complex.
+    """
+    return np.einsum("cyx,cyx,pyx->pyx", sens.conj(), simulated.sens, simulated.images)
 
 
 def input_scale(kdata: torch.Tensor, sens: torch.Tensor) -> torch.Tensor:
@@ -115,7 +130,7 @@ def simulate_recon_examples(
         parts["kdata"].append(simulated.kdata)
         parts["sampled"].append(simulated.sampled)
         parts["sens"].append(maps)
-        parts["target"].append(np.einsum("cyx,cyx,pyx->pyx", maps.conj(), simulated.sens, simulated.images))
+        parts["target"].append(combined_truth(simulated, maps))
         parts["tissue"].append(simulated.truth.labels > 0)
         parts["accel"].append(np.asarray(acceleration))
         parts["truth"].append(simulated.truth.t1_ms if map_name == "t1" else simulated.truth.t2_ms)

@@ -26,6 +26,7 @@ from qmri_models.fitting.maps import signal_mask
 from qmri_models.networks.fit_mlp import SCALE_MS, FitMlp, mlp_features
 from qmri_models.networks.mc_sampling import mc_sample
 from qmri_models.pretrained import load_recon_network, weights_path
+from qmri_models.training.checkpoints import refuse_other_config, save_atomic
 from qmri_models.training.recon_data import VAL_SEED_OFFSET, MapName, simulate_recon_examples
 
 log = logging.getLogger(__name__)
@@ -116,8 +117,9 @@ def train_fit(
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     device = torch.device(device)
-    train_px = _pixels(config, "train", out_dir, device, on_progress)
-    val_px = _pixels(config, "val", out_dir, device, on_progress)
+    recipe = _data_recipe(config)
+    train_px = _pixels(config, "train", recipe, out_dir, device, on_progress)
+    val_px = _pixels(config, "val", recipe, out_dir, device, on_progress)
     torch.manual_seed(config.seed)
     n_phases = int(train_px.magnitude.shape[1])
     nets = {
@@ -235,13 +237,14 @@ def stage_one_pixels(
 def _pixels(
     config: FitTrainingConfig,
     split: str,
+    data_recipe: dict[str, Any],
     out_dir: Path,
     device: torch.device,
     on_progress: Callable[[str, int, int], None] | None,
 ) -> FitPixels:
     """Return the split's pixels from the cache in ``out_dir``, made (and cached) when missing or stale."""
     path = out_dir / f"pixels_{split}.pt"
-    recipe = {**_data_recipe(config), "split": split}
+    recipe = {**data_recipe, "split": split}
     if path.exists():
         cached = torch.load(path, weights_only=True)
         if cached["recipe"] == recipe:
@@ -254,9 +257,7 @@ def _pixels(
             on_progress(f"{split} slices", done, n)
 
     pixels = stage_one_pixels(config, split, device, on_slice)
-    partial = path.with_suffix(".part")
-    torch.save({"recipe": recipe, "pixels": dataclasses.asdict(pixels)}, partial)
-    partial.replace(path)
+    save_atomic({"recipe": recipe, "pixels": dataclasses.asdict(pixels)}, path)
     return pixels
 
 
@@ -279,16 +280,14 @@ def _save_checkpoint(
 ) -> None:
     """Write the checkpoint atomically."""
     state = {
-        "config": _comparable(config),
+        "config": dataclasses.asdict(config),
         "epoch": epoch,
         "nets": {g: n.state_dict() for g, n in nets.items()},
         "optimizers": {g: o.state_dict() for g, o in optimizers.items()},
         "torch_rng": torch.get_rng_state(),
         "history": dataclasses.asdict(history),
     }
-    partial = path.with_suffix(".part")
-    torch.save(state, partial)
-    partial.replace(path)
+    save_atomic(state, path)
 
 
 def _resume(
@@ -299,20 +298,9 @@ def _resume(
 ) -> tuple[int, FitHistory]:
     """Load a checkpoint; return its epoch and history."""
     state = torch.load(path, weights_only=False)
-    current = _comparable(config)
-    differing = sorted(k for k in current if k != "epochs" and state["config"].get(k) != current[k])
-    if differing:
-        raise ValueError(
-            f"{path} was trained with a different configuration ({', '.join(differing)} differ); "
-            "use another output folder or the same settings"
-        )
+    refuse_other_config(path, state["config"], dataclasses.asdict(config), growable="epochs")
     for g, net in nets.items():
         net.load_state_dict(state["nets"][g])
         optimizers[g].load_state_dict(state["optimizers"][g])
     torch.set_rng_state(state["torch_rng"])
     return int(state["epoch"]), FitHistory(**state["history"])
-
-
-def _comparable(config: FitTrainingConfig) -> dict[str, Any]:
-    """Return the configuration as plain values (tuples as lists) for comparison across a save."""
-    return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(config).items()}

@@ -22,6 +22,7 @@ from torch.nn import functional
 
 from qmri_models.metrics import nrmse
 from qmri_models.networks.unrolled import UnrolledRecon, sens_reduce
+from qmri_models.training.checkpoints import refuse_other_config, save_atomic
 from qmri_models.training.recon_data import VAL_SEED_OFFSET, MapName, ReconExamples, simulate_recon_examples
 
 log = logging.getLogger(__name__)
@@ -239,9 +240,7 @@ def _save(
         "torch_rng": torch.get_rng_state(),
         "history": dataclasses.asdict(history),
     }
-    partial = path.with_suffix(".part")
-    torch.save(state, partial)
-    partial.replace(path)
+    save_atomic(state, path)
 
 
 def _resume(
@@ -252,20 +251,8 @@ def _resume(
 ) -> tuple[int, TrainingHistory]:
     """Load a checkpoint into the network, optimizer and random states; return its step and history."""
     state = torch.load(path, weights_only=False)
-    saved = state["config"]
-    current = dataclasses.asdict(config)
-    differing = sorted(k for k in current if k != "steps" and _normal(saved.get(k)) != _normal(current[k]))
-    if differing:
-        raise ValueError(
-            f"{path} was trained with a different configuration ({', '.join(differing)} differ); "
-            "use another output folder or the same settings"
-        )
+    refuse_other_config(path, state["config"], dataclasses.asdict(config), growable="steps")
     network.load_state_dict(state["model"])
     optimizer.load_state_dict(state["optimizer"])
     torch.set_rng_state(state["torch_rng"])
     return int(state["step"]), TrainingHistory(**state["history"])
-
-
-def _normal(value: object) -> object:
-    """Return a value comparable across a checkpoint round trip (tuples and lists alike)."""
-    return list(value) if isinstance(value, tuple | list) else value

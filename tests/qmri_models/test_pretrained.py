@@ -43,12 +43,13 @@ def test_shipped_weights_reproduce_their_model_card(map_name: str) -> None:
     "while the error grows; strict, so weights that fix it make this fail until the mark is removed",
 )
 def test_uncertainty_grows_with_acceleration() -> None:
-    """Mean MC SD relative to the signal: larger at 10x than at 6x on the same held-out MOLLI slices.
+    """Mean MC SD relative to the signal: over 5% larger at 10x than at 6x on the same held-out MOLLI slices.
 
     One seed per slice for both accelerations: anatomy, coils and phase are drawn before the mask, so only the
     sampling (and the noise) differs between the two.
     """
     network = load_recon_network("t1")
+    torch.manual_seed(0)  # the dropout masks: the same verdict whatever ran before
     relative = {}
     for acceleration in (6, 10):
         values = []
@@ -60,4 +61,5 @@ def test_uncertainty_grows_with_acceleration() -> None:
             tissue = torch.from_numpy(simulated.truth.labels > 0)
             values.append(float(estimate.sd[:, tissue].mean() / estimate.mean.abs()[:, tissue].mean()))
         relative[acceleration] = np.asarray(values)
-    assert np.all(relative[10] > relative[6]), relative
+    # growth beyond the few percent that the dropout draw alone moves the figure
+    assert np.all(relative[10] > 1.05 * relative[6]), relative
