@@ -48,12 +48,14 @@ def _stream(args: argparse.Namespace) -> int:
 
 
 def _simulate(args: argparse.Namespace) -> int:
+    if args.contrast == "mrf":
+        return _simulate_mrf(args)
     from qmri_models.simulation.raw_writer import write_raw
     from qmri_models.simulation.scan import ScanSettings, simulate_scan
 
     settings = ScanSettings(
         contrast=args.contrast,
-        matrix=args.matrix,
+        matrix=160 if args.matrix is None else args.matrix,
         n_coils=args.coils,
         acceleration=args.acceleration,
         acs_fraction=args.acs_fraction,
@@ -67,6 +69,38 @@ def _simulate(args: argparse.Namespace) -> int:
         f"{args.out}: {settings.contrast} {settings.phantom}, {settings.n_slices} slice(s), {settings.matrix}^2, "
         f"{settings.n_coils} coils, R={settings.acceleration}, ACS {settings.acs:.2f}, SNR {settings.snr:g}, "
         f"seed {settings.seed}"
+    )
+    return 0
+
+
+def _simulate_mrf(args: argparse.Namespace) -> int:
+    from qmri_models.simulation.mrf_raw_writer import write_mrf_raw
+    from qmri_models.simulation.mrf_scan import MrfScanSettings, simulate_mrf_scan
+
+    if args.phantom != "brain" or args.acceleration != 1 or args.acs_fraction is not None:
+        raise ValueError(
+            "mrf simulates the brain phantom on a spiral; --phantom, --acceleration and --acs-fraction "
+            "are for the Cartesian contrasts"
+        )
+    settings = MrfScanSettings(
+        matrix=256 if args.matrix is None else args.matrix,
+        n_coils=args.coils,
+        n_frames_full=args.frames,
+        truncation=args.truncation,
+        n_interleaves=args.interleaves,
+        ordering=args.ordering,
+        snr=args.snr,
+        seed=args.seed,
+        n_slices=args.slices,
+        schedule_seed=args.schedule_seed,
+    )
+    slices = simulate_mrf_scan(settings)
+    write_mrf_raw(args.out, settings, slices)
+    print(
+        f"{args.out}: mrf fisp brain, {settings.n_slices} slice(s), {settings.matrix}^2, {settings.n_coils} coils, "
+        f"{settings.n_frames} of {settings.n_frames_full} frames (truncation {settings.truncation}), "
+        f"{settings.n_interleaves} interleaves ({settings.ordering}) x {slices[0].coord.shape[1]} samples, "
+        f"SNR {settings.snr:g}, seed {settings.seed}"
     )
     return 0
 
@@ -282,12 +316,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(run=_stream)
 
-    p = sub.add_parser("simulate", help="write a simulated multi-phase raw file with its truth")
+    p = sub.add_parser("simulate", help="write a simulated multi-phase or spiral MRF raw file with its truth")
     p.add_argument(
-        "contrast", choices=["molli", "t2prep", "ir"], help="molli (T1), t2prep (T2) or ir (inversion-recovery T1)"
+        "contrast",
+        choices=["molli", "t2prep", "ir", "mrf"],
+        help="molli (T1), t2prep (T2), ir (inversion-recovery T1) or mrf (spiral FISP fingerprinting, T1 and T2)",
     )
     p.add_argument("--out", type=Path, required=True)
-    p.add_argument("--matrix", type=int, default=160)
+    p.add_argument("--matrix", type=int, help="image size (default 160; 256 for mrf)")
     p.add_argument("--coils", type=int, default=8)
     p.add_argument("--acceleration", type=int, default=1, help="1, 4, 6, 8 or 10 (any integer >= 1 works)")
     p.add_argument("--acs-fraction", type=float, help="fully sampled centre fraction (default: PUQ paper's per R)")
@@ -295,6 +331,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--slices", type=int, default=1)
     p.add_argument("--phantom", choices=["brain", "spheres"], default="brain")
+    p.add_argument("--frames", type=int, default=1000, help="mrf: frames of the full FISP schedule")
+    p.add_argument("--truncation", type=int, default=5, help="mrf: acquire the first frames/truncation frames")
+    p.add_argument("--interleaves", type=int, default=48, help="mrf: spiral interleaves of the fixed set")
+    p.add_argument("--ordering", choices=["fixed", "golden"], default="fixed", help="mrf: spiral rotation per frame")
+    p.add_argument("--schedule-seed", type=int, default=0, help="mrf: seed of the schedule's TR noise")
     p.set_defaults(run=_simulate)
 
     p = sub.add_parser("train", help="train a network on simulated data (checkpoints; rerun to resume)")

@@ -8,6 +8,8 @@ every readout also carries its preparation time in ``user_int[7]`` in microsecon
 """
 
 import datetime
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 import h5py
@@ -19,6 +21,7 @@ from xsdata.models.datatype import XmlDate, XmlTime
 from qmri_models.ismrmrd_hdf5 import acquisition_rows, append_rows, write_header
 from qmri_models.simulation.sampling import acs_lines
 from qmri_models.simulation.scan import ScanSettings, SimulatedSlice
+from qmri_models.simulation.tissues import ParameterMaps
 
 T2PREP_USER_PARAMETER = "T2PrepDuration_ms"
 """Name of the ``userParameterDouble`` list that holds T2-prep durations (ms), one entry per phase."""
@@ -78,31 +81,69 @@ def ismrmrd_header(settings: ScanSettings) -> ismrmrd.xsd.ismrmrdHeader:
         if has_ti
         else [xsd.userParameterDoubleType(name=T2PREP_USER_PARAMETER, value=t) for t in settings.prep_times]
     )
-    protocol = f"qmri_sim_{settings.contrast}_{settings.phantom}_R{settings.acceleration}"
+    return scan_header(
+        seed=settings.seed,
+        n_coils=settings.n_coils,
+        protocol=f"qmri_sim_{settings.contrast}_{settings.phantom}_R{settings.acceleration}",
+        sequence_name={"molli": "molli", "t2prep": "t2prep_bssfp", "ir": "ir_fse"}[settings.contrast],
+        body_part="PHANTOM" if settings.phantom == "spheres" else "BRAIN",
+        encoding=encoding,
+        sequence=sequence,
+        user=user,
+    )
+
+
+def scan_header(
+    *,
+    seed: int,
+    n_coils: int,
+    protocol: str,
+    sequence_name: str,
+    body_part: str,
+    encoding: ismrmrd.xsd.encodingType,
+    sequence: ismrmrd.xsd.sequenceParametersType,
+    user: ismrmrd.xsd.userParametersType,
+) -> ismrmrd.xsd.ismrmrdHeader:
+    """Return the ISMRMRD header of a simulated scan from its scan-specific parts; the rest is the simulator's.
+
+    Parameters
+    ----------
+    seed : The simulation seed (names the patient, study and measurement).
+    n_coils : Receive channels.
+    protocol : Protocol name.
+    sequence_name : Sequence name.
+    body_part : DICOM body part examined.
+    encoding : The single encoding.
+    sequence : Sequence parameters.
+    user : User parameters.
+
+    Returns
+    -------
+    The parsed header object (``toXML()`` gives the text).
+    """
+    xsd = ismrmrd.xsd
     now = datetime.datetime.now()  # the study happens when it is simulated
     return xsd.ismrmrdHeader(
         version=2,
-        subjectInformation=xsd.subjectInformationType(
-            patientName="Simulated^Phantom", patientID=f"SIM{settings.seed:06d}"
-        ),
+        subjectInformation=xsd.subjectInformationType(patientName="Simulated^Phantom", patientID=f"SIM{seed:06d}"),
         studyInformation=xsd.studyInformationType(
-            studyID=f"SIM{settings.seed}",
+            studyID=f"SIM{seed}",
             studyDescription="qmri simulation",
             studyDate=XmlDate.from_date(now.date()),
             studyTime=XmlTime.from_time(now.time().replace(microsecond=0)),
-            bodyPartExamined="PHANTOM" if settings.phantom == "spheres" else "BRAIN",
+            bodyPartExamined=body_part,
         ),
         measurementInformation=xsd.measurementInformationType(
-            measurementID=f"qmri_{settings.seed}",
+            measurementID=f"qmri_{seed}",
             patientPosition=xsd.patientPositionType("HFS"),
             protocolName=protocol,
-            sequenceName={"molli": "molli", "t2prep": "t2prep_bssfp", "ir": "ir_fse"}[settings.contrast],
+            sequenceName=sequence_name,
         ),
         acquisitionSystemInformation=xsd.acquisitionSystemInformationType(
             systemVendor="qmri-gadgets",
             systemModel="simulator",
             systemFieldStrength_T=3.0,
-            receiverChannels=settings.n_coils,
+            receiverChannels=n_coils,
             institutionName="qmri-gadgets simulation",
         ),
         experimentalConditions=xsd.experimentalConditionsType(H1resonanceFrequency_Hz=127_740_000),
@@ -112,9 +153,12 @@ def ismrmrd_header(settings: ScanSettings) -> ismrmrd.xsd.ismrmrdHeader:
     )
 
 
-def _slice_geometry(settings: ScanSettings, slice_index: int) -> dict[str, tuple[float, float, float]]:
-    """Return the position (mm) and direction cosines of one axial slice of a stack centred at isocentre."""
-    offset = (slice_index - (settings.n_slices - 1) / 2) * settings.slice_thickness_mm * 1.5
+def slice_geometry(slice_index: int, n_slices: int, slice_thickness_mm: float) -> dict[str, tuple[float, float, float]]:
+    """Return the position (mm) and direction cosines of one axial slice of a stack centred at isocentre.
+
+    Slices are spaced by 1.5 slice thicknesses. The keys are the ``ismrmrd.Acquisition`` fields to set.
+    """
+    offset = (slice_index - (n_slices - 1) / 2) * slice_thickness_mm * 1.5
     return {
         "position": (0.0, 0.0, offset),
         "read_dir": (1.0, 0.0, 0.0),
@@ -128,25 +172,17 @@ def _readouts(settings: ScanSettings, slices: list[SimulatedSlice]) -> list[ismr
     n = settings.matrix
     calibration = set(acs_lines(n, settings.acs).tolist()) if settings.acceleration > 1 else set()
     prep_us = [round(t * 1000) for t in settings.prep_times]
-    acquisitions = []
-    counter = 0
+    acquisitions: list[ismrmrd.Acquisition] = []
 
     def new(data: np.ndarray) -> ismrmrd.Acquisition:
-        nonlocal counter
-        acq = ismrmrd.Acquisition.from_array(np.ascontiguousarray(data, dtype=np.complex64))
-        acq.scan_counter = counter
-        acq.acquisition_time_stamp = counter
-        acq.sample_time_us = SAMPLE_TIME_US
-        acq.available_channels = settings.n_coils
-        counter += 1
-        return acq
+        return new_readout(data, len(acquisitions), sample_time_us=SAMPLE_TIME_US)
 
     for noise_readout in slices[0].noise:
         acq = new(noise_readout)
         acq.set_flag(ismrmrd.ACQ_IS_NOISE_MEASUREMENT)
         acquisitions.append(acq)
     for s, sim in enumerate(slices):
-        geometry = _slice_geometry(settings, s)
+        geometry = slice_geometry(s, settings.n_slices, settings.slice_thickness_mm)
         for p in range(len(settings.prep_times)):
             lines = np.flatnonzero(sim.sampled[p])
             for i, ky in enumerate(lines):
@@ -175,6 +211,32 @@ def _readouts(settings: ScanSettings, slices: list[SimulatedSlice]) -> list[ismr
     return acquisitions
 
 
+def new_readout(
+    data: np.ndarray, counter: int, *, sample_time_us: float, traj: np.ndarray | None = None
+) -> ismrmrd.Acquisition:
+    """Return a readout holding ``data``, stamped with its place in the scan.
+
+    Parameters
+    ----------
+    data : Samples of every coil. Shape `(coils, samples)`.
+    counter : Position of the readout in the scan (``scan_counter`` and ``acquisition_time_stamp``).
+    sample_time_us : Dwell time in us.
+    traj : k-space position of every sample (sets ``trajectory_dimensions``), or None for none.
+        Shape `(samples, dimensions)`.
+
+    Returns
+    -------
+    The readout, all other header fields zero.
+    """
+    trajectory = None if traj is None else np.ascontiguousarray(traj, dtype=np.float32)
+    acq = ismrmrd.Acquisition.from_array(np.ascontiguousarray(data, dtype=np.complex64), trajectory)
+    acq.scan_counter = counter
+    acq.acquisition_time_stamp = counter
+    acq.sample_time_us = sample_time_us
+    acq.available_channels = data.shape[0]
+    return acq
+
+
 def write_raw(path: Path, settings: ScanSettings, slices: list[SimulatedSlice], *, group: str = "dataset") -> None:
     """Write the simulated scan as an ISMRMRD HDF5 raw file, with its truth in ``/truth``.
 
@@ -185,29 +247,61 @@ def write_raw(path: Path, settings: ScanSettings, slices: list[SimulatedSlice], 
     slices : The simulated slices, in slice order.
     group : ISMRMRD dataset group name.
     """
+    with open_raw_file(path, ismrmrd_header(settings), _readouts(settings, slices), group=group) as f:
+        _write_truth(f.create_group(TRUTH_GROUP), settings, slices)
+
+
+@contextmanager
+def open_raw_file(
+    path: Path, header: ismrmrd.xsd.ismrmrdHeader, readouts: list[ismrmrd.Acquisition], *, group: str = "dataset"
+) -> Iterator[h5py.File]:
+    """Write an ISMRMRD HDF5 raw file's header and readouts, and yield the open file for the truth beside them.
+
+    Parameters
+    ----------
+    path : Output file; replaced if it exists, its folder created if missing.
+    header : ISMRMRD header.
+    readouts : Readouts in acquisition order.
+    group : ISMRMRD dataset group name.
+
+    Yields
+    ------
+    The file, open for writing.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.unlink(missing_ok=True)
-    readouts = _readouts(settings, slices)
     with h5py.File(path, "w") as f:
         raw = f.create_group(group)
-        write_header(raw, ismrmrd_header(settings).toXML())
+        write_header(raw, header.toXML())
         append_rows(raw, "data", acquisition_rows(readouts))
-        _write_truth(f.create_group(TRUTH_GROUP), settings, slices)
+        yield f
+
+
+def write_truth_maps(group: h5py.Group, truths: Sequence[ParameterMaps]) -> None:
+    """Write every slice's T1, T2 and PD maps, tissue labels and label names, as ``qmri evaluate`` reads them.
+
+    Parameters
+    ----------
+    group : The raw file's ``/truth`` group; datasets ``t1_ms``, ``t2_ms``, ``pd`` and ``labels`` of shape
+        `(slices, y, x)` and the attribute ``label_names`` are added.
+    truths : Ground truth of each slice, in slice order.
+    """
+    group.create_dataset("t1_ms", data=np.stack([t.t1_ms for t in truths]), compression="gzip")
+    group.create_dataset("t2_ms", data=np.stack([t.t2_ms for t in truths]), compression="gzip")
+    group.create_dataset("pd", data=np.stack([t.pd for t in truths]), compression="gzip")
+    group.create_dataset("labels", data=np.stack([t.labels for t in truths]), compression="gzip")
+    group.attrs["label_names"] = list(truths[0].label_names)
 
 
 def _write_truth(group: h5py.Group, settings: ScanSettings, slices: list[SimulatedSlice]) -> None:
     """Write the ground truth: maps, labels, noise-free images, coils, masks and the settings."""
-    group.create_dataset("t1_ms", data=np.stack([s.truth.t1_ms for s in slices]), compression="gzip")
-    group.create_dataset("t2_ms", data=np.stack([s.truth.t2_ms for s in slices]), compression="gzip")
-    group.create_dataset("pd", data=np.stack([s.truth.pd for s in slices]), compression="gzip")
-    group.create_dataset("labels", data=np.stack([s.truth.labels for s in slices]), compression="gzip")
+    write_truth_maps(group, [s.truth for s in slices])
     group.create_dataset("images", data=np.stack([s.images for s in slices]), compression="gzip")
     group.create_dataset("coil_sensitivities", data=np.stack([s.sens for s in slices]), compression="gzip")
     group.create_dataset("sampled", data=np.stack([s.sampled for s in slices]))
     group.create_dataset("prep_times_ms", data=np.asarray(settings.prep_times))
     group.create_dataset("noise_sd", data=np.asarray([s.noise_sd for s in slices]))
-    group.attrs["label_names"] = list(slices[0].truth.label_names)
     for name in ("contrast", "matrix", "n_coils", "acceleration", "snr", "seed", "n_slices", "phantom"):
         group.attrs[name] = getattr(settings, name)
     group.attrs["acs_fraction"] = settings.acs
