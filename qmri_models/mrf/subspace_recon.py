@@ -1,0 +1,280 @@
+"""Subspace reconstruction of streamed spiral MRF data: SVDMRF gridding and low-rank conjugate gradient.
+
+Every frame ``t`` of an MRF scan is one spiral interleaf. Its image series ``s_t`` is modelled in the dictionary's
+temporal subspace, ``s_t = sum_k V[t, k] c_k`` (``qmri_models.mrf.subspace``), so the scan is described by ``K``
+coefficient images ``c`` instead of hundreds of frames. With ``E_j = F_j S`` (coil sensitivities, then the NUFFT of
+trajectory slot ``j``) and the frames ``t`` that played slot ``j``:
+
+- the data enter the reconstruction only through ``z_j = sum_{t in j} conj(V[t]) y_t`` `(K, coils, samples)` and
+  ``G_j = sum_{t in j} conj(V[t]) V[t]^T`` `(K, K)`. Both are accumulated readout by readout as the frames stream in
+  (``SubspaceAccumulator``), so a slice holds K projected copies of its trajectory's k-space, never all frames.
+  A slot is one distinct trajectory: a fixed set of interleaves played in turn (Jiang et al. 2015) gives as many
+  slots as interleaves; golden-angle rotations give one slot per frame, and the state grows with the frames;
+- ``A^H W y = S^H sum_j F_j^H W z_j`` (``SubspaceOperator.adjoint``), with ``W`` the density compensation of one
+  interleaf. This is SVDMRF (McGivney et al. 2014): grid every frame, project the series onto the subspace;
+- ``A^H W A c = S^H sum_j F_j^H W G_j F_j S c`` (``SubspaceOperator.normal``), so the low-rank reconstruction
+  ``min ||W^(1/2) (A c - y)||^2 + lambda ||c||^2`` (Zhao et al. 2018, Assländer et al. 2018, with a Tikhonov term)
+  is solved by conjugate gradient from the SVDMRF start (``low_rank_cg``).
+
+The interleaf density compensation makes ``E_j^H W E_j`` close to the identity, so SVDMRF coefficients are at the
+scale of the true ones and the regularisation weight ``lambda`` is relative to 1.
+
+Shapes: basis `(frames, K)` complex64; coefficient images `(K, y, x)` complex64; coil sensitivities
+`(coils, y, x)` complex64 with unit sum of squares; trajectory slot coordinates `(samples, 2)` ``(ky, kx)`` in
+cycles per field of view (``qmri_models.recon.nufft``'s convention).
+"""
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from qmri_models.recon.cartesian import centered_fft2, espirit_sensitivities
+from qmri_models.recon.nufft import Backend, NufftOp, density_compensation
+
+SENSITIVITY_CALIBRATION = 24
+"""Side of the centred k-space block (of the gridded first coefficient) that ESPIRiT calibrates on, in samples."""
+SAME_TRAJECTORY_TOLERANCE = 1e-3
+"""Largest difference, in cycles per field of view, between two readouts of the same trajectory slot."""
+
+
+@dataclass
+class SubspaceKspace:
+    """One slice's readouts projected into the temporal subspace, per trajectory slot (``z_j`` and ``G_j``)."""
+
+    coord: np.ndarray = field(repr=False)
+    """Trajectory of every slot, ``(ky, kx)`` in cycles per FOV. Shape `(slots, samples, 2)` float32."""
+    data: np.ndarray = field(repr=False)
+    """Projected data ``z_j``, slots beside the samples as the NUFFT takes them. Shape `(K, coils, slots, samples)`
+    complex64."""
+    gram: np.ndarray = field(repr=False)
+    """Temporal Gram matrices ``G_j``. Shape `(slots, K, K)` complex64."""
+    n_frames: int
+    """Readouts accumulated."""
+
+
+class SubspaceAccumulator:
+    """Projects each readout of a slice into the subspace as it arrives (the streaming state of an MRF slice).
+
+    Parameters
+    ----------
+    basis : Temporal basis ``V`` of the acquired frames. Shape `(frames, K)` complex.
+    n_coils : Receive channels of every readout.
+    n_samples : Samples of every readout.
+    """
+
+    def __init__(self, basis: np.ndarray, *, n_coils: int, n_samples: int) -> None:
+        if basis.ndim != 2:
+            raise ValueError(f"basis must be (frames, K), got shape {basis.shape}")
+        self.basis = np.asarray(basis, dtype=np.complex64)
+        self.n_coils = n_coils
+        self.n_samples = n_samples
+        self._coord: dict[bytes, np.ndarray] = {}
+        self._data: dict[bytes, np.ndarray] = {}
+        self._gram: dict[bytes, np.ndarray] = {}
+        self.n_frames = 0
+
+    @property
+    def nbytes(self) -> int:
+        """Memory held by the accumulated state in bytes."""
+        return sum(a.nbytes for part in (self._coord, self._data, self._gram) for a in part.values())
+
+    @property
+    def n_slots(self) -> int:
+        """Distinct trajectories (interleaf rotations) seen so far."""
+        return len(self._data)
+
+    def add(self, frame: int, coord: np.ndarray, readout: np.ndarray) -> None:
+        """Accumulate one readout into the slot of its trajectory (a new slot for a trajectory not seen before).
+
+        Parameters
+        ----------
+        frame : Frame index into the basis (the readout's place in the flip-angle schedule).
+        coord : The readout's k-space positions ``(ky, kx)`` in cycles per FOV. Shape `(samples, 2)`.
+        readout : Coil samples. Shape `(coils, samples)` complex.
+        """
+        n_frames = self.basis.shape[0]
+        if not 0 <= frame < n_frames:
+            raise ValueError(f"frame {frame} is outside the schedule's {n_frames} acquired frames")
+        if readout.shape != (self.n_coils, self.n_samples):
+            raise ValueError(
+                f"readout of frame {frame} has shape {readout.shape}; expected ({self.n_coils}, {self.n_samples})"
+            )
+        if coord.shape != (self.n_samples, 2):
+            raise ValueError(f"trajectory of frame {frame} has shape {coord.shape}; expected ({self.n_samples}, 2)")
+        slot = self._slot_of(np.asarray(coord, dtype=np.float32))
+        weights = self.basis[frame].conj()
+        self._data[slot] += weights[:, None, None] * readout[None].astype(np.complex64)
+        self._gram[slot] += np.outer(weights, self.basis[frame])
+        self.n_frames += 1
+
+    def _slot_of(self, coord: np.ndarray) -> bytes:
+        """Return the slot of a trajectory, keyed by its rounded end points; create the slot if it is new."""
+        key = np.round(coord[[self.n_samples // 2, -1]] / SAME_TRAJECTORY_TOLERANCE).astype(np.int64).tobytes()
+        known = self._coord.get(key)
+        if known is None:
+            rank = self.basis.shape[1]
+            self._coord[key] = coord
+            self._data[key] = np.zeros((rank, self.n_coils, self.n_samples), np.complex64)
+            self._gram[key] = np.zeros((rank, rank), np.complex64)
+        elif np.abs(coord - known).max() > SAME_TRAJECTORY_TOLERANCE:
+            raise ValueError("two readouts share their trajectory's end points but not the rest of it")
+        return key
+
+    def result(self) -> SubspaceKspace:
+        """Return the accumulated slots, in the order their trajectories first arrived."""
+        if not self._data:
+            raise ValueError("no readouts were accumulated for this slice")
+        slots = list(self._data)
+        return SubspaceKspace(
+            coord=np.stack([self._coord[j] for j in slots]),
+            data=np.stack([self._data[j] for j in slots], axis=2),
+            gram=np.stack([self._gram[j] for j in slots]),
+            n_frames=self.n_frames,
+        )
+
+
+class SubspaceOperator:
+    """The subspace encoding operator of one slice: its adjoint ``A^H W`` and normal operator ``A^H W A``.
+
+    Parameters
+    ----------
+    kspace : The slice's accumulated subspace k-space.
+    sens : Coil sensitivities. Shape `(coils, y, x)` complex.
+    backend : NUFFT backend (``qmri_models.recon.nufft``).
+    device : Where the reconstruction runs.
+    """
+
+    def __init__(
+        self, kspace: SubspaceKspace, sens: np.ndarray, *, backend: Backend = "auto", device: torch.device | str
+    ) -> None:
+        self.device = torch.device(device)
+        image_shape = (int(sens.shape[-2]), int(sens.shape[-1]))
+        self.nufft = NufftOp(kspace.coord, image_shape, backend=backend, device=self.device)
+        self.dcf = torch.from_numpy(interleaf_density(kspace.coord, image_shape)).to(self.device)
+        self.gram = torch.from_numpy(kspace.gram).to(self.device)
+        self.sens = torch.from_numpy(np.asarray(sens, np.complex64)).to(self.device)
+
+    def adjoint(self, data: torch.Tensor) -> torch.Tensor:
+        """Return ``A^H W`` of projected data. ``data`` `(K, coils, slots, samples)`; returns `(K, y, x)`."""
+        return (self.sens.conj() * self.nufft.adjoint(self.dcf * data)).sum(dim=1)
+
+    def normal(self, coefficients: torch.Tensor) -> torch.Tensor:
+        """Return ``A^H W A c``. ``coefficients`` `(K, y, x)`; returns the same shape."""
+        samples = self.nufft.forward(coefficients[:, None] * self.sens)
+        return self.adjoint(torch.einsum("jkl,lcjs->kcjs", self.gram, samples))
+
+    def coil_images(self, data: torch.Tensor, coefficient: int = 0) -> torch.Tensor:
+        """Return the gridded coil images of one coefficient. ``data`` `(K, coils, slots, samples)`; `(coils, y, x)`."""
+        return self.nufft.adjoint(self.dcf * data[coefficient])
+
+
+def interleaf_density(coord: np.ndarray, image_shape: tuple[int, int]) -> np.ndarray:
+    """Return the density compensation of every slot as a lone interleaf (so that gridding one frame is unbiased).
+
+    Slots that are rotations of the first (the same radius at every sample) share its weights, computed once;
+    others get their own.
+
+    Parameters
+    ----------
+    coord : Trajectory of every slot. Shape `(slots, samples, 2)`.
+    image_shape : Image size ``(ny, nx)``.
+
+    Returns
+    -------
+    Weights. Shape `(slots, samples)` float32.
+    """
+    radii = np.linalg.norm(coord, axis=-1)
+    first = density_compensation(coord[0], image_shape)
+    weights = np.empty(radii.shape, np.float32)
+    for j in range(coord.shape[0]):
+        if np.allclose(radii[j], radii[0], atol=SAME_TRAJECTORY_TOLERANCE):
+            weights[j] = first
+        else:
+            weights[j] = density_compensation(coord[j], image_shape)
+    return weights
+
+
+def subspace_sensitivities(
+    kspace: SubspaceKspace, image_shape: tuple[int, int], *, backend: Backend = "auto"
+) -> np.ndarray:
+    """Return ESPIRiT coil sensitivities from the data's own gridded first coefficient.
+
+    The first subspace coefficient carries most of the signal; its gridded coil images, transformed back to a
+    Cartesian grid, give a centred calibration block (the densely sampled spiral centre) for ESPIRiT.
+
+    Parameters
+    ----------
+    kspace : The slice's accumulated subspace k-space.
+    image_shape : Image size ``(ny, nx)``.
+    backend : NUFFT backend (CPU).
+
+    Returns
+    -------
+    Sensitivities, unit sum of squares inside the object. Shape `(coils, y, x)` complex64.
+    """
+    n_coils = kspace.data.shape[2]
+    flat = np.ones((n_coils, *image_shape), np.complex64)
+    operator = SubspaceOperator(kspace, flat / np.sqrt(n_coils), backend=backend, device="cpu")
+    coil_images = operator.coil_images(torch.from_numpy(kspace.data)).numpy()
+    side = min(SENSITIVITY_CALIBRATION, *image_shape)
+    centre = np.arange(side) + image_shape[0] // 2 - side // 2
+    return espirit_sensitivities(centered_fft2(coil_images), centre)
+
+
+def svdmrf(operator: SubspaceOperator, kspace: SubspaceKspace) -> torch.Tensor:
+    """Return the SVDMRF coefficient images: every frame gridded, the series projected onto the subspace.
+
+    Returns
+    -------
+    Coefficient images. Shape `(K, y, x)` complex64, on the operator's device.
+    """
+    return operator.adjoint(torch.from_numpy(kspace.data).to(operator.device))
+
+
+def low_rank_cg(
+    operator: SubspaceOperator,
+    kspace: SubspaceKspace,
+    *,
+    iterations: int = 10,
+    regularisation: float = 0.0,
+    on_iteration: Callable[[int, float], None] | None = None,
+) -> torch.Tensor:
+    """Return the low-rank subspace reconstruction: conjugate gradient on ``(A^H W A + lambda I) c = A^H W y``.
+
+    Starts from zero, so the first iteration is a scaled SVDMRF image.
+
+    Parameters
+    ----------
+    operator : The slice's subspace operator.
+    kspace : The slice's accumulated subspace k-space.
+    iterations : Conjugate-gradient iterations.
+    regularisation : Tikhonov weight ``lambda``, relative to the (density-compensated, near-identity) normal operator.
+    on_iteration : Called with the iteration number and the relative residual norm after each iteration (progress).
+
+    Returns
+    -------
+    Coefficient images. Shape `(K, y, x)` complex64, on the operator's device.
+    """
+    if iterations < 1:
+        raise ValueError(f"iterations must be at least 1, got {iterations}")
+    if regularisation < 0:
+        raise ValueError(f"regularisation must be non-negative, got {regularisation}")
+    rhs = svdmrf(operator, kspace)
+    solution = torch.zeros_like(rhs)
+    residual = rhs.clone()
+    direction = residual.clone()
+    rhs_norm = float(torch.linalg.vector_norm(rhs)) or 1.0
+    residual_energy = torch.vdot(residual.flatten(), residual.flatten()).real
+    for iteration in range(1, iterations + 1):
+        product = operator.normal(direction) + regularisation * direction
+        step = residual_energy / torch.vdot(direction.flatten(), product.flatten()).real
+        solution = solution + step * direction
+        residual = residual - step * product
+        new_energy = torch.vdot(residual.flatten(), residual.flatten()).real
+        if on_iteration is not None:
+            on_iteration(iteration, float(new_energy.sqrt()) / rhs_norm)
+        direction = residual + (new_energy / residual_energy) * direction
+        residual_energy = new_energy
+    return solution
