@@ -252,23 +252,31 @@ def _gadgets(_: argparse.Namespace) -> int:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    from gadgets.evaluate import score_maps, score_phase_images, series_in
+    from gadgets.evaluate import map_series_in, score_maps, score_phase_images, series_in
 
-    present = series_in(args.out_dir / "images.h5")
-    if args.series not in present and args.map_series not in present:
-        raise ValueError(f"{args.out_dir}: neither phase series {args.series} nor map series {args.map_series} found")
+    images = args.out_dir / "images.h5"
+    present = series_in(images)
+    map_series = args.map_series or map_series_in(images)
+    missing = [s for s in args.map_series or [] if s not in present]
+    if missing:
+        raise ValueError(f"{args.out_dir}: no map series {', '.join(map(str, missing))} (has {sorted(present)})")
+    if args.series not in present and not map_series:
+        raise ValueError(f"{args.out_dir}: neither phase series {args.series} nor a T1 or T2 map series found")
     if args.series in present:
         scores = score_phase_images(args.out_dir, args.raw, series=args.series)
         print(f"{'slice':>5} {'phase':>5} {'prep ms':>8} {'NRMSE':>8}")
         for s in scores:
             print(f"{s.slice:5d} {s.phase:5d} {s.prep_time_ms:8.1f} {s.nrmse:8.4f}")
         print(f"mean NRMSE {sum(s.nrmse for s in scores) / len(scores):.4f} over {len(scores)} images")
-    if args.map_series in present:
-        for entry in score_maps(args.out_dir, args.raw, series=args.map_series):
-            print(f"slice {entry.slice} {entry.map_name} map against the truth, per tissue class:")
-            print(f"  {'tissue':<14} {'pixels':>7} {'median APE %':>12} {'NRMSE':>8} {'SSIM':>6}")
+    for series in map_series:
+        for entry in score_maps(args.out_dir, args.raw, series=series):
+            print(f"slice {entry.slice} {entry.map_name} map (series {series}) against the truth, per tissue class:")
+            print(f"  {'tissue':<14} {'pixels':>7} {'median APE %':>12} {'MAPE %':>8} {'NRMSE':>8} {'SSIM':>6}")
             for t in entry.tissues:
-                print(f"  {t.tissue:<14} {t.n_pixels:7d} {t.median_ape_percent:12.2f} {t.nrmse:8.4f} {t.ssim:6.3f}")
+                print(
+                    f"  {t.tissue:<14} {t.n_pixels:7d} {t.median_ape_percent:12.2f} {t.mape_percent:8.2f} "
+                    f"{t.nrmse:8.4f} {t.ssim:6.3f}"
+                )
     return 0
 
 
@@ -408,7 +416,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("out_dir", type=Path)
     p.add_argument("raw", type=Path)
     p.add_argument("--series", type=int, default=1, help="series of the per-phase images")
-    p.add_argument("--map-series", type=int, default=11, help="series of the T1 or T2 maps")
+    p.add_argument(
+        "--map-series", type=int, nargs="+", help="series of the T1 or T2 maps (default: every series holding one)"
+    )
     p.set_defaults(run=_evaluate)
 
     p = sub.add_parser("dicom-flush", help="send a DICOM outbox to a DICOM node (C-STORE); stored files leave it")

@@ -48,6 +48,18 @@ def read_series(images_file: Path, series: int, *, group: str = "dataset") -> tu
     return np.stack([im.data[0, 0] for im in images]), images
 
 
+def map_series_in(images_file: Path, *, group: str = "dataset") -> list[int]:
+    """Return the series of an MRD images file whose images are maps with a truth (``TRUTH_MAPS``), in order."""
+    found = []
+    with ismrmrd.Dataset(str(images_file), group, create_if_needed=False) as dataset:
+        for name in dataset.list():
+            if name.startswith("image_") and dataset.number_of_images(name):
+                meta = ismrmrd.Meta.deserialize(dataset.read_image(name, 0).attribute_string)
+                if meta.get("GADGETRON_DataRole", "") in TRUTH_MAPS:
+                    found.append(int(name.removeprefix("image_")))
+    return sorted(found)
+
+
 def read_truth(raw: Path, *names: str) -> tuple[list[np.ndarray], list[str]]:
     """Return the named datasets of a simulated raw file's ``/truth`` group, in the order asked, and its tissue names.
 

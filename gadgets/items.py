@@ -9,6 +9,7 @@ import ismrmrd
 import numpy as np
 
 from qmri_models.fitting.maps import SliceMaps
+from qmri_models.mrf.dictionary import MrfDictionary
 
 
 @dataclass
@@ -68,5 +69,22 @@ class MapImages:
     slice: int
     references: list[ismrmrd.Acquisition] = field(repr=False)
     """First readout of every phase, for geometry."""
+    field_of_view_mm: tuple[float, float, float]
+    """Field of view ``(x, y, z)`` in mm."""
+
+
+@dataclass
+class SubspaceImages:
+    """One MRF slice reconstructed in the dictionary's temporal subspace."""
+
+    coefficients: np.ndarray = field(repr=False)
+    """Subspace coefficient images ``c`` (the series is ``basis @ c``). Shape `(K, y, x)` complex64."""
+    dictionary: MrfDictionary = field(repr=False)
+    """The dictionary whose basis the coefficients are in, for matching."""
+    method: str
+    """How the coefficients were reconstructed (``svdmrf`` or ``low_rank_cg``)."""
+    slice: int
+    references: list[ismrmrd.Acquisition] = field(repr=False)
+    """First readout of the slice, for geometry."""
     field_of_view_mm: tuple[float, float, float]
     """Field of view ``(x, y, z)`` in mm."""

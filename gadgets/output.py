@@ -107,11 +107,18 @@ class MapSeriesConfig(GadgetConfig):
     send_sd: bool = prop(True, "send the SD map series")
     window_center: float = prop(0.0, "window centre of the map in its unit (0: from the map's 1st-99th percentile)")
     window_width: float = prop(0.0, "window width of the map in its unit (0: from the map's 1st-99th percentile)")
+    extra_maps: str = prop("", "further maps to send, comma-separated (e.g. T2,PD,MatchScore for MRF); none if empty")
+    extra_series_index: int = prop(13, "image_series_index of the first further map; the others follow", minimum=0)
+
+    @property
+    def extra_map_names(self) -> list[str]:
+        """The further maps' names, in series order."""
+        return [name.strip() for name in self.extra_maps.split(",") if name.strip()]
 
 
 @register("MapSeriesGadget", MapSeriesConfig)
 def map_series(connection: GadgetConnection) -> None:
-    """Send each slice's primary map and its SD map as float ismrmrd.Images in their series, meta as Gadgetron's."""
+    """Send each slice's primary map, its SD map and any further maps as float ismrmrd.Images, meta as Gadgetron's."""
     config = MapSeriesConfig.from_connection(connection)
     for item in connection:
         if isinstance(item, MapImages):
@@ -122,7 +129,7 @@ def map_series(connection: GadgetConnection) -> None:
 
 
 def map_images_to_mrd(item: MapImages, config: MapSeriesConfig) -> list[ismrmrd.Image]:
-    """Return the map image and (when asked) its SD image of one slice.
+    """Return the map image, (when asked) its SD image, then the further maps of one slice.
 
     Values are in the map's unit (ms for T1 and T2) as float32, zero outside the fit mask. Meta, as Gadgetron's
     mapping gadgets: ``GADGETRON_DataRole`` (``T1`` / ``T1SD``), ``GADGETRON_SeqDescription``,
@@ -136,17 +143,31 @@ def map_images_to_mrd(item: MapImages, config: MapSeriesConfig) -> list[ismrmrd.
 
     Returns
     -------
-    The map image, then the SD image.
+    The map image, the SD image, then the further maps in ``extra_maps`` order.
+
+    Raises
+    ------
+    ValueError
+        If a further map is not among the slice's maps, or the SD is asked for a map without one.
     """
     name = item.primary_map
     unit = item.maps.units[name]
-    values, sds, mask = item.maps.values[name], item.maps.sds[name], item.maps.mask
+    values, mask = item.maps.values[name], item.maps.mask
     window = _window(values[mask], config.window_center, config.window_width)
-    images = [_map_image(item, values, config.map_series_index, name, f"{name} map ({unit}), {item.model} fit", window)]
+    images = [_map_image(item, values, config.map_series_index, name, f"{name} map ({unit}), {item.model}", window)]
     if config.send_sd:
-        sd_window = _window(sds[mask], 0.0, 0.0)
+        if name not in item.maps.sds:
+            raise ValueError(f"the {item.model} maps have no {name} SD; set send_sd to false")
+        sds = item.maps.sds[name]
         comment = f"{name} standard deviation ({unit}) {item.maps.sd_method}"
-        images.append(_map_image(item, sds, config.sd_series_index, f"{name}SD", comment, sd_window))
+        images.append(_map_image(item, sds, config.sd_series_index, f"{name}SD", comment, _window(sds[mask], 0, 0)))
+    for offset, extra in enumerate(config.extra_map_names):
+        if extra not in item.maps.values:
+            raise ValueError(f"extra_maps names {extra!r}, but the {item.model} maps are {', '.join(item.maps.values)}")
+        extra_values = item.maps.values[extra]
+        comment = f"{extra} map ({item.maps.units[extra]}), {item.model}"
+        series = config.extra_series_index + offset
+        images.append(_map_image(item, extra_values, series, extra, comment, _window(extra_values[mask], 0, 0)))
     return images
 
 
@@ -176,7 +197,7 @@ def _map_image(
             "DataRole": "Quantitative",
             "GADGETRON_SeqDescription": f"_{role}_MAP",
             "GADGETRON_ImageComment": comment,
-            "Units": item.maps.units[item.primary_map],
+            "Units": item.maps.units[role.removesuffix("SD")],
             "GADGETRON_WindowCenter": f"{window[0]:.6g}",
             "GADGETRON_WindowWidth": f"{window[1]:.6g}",
         }

@@ -79,6 +79,8 @@ class TissueScore:
     n_pixels: int
     median_ape_percent: float
     """Median absolute percentage error, %."""
+    mape_percent: float
+    """Mean absolute percentage error (MAPE, the MRF papers' figure), %."""
     nrmse: float
     ssim: float
     """Mean structural similarity over the class's pixels (SSIM map of the whole tissue, data range of the truth)."""
@@ -115,6 +117,7 @@ def score_map_per_tissue(
                 tissue=name,
                 n_pixels=int(pixels.sum()),
                 median_ape_percent=float(np.median(ape)),
+                mape_percent=float(np.mean(ape)),
                 nrmse=nrmse(estimate, truth, pixels),
                 ssim=float(ssim_map[pixels].mean()),
             )

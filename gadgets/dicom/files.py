@@ -663,7 +663,9 @@ def _ds(value: float) -> DSfloat:
 
 
 def _ucum(units: str) -> Code:
-    """Return the UCUM code of a unit string (``ms``, ``s``, ``1``, ``%`` ...)."""
+    """Return the UCUM code of a unit string (``ms``, ``s``, ``1``, ``%`` ...; ``a.u.`` is the arbitrary unit)."""
+    if units in ("a.u.", _ARBITRARY_UNIT.value):
+        return _ARBITRARY_UNIT
     return Code(units, "UCUM", _UCUM_MEANINGS.get(units, units))
 
 

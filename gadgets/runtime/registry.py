@@ -18,6 +18,7 @@ GADGET_MODULES = (
     "gadgets.fitting",
     "gadgets.puq_recon",
     "gadgets.puq_fit",
+    "gadgets.mrf",
     "gadgets.output",
     "gadgets.dicom_output",
 )

@@ -13,11 +13,12 @@ trajectory slot ``j``) and the frames ``t`` that played slot ``j``:
 - ``A^H W y = S^H sum_j F_j^H W z_j`` (``SubspaceOperator.adjoint``), with ``W`` the density compensation of one
   interleaf. This is SVDMRF (McGivney et al. 2014): grid every frame, project the series onto the subspace;
 - ``A^H W A c = S^H sum_j F_j^H W G_j F_j S c`` (``SubspaceOperator.normal``), so the low-rank reconstruction
-  ``min ||W^(1/2) (A c - y)||^2 + lambda ||c||^2`` (Zhao et al. 2018, Assländer et al. 2018, with a Tikhonov term)
-  is solved by conjugate gradient from the SVDMRF start (``low_rank_cg``).
+  ``min ||W^(1/2) (A c - y)||^2 + sum_k lambda_k ||c_k||^2`` (Zhao et al. 2018, Assländer et al. 2018, with a
+  Tikhonov term weighted by the dictionary's energy per component) is solved by conjugate gradient
+  (``low_rank_cg``).
 
 The interleaf density compensation makes ``E_j^H W E_j`` close to the identity, so SVDMRF coefficients are at the
-scale of the true ones and the regularisation weight ``lambda`` is relative to 1.
+scale of the true ones and the regularisation weights are relative to 1.
 
 Shapes: basis `(frames, K)` complex64; coefficient images `(K, y, x)` complex64; coil sensitivities
 `(coils, y, x)` complex64 with unit sum of squares; trajectory slot coordinates `(samples, 2)` ``(ky, kx)`` in
@@ -233,24 +234,45 @@ def svdmrf(operator: SubspaceOperator, kspace: SubspaceKspace) -> torch.Tensor:
     return operator.adjoint(torch.from_numpy(kspace.data).to(operator.device))
 
 
+def component_energy(compressed: torch.Tensor) -> np.ndarray:
+    """Return the dictionary's mean energy in each subspace component, ``mean_a |c_a,k|^2``.
+
+    Parameters
+    ----------
+    compressed : Subspace coefficients of the unit-norm atoms. Shape `(atoms, K)`.
+
+    Returns
+    -------
+    Energy per component, summing to the energy kept. Shape `(K,)` float64.
+    """
+    return (compressed.abs() ** 2).mean(dim=0).cpu().numpy().astype(np.float64)
+
+
 def low_rank_cg(
     operator: SubspaceOperator,
     kspace: SubspaceKspace,
     *,
-    iterations: int = 10,
-    regularisation: float = 0.0,
+    iterations: int = 20,
+    regularisation: float = 0.02,
+    energy: np.ndarray | None = None,
     on_iteration: Callable[[int, float], None] | None = None,
 ) -> torch.Tensor:
-    """Return the low-rank subspace reconstruction: conjugate gradient on ``(A^H W A + lambda I) c = A^H W y``.
+    """Return the low-rank subspace reconstruction: conjugate gradient on ``(A^H W A + Lambda) c = A^H W y``.
 
-    Starts from zero, so the first iteration is a scaled SVDMRF image.
+    ``Lambda`` weights coefficient ``k`` by ``regularisation * energy[0] / energy[k]``: a Gaussian prior on each
+    coefficient image with a variance proportional to the dictionary's energy in that component. The weak components
+    (a fraction of a percent of the energy), which one interleaf per frame barely encodes, are held near zero instead
+    of amplifying the noise; the strong ones are left to the data. Starts from zero, so the first iteration is a
+    scaled SVDMRF image.
 
     Parameters
     ----------
     operator : The slice's subspace operator.
     kspace : The slice's accumulated subspace k-space.
     iterations : Conjugate-gradient iterations.
-    regularisation : Tikhonov weight ``lambda``, relative to the (density-compensated, near-identity) normal operator.
+    regularisation : Weight of the prior on the first (strongest) component, relative to the density-compensated,
+        near-identity data term.
+    energy : The dictionary's energy per component (``component_energy``). Shape `(K,)`; None weighs all alike.
     on_iteration : Called with the iteration number and the relative residual norm after each iteration (progress).
 
     Returns
@@ -262,13 +284,19 @@ def low_rank_cg(
     if regularisation < 0:
         raise ValueError(f"regularisation must be non-negative, got {regularisation}")
     rhs = svdmrf(operator, kspace)
+    if energy is None:
+        weights = torch.full((rhs.shape[0], 1, 1), regularisation, device=rhs.device)
+    else:
+        if energy.shape != (rhs.shape[0],) or not np.all(energy > 0):
+            raise ValueError(f"energy must hold {rhs.shape[0]} positive values, got {energy}")
+        weights = torch.from_numpy(regularisation * energy[0] / energy).to(rhs.device, torch.float32)[:, None, None]
     solution = torch.zeros_like(rhs)
     residual = rhs.clone()
     direction = residual.clone()
     rhs_norm = float(torch.linalg.vector_norm(rhs)) or 1.0
     residual_energy = torch.vdot(residual.flatten(), residual.flatten()).real
     for iteration in range(1, iterations + 1):
-        product = operator.normal(direction) + regularisation * direction
+        product = operator.normal(direction) + weights * direction
         step = residual_energy / torch.vdot(direction.flatten(), product.flatten()).real
         solution = solution + step * direction
         residual = residual - step * product

@@ -266,7 +266,9 @@ def test_ismrmrd_c_library_reads_the_file(golden_raw: tuple, tmp_path: Path) -> 
     with h5py.File(path, "r") as f:
         xml = f["dataset/xml"][0].decode()
     (tmp_path / "header.xml").write_text("\n".join(line for line in xml.splitlines() if "<version>" not in line))
-    result = subprocess.run([parse, str(tmp_path / "header.xml")], capture_output=True, text=True, check=False)
+    result = subprocess.run(  # it writes raw.xml and processed.xml to its working folder
+        [parse, str(tmp_path / "header.xml")], capture_output=True, text=True, check=False, cwd=tmp_path
+    )
     assert result.returncode == 0, result.stderr
 
 

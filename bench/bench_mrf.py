@@ -1,0 +1,534 @@
+"""Spiral MRF on one simulated slice: NUFFT backends, dictionary build, streaming subspace recon, matching.
+
+What it measures
+----------------
+Everything runs in this one process on the same simulated slice (``MrfScanSettings`` defaults: 256^2, 8 coils, 48
+interleaves x 2101 samples = 100,848 samples, the first 200 of 1000 FISP frames, one interleaf per frame).
+
+1. Device: CPU, threads, GPU and library versions.
+2. Data: the slice's sizes and its simulation time.
+3. NUFFT on the slice's trajectory (its distinct interleaves, 100,848 samples), 8 coils in one call: type 2 on the
+   object's coil images (``sens * pd * exp(i phase)``), type 1 on the readouts of the first frame of every
+   interleaf. Every backend present (finufft and sigpy on the CPU; cufinufft and sigpy with cupy on CUDA), at
+   ``--eps``; the time is the best of ``--repeats`` after one untimed call (which makes the plans or compiles sigpy's
+   kernels), CUDA synchronised; ``setup s`` is the constructor and that first pair of calls. Error: relative l2
+   against finufft in complex128 at eps 1e-12. Baseline: sigpy on the same device at the same eps.
+4. Dictionary: ``build_dictionary`` with the cache off (EPG, normalisation, rank-5 SVD) of the acquired schedule on
+   the default grid (17,553 atoms) and, with ``--paper-dictionary``, the ``PAPER_STEP_PERCENT`` grid (95,333 atoms);
+   one timed run each after an untimed build of a small grid.
+5. Streaming reconstruction, the gadget's path: every readout, with its trajectory in the ISMRMRD ``traj`` layout,
+   goes into a ``SubspaceAccumulator`` one at a time. The state's ``nbytes`` is set against the raw frames and the K
+   coil images; the peak memory of accumulation comes from ``tracemalloc`` (numpy's buffers, which numpy reports to
+   it; torch's are not seen) and from the process's maximum RSS (a high-water mark since the process started). The
+   accumulation is timed in a separate pass without tracing. Then, one run each as a slice costs in the gadget:
+   ESPIRiT sensitivities from the data, the ``SubspaceOperator`` (NUFFT, density compensation), SVDMRF and
+   ``low_rank_cg`` (``--iterations``, ``--regularisation``, weighted by the dictionary's component energy).
+6. Matching: all 65,536 pixels of the CG coefficient images (background included: the gadget matches only the
+   pixels above its mask, also counted) against each dictionary's atoms in the reconstruction's subspace. Exhaustive
+   search (one run), clustered search (best of ``--repeats``; its index build timed apart), their agreement (same
+   atom; same atom or a score tie within 1e-6) and the speed-up; T1 and T2 error against the truth in the tissue.
+
+A markdown summary of the key numbers closes the output. The script never fails on timings (exit code 0).
+
+Run it with::
+
+    cd /work/main && .venv/bin/python bench/bench_mrf.py [--matrix 256] [--device auto] [--paper-dictionary]
+"""
+
+import argparse
+import gc
+import importlib.metadata
+import importlib.util
+import math
+import os
+import platform
+import resource
+import sys
+import time
+import tracemalloc
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import TypeVar
+
+import finufft
+import numpy as np
+import sigpy as sp
+import torch
+
+from qmri_models.device import torch_device
+from qmri_models.mrf.dictionary import (
+    DEFAULT_STEP_PERCENT,
+    PAPER_STEP_PERCENT,
+    MrfDictionary,
+    build_dictionary,
+    t1_t2_grid,
+)
+from qmri_models.mrf.matching import build_match_index, match_fingerprints
+from qmri_models.mrf.subspace import to_subspace
+from qmri_models.mrf.subspace_recon import (
+    SubspaceAccumulator,
+    SubspaceOperator,
+    component_energy,
+    low_rank_cg,
+    subspace_sensitivities,
+    svdmrf,
+)
+from qmri_models.recon.nufft import DEFAULT_EPS, NufftOp
+from qmri_models.simulation.mrf_scan import MrfScanSettings, SimulatedMrfSlice, simulate_mrf_scan
+from qmri_models.simulation.spiral import coord_from_ismrmrd_traj, ismrmrd_traj
+
+T = TypeVar("T")
+RANK = 5
+TIE = 1e-6
+MASK_THRESHOLD = 0.05
+"""``MrfMatchConfig.mask_threshold``'s default: pixels below this fraction of the 99th percentile are not matched."""
+MB = 1e6
+
+Summary = list[tuple[str, str, str, str]]
+"""Rows of the closing table: (step, size, time, note)."""
+
+
+@dataclass
+class NufftRow:
+    """One backend's NUFFT timings and accuracy; ``note`` instead when it could not run."""
+
+    backend: str
+    device: str
+    setup_s: float = math.nan
+    forward_s: float = math.nan
+    adjoint_s: float = math.nan
+    forward_error: float = math.nan
+    adjoint_error: float = math.nan
+    note: str = ""
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--matrix", type=int, default=256, help="image size; the spiral is designed for it")
+    parser.add_argument("--coils", type=int, default=8)
+    parser.add_argument("--eps", type=float, default=DEFAULT_EPS, help="requested tolerance of every NUFFT backend")
+    parser.add_argument("--repeats", type=int, default=3, help="timed runs of the NUFFTs and the fast search")
+    parser.add_argument("--iterations", type=int, default=20, help="low_rank_cg iterations")
+    parser.add_argument("--regularisation", type=float, default=0.02, help="low_rank_cg regularisation")
+    parser.add_argument("--device", default="auto", help="dictionary, reconstruction and matching: auto, cpu, cuda")
+    parser.add_argument("--paper-dictionary", action="store_true", help="also build and match the 95k-atom one")
+    return parser.parse_args()
+
+
+def clock(device: torch.device) -> float:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter()
+
+
+def timed(run: Callable[[], T], device: torch.device) -> tuple[float, T]:
+    """Wall time of one run (synchronised on CUDA) and its result."""
+    start = clock(device)
+    result = run()
+    return clock(device) - start, result
+
+
+def best_of(repeats: int, run: Callable[[], T], device: torch.device) -> tuple[float, T]:
+    """Run once untimed, then return the shortest wall time of ``repeats`` runs and the last result."""
+    result = run()
+    best = math.inf
+    for _ in range(repeats):
+        seconds, result = timed(run, device)
+        best = min(best, seconds)
+    return best, result
+
+
+def relative_error(actual: np.ndarray, expected: np.ndarray) -> float:
+    return float(np.linalg.norm(actual - expected) / np.linalg.norm(expected))
+
+
+def print_table(header: tuple[str, ...], rows: list[tuple[str, ...]], left: int = 1) -> None:
+    """Print rows under ``header``, the first ``left`` columns left-aligned, the others right-aligned."""
+    table = [header, *rows]
+    widths = [max(len(line[i]) for line in table) for i in range(len(header))]
+    for line in table:
+        cells = [c.ljust(w) if i < left else c.rjust(w) for i, (c, w) in enumerate(zip(line, widths, strict=True))]
+        print(" | ".join(cells).rstrip())
+
+
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def version(package: str) -> str:
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return "not installed"
+
+
+def print_device(device: torch.device) -> None:
+    gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else "none"
+    print(
+        f"CPU: {cpu_name()}, {os.cpu_count()} core(s), OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}, "
+        f"torch {torch.get_num_threads()} thread(s); load average {os.getloadavg()[0]:.1f}; GPU: {gpu}"
+    )
+    print(
+        f"torch {torch.__version__}, finufft {finufft.__version__}, sigpy {sp.__version__}, "
+        f"cufinufft {version('cufinufft')}, cupy {version('cupy-cuda12x')}; numpy {np.__version__}; "
+        f"dictionary, reconstruction and matching on {device}"
+    )
+
+
+def simulate(args: argparse.Namespace, summary: Summary) -> tuple[MrfScanSettings, SimulatedMrfSlice]:
+    settings = MrfScanSettings(matrix=args.matrix, n_coils=args.coils)
+    seconds, slices = timed(lambda: simulate_mrf_scan(settings), torch.device("cpu"))
+    scan = slices[0]
+    n_frames, n_coils, n_samples = scan.readouts.shape
+    n_interleaves = np.unique(scan.rotations.angle_rad).size
+    size = (
+        f"{settings.matrix}x{settings.matrix}, {n_coils} coils, {n_interleaves} interleaves x {n_samples} = "
+        f"{n_interleaves * n_samples:,} samples"
+    )
+    print(f"\n## Data: one simulated slice (MrfScanSettings defaults but --matrix/--coils), {seconds:.1f} s")
+    print(
+        f"{size}; {n_frames} of {settings.n_frames_full} frames acquired, one interleaf each ({settings.ordering} "
+        f"order); SNR {settings.snr:g}; {int((scan.truth.labels > 0).sum()):,} tissue pixels; readouts "
+        f"{n_frames} x {n_coils} x {n_samples} complex64 = {scan.readouts.nbytes / MB:.1f} MB"
+    )
+    summary.append(("simulated slice", size + f", {n_frames} frames", f"{seconds:.1f} s", "not part of the recon"))
+    return settings, scan
+
+
+def nufft_reference(coord: np.ndarray, img: np.ndarray, kdata: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Return type-2 of ``img`` and type-1 of ``kdata`` by finufft in complex128 at eps 1e-12, unitary-scaled."""
+    n_coils, ny, nx = img.shape
+    points = coord.reshape(-1, 2).astype(np.float64)
+    ky = np.ascontiguousarray(points[:, 0] * (2 * np.pi / ny))
+    kx = np.ascontiguousarray(points[:, 1] * (2 * np.pi / nx))
+    results = []
+    for nufft_type, data in ((2, img), (1, kdata.reshape(n_coils, -1))):
+        plan = finufft.Plan(nufft_type, (ny, nx), n_coils, 1e-12, -1 if nufft_type == 2 else 1, dtype="complex128")
+        plan.setpts(ky, kx)
+        results.append(plan.execute(data.astype(np.complex128)) / math.sqrt(ny * nx))
+    return results[0].reshape(kdata.shape), results[1]
+
+
+def nufft_runs() -> list[tuple[str, str, str]]:
+    """(backend, device, why it cannot run or "") of every NUFFT backend; one row for CUDA when there is none."""
+    if not torch.cuda.is_available():
+        return [("finufft", "cpu", ""), ("sigpy", "cpu", ""), ("cufinufft / sigpy (cupy)", "cuda", "no CUDA")]
+    runs = []
+    for backend, device, package in (
+        ("finufft", "cpu", "finufft"),
+        ("sigpy", "cpu", "sigpy"),
+        ("cufinufft", "cuda", "cufinufft"),
+        ("sigpy", "cuda", "cupy"),
+    ):
+        runs.append((backend, device, "" if importlib.util.find_spec(package) else f"{package} not installed"))
+    return runs
+
+
+def nufft_row(backend: str, device_name: str, data: dict[str, np.ndarray], args: argparse.Namespace) -> NufftRow:
+    device = torch.device(device_name)
+    img, kdata = torch.from_numpy(data["img"]).to(device), torch.from_numpy(data["kdata"]).to(device)
+    start = clock(device)
+    op = NufftOp(data["coord"], img.shape[-2:], backend=backend, eps=args.eps, device=device)  # type: ignore[arg-type]
+    forward, adjoint = op.forward(img), op.adjoint(kdata)
+    setup_s = clock(device) - start
+    return NufftRow(
+        backend,
+        device_name,
+        setup_s=setup_s,
+        forward_s=best_of(args.repeats, lambda: op.forward(img), device)[0],
+        adjoint_s=best_of(args.repeats, lambda: op.adjoint(kdata), device)[0],
+        forward_error=relative_error(forward.cpu().numpy(), data["ref_forward"]),
+        adjoint_error=relative_error(adjoint.cpu().numpy(), data["ref_adjoint"]),
+    )
+
+
+def bench_nufft(scan: SimulatedMrfSlice, args: argparse.Namespace, summary: Summary) -> None:
+    first = np.unique(scan.rotations.angle_rad, return_index=True)[1]
+    coord = scan.coord[first]
+    kdata = np.ascontiguousarray(scan.readouts[first].transpose(1, 0, 2))
+    img = (scan.sens * (scan.truth.pd * np.exp(1j * scan.phase_rad))).astype(np.complex64)
+    ref_forward, ref_adjoint = nufft_reference(coord, img, kdata)
+    data = {"coord": coord, "img": img, "kdata": kdata, "ref_forward": ref_forward, "ref_adjoint": ref_adjoint}
+    rows = [
+        NufftRow(backend, device, note=note) if note else nufft_row(backend, device, data, args)
+        for backend, device, note in nufft_runs()
+    ]
+    n_samples = coord.shape[0] * coord.shape[1]
+    print(
+        f"\n## NUFFT: the slice's trajectory, {coord.shape[0]} interleaves x {coord.shape[1]} = {n_samples:,} samples"
+    )
+    print(
+        f"{img.shape[0]} coils in one call; type 2 on the object's coil images, type 1 on the first readout of every "
+        f"interleaf; eps {args.eps:g}, complex64; best of {args.repeats}; error: relative l2 against finufft "
+        "complex128 at eps 1e-12"
+    )
+    baselines = {row.device: row for row in rows if row.backend == "sigpy" and not row.note}
+    table = []
+    for row in rows:
+        if row.note:
+            table.append((row.backend, row.device, row.note, "", "", "", "", ""))
+            continue
+        base = baselines.get(row.device)
+        ratio = f"{base.forward_s / row.forward_s:.1f}x / {base.adjoint_s / row.adjoint_s:.1f}x" if base else "-"
+        table.append(
+            (
+                row.backend,
+                row.device,
+                f"{row.setup_s:.2f}",
+                f"{row.forward_s * 1e3:.1f}",
+                f"{row.adjoint_s * 1e3:.1f}",
+                f"{row.forward_error:.1e}",
+                f"{row.adjoint_error:.1e}",
+                ratio,
+            )
+        )
+        summary.append(
+            (
+                f"NUFFT type 2 / type 1, {row.backend} ({row.device})",
+                f"{img.shape[0]} coils x {n_samples:,} samples",
+                f"{row.forward_s * 1e3:.0f} / {row.adjoint_s * 1e3:.0f} ms",
+                f"error {row.forward_error:.1e} / {row.adjoint_error:.1e}; {ratio} vs sigpy",
+            )
+        )
+    header = ("backend", "device", "setup s", "type-2 ms", "type-1 ms", "type-2 error", "type-1 error", "vs sigpy")
+    print_table(header, table, left=2)
+    print("vs sigpy: speed-up (type 2 / type 1) over sigpy on the same device at the same eps, measured above")
+
+
+def build_dictionaries(
+    settings: MrfScanSettings, args: argparse.Namespace, device: torch.device, summary: Summary
+) -> list[MrfDictionary]:
+    """Return the dictionaries built: default grid, then the paper-sized one with ``--paper-dictionary``."""
+    schedule = settings.schedule
+    build_dictionary(schedule, grid=t1_t2_grid(50.0), rank=RANK, device=device, cache=False)  # warm-up
+    steps = [DEFAULT_STEP_PERCENT, PAPER_STEP_PERCENT] if args.paper_dictionary else [DEFAULT_STEP_PERCENT]
+    built, rows = [], []
+    for step in steps:
+        grid = t1_t2_grid(step)
+        seconds, dictionary = timed(
+            lambda grid=grid: build_dictionary(schedule, grid=grid, rank=RANK, device=device, cache=False), device
+        )
+        built.append(dictionary)
+        rows.append(
+            (
+                f"{step:g} %",
+                f"{dictionary.n_atoms:,}",
+                f"{schedule.n_frames}",
+                f"{seconds:.2f}",
+                f"{dictionary.n_atoms / seconds:,.0f}",
+                f"{dictionary.energy_kept:.5f}",
+            )
+        )
+        summary.append(
+            (
+                "dictionary build (EPG + SVD, no cache)",
+                f"{dictionary.n_atoms:,} atoms x {schedule.n_frames} frames",
+                f"{seconds:.2f} s",
+                f"rank {RANK} keeps {dictionary.energy_kept:.4f} of the energy",
+            )
+        )
+    print(f"\n## Dictionary: build_dictionary(acquired schedule, cache=False) on {device}, one run each")
+    print_table(("grid step", "atoms", "frames", "build s", "atoms/s", f"energy kept, K={RANK}"), rows)
+    return built
+
+
+def feed(accumulator: SubspaceAccumulator, traj: np.ndarray, readouts: np.ndarray, matrix: int) -> None:
+    """Add every readout in turn, as ``MrfReconGadget`` does with each acquisition's ``traj`` and ``data``."""
+    for frame in range(len(readouts)):
+        accumulator.add(frame, coord_from_ismrmrd_traj(traj[frame], matrix), readouts[frame])
+
+
+def max_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / MB  # kB on Linux
+
+
+def streaming_recon(
+    settings: MrfScanSettings,
+    scan: SimulatedMrfSlice,
+    dictionary: MrfDictionary,
+    args: argparse.Namespace,
+    device: torch.device,
+    summary: Summary,
+) -> torch.Tensor:
+    """Accumulate the slice readout by readout, report memory and times, and return the CG coefficient images."""
+    n_frames, n_coils, n_samples = scan.readouts.shape
+    matrix = scan.sens.shape[-1]
+    basis = dictionary.basis.cpu().numpy()
+    traj = ismrmrd_traj(scan.coord, matrix)
+
+    def new_accumulator() -> SubspaceAccumulator:
+        return SubspaceAccumulator(basis, n_coils=n_coils, n_samples=n_samples)
+
+    accumulator = new_accumulator()
+    feed_s, _ = timed(lambda: feed(accumulator, traj, scan.readouts, matrix), torch.device("cpu"))
+    del accumulator
+    gc.collect()
+    rss_before = max_rss_mb()
+    tracemalloc.start()
+    accumulator = new_accumulator()
+    feed(accumulator, traj, scan.readouts, matrix)
+    held, peak = tracemalloc.get_traced_memory()
+    tracemalloc.reset_peak()
+    kspace = accumulator.result()
+    result_peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    rss_after = max_rss_mb()
+
+    rank, n_slots, full_frames = basis.shape[1], accumulator.n_slots, settings.n_frames_full
+    state, raw = accumulator.nbytes, n_frames * n_coils * n_samples * 8
+    coil_images = rank * n_coils * matrix * matrix * 8
+    print(f"\n## Streaming reconstruction: {n_frames} readouts, one at a time, into a SubspaceAccumulator (K={rank})")
+    memory = [
+        (f"accumulator state (nbytes: K x coils x {n_slots} slots x samples x 8, + coords)", state),
+        (f"raw frames ({n_frames} x {n_coils} coils x {n_samples} samples x 8)", raw),
+        (f"raw frames of the full schedule ({full_frames} frames)", raw * full_frames // n_frames),
+        (f"K coil images ({rank} x {n_coils} x {matrix} x {matrix} x 8)", coil_images),
+        ("tracemalloc: numpy memory held after accumulation", held),
+        ("tracemalloc: peak during accumulation", peak),
+        ("tracemalloc: peak of result() (stacks the slots: a second copy)", result_peak),
+    ]
+    print_table(("memory", "MB", "vs state"), [(w, f"{b / MB:.1f}", f"{b / state:.2f}x") for w, b in memory])
+    print(
+        f"max RSS (process high-water mark): {rss_before:.0f} MB before accumulation, {rss_after:.0f} MB after, "
+        f"growth {rss_after - rss_before:.0f} MB (0: the accumulation stayed below the peak the simulation set)"
+    )
+    print(
+        f"the state does not grow with the frames: it equals the raw frames at K x slots = {rank * n_slots} frames "
+        "and is smaller beyond"
+    )
+
+    image_shape = (matrix, matrix)
+    sens_s, sens = timed(lambda: subspace_sensitivities(kspace, image_shape), torch.device("cpu"))
+    operator_s, operator = timed(lambda: SubspaceOperator(kspace, sens, device=device), device)
+    svdmrf_s, _ = timed(lambda: svdmrf(operator, kspace), device)
+    energy = component_energy(dictionary.compressed)
+    cg_s, coefficients = timed(
+        lambda: low_rank_cg(
+            operator, kspace, iterations=args.iterations, regularisation=args.regularisation, energy=energy
+        ),
+        device,
+    )
+    slice_s = feed_s + sens_s + operator_s + cg_s
+    steps = [
+        ("accumulation, per readout (no tracing)", f"{1e3 * feed_s / n_frames:.2f} ms", f"{feed_s:.2f} s in all"),
+        ("ESPIRiT sensitivities from the data (CPU)", f"{sens_s:.2f} s", ""),
+        ("SubspaceOperator (NUFFT operator, density compensation)", f"{operator_s:.2f} s", ""),
+        ("SVDMRF (one adjoint)", f"{svdmrf_s:.2f} s", "its first call makes the NUFFT plans"),
+        (
+            f"low_rank_cg, {args.iterations} iterations, regularisation {args.regularisation:g}",
+            f"{cg_s:.2f} s",
+            f"{1e3 * cg_s / args.iterations:.0f} ms per iteration",
+        ),
+        ("slice: accumulation + sensitivities + operator + CG", f"{slice_s:.2f} s", ""),
+    ]
+    print(f"reconstruction on {device}, {operator.nufft.backend} NUFFT, one run each:")
+    print_table(("step", "time", "note"), steps)
+    summary += [
+        ("streaming accumulation", f"{n_frames} readouts", f"{1e3 * feed_s / n_frames:.2f} ms/readout", ""),
+        (
+            "accumulator state vs raw frames vs K coil images",
+            f"K={rank}, {n_slots} slots",
+            "",
+            f"{state / MB:.1f} vs {raw / MB:.1f} vs {coil_images / MB:.1f} MB; tracemalloc peak {peak / MB:.1f} MB",
+        ),
+        ("sensitivities + operator", f"{matrix}x{matrix}, {n_coils} coils", f"{sens_s + operator_s:.2f} s", ""),
+        ("SVDMRF", f"K={rank}", f"{svdmrf_s:.2f} s", ""),
+        ("low_rank_cg", f"{args.iterations} iterations", f"{cg_s:.2f} s", f"reg {args.regularisation:g}"),
+        ("slice reconstruction", "accumulation + sensitivities + operator + CG", f"{slice_s:.2f} s", ""),
+    ]
+    return coefficients
+
+
+def match_slice(
+    coefficients: torch.Tensor,
+    dictionaries: list[MrfDictionary],
+    scan: SimulatedMrfSlice,
+    args: argparse.Namespace,
+    device: torch.device,
+    summary: Summary,
+) -> None:
+    """Match every pixel of the coefficient images against each dictionary, exhaustive and clustered."""
+    rank = coefficients.shape[0]
+    pixels = coefficients.reshape(rank, -1).T.contiguous().to(device)
+    energy = torch.linalg.vector_norm(pixels, dim=1).cpu().numpy()
+    masked = int((energy > MASK_THRESHOLD * np.percentile(energy, 99)).sum())
+    tissue = (scan.truth.labels > 0).ravel()
+    basis = dictionaries[0].basis.to(device)
+    rows = []
+    for dictionary in dictionaries:
+        atoms = to_subspace(dictionary.fingerprints.to(device), basis)
+        norms = dictionary.norms.to(device)
+        index_s, index = best_of(args.repeats, partial(build_match_index, atoms), device)
+        match = partial(match_fingerprints, pixels, atoms, atom_norms=norms)
+        exhaustive_s, exhaustive = timed(partial(match, method="exhaustive"), device)
+        fast_s, fast = best_of(args.repeats, partial(match, method="fast", index=index), device)
+        same_atom = fast.index == exhaustive.index
+        same = float(same_atom.float().mean())
+        same_or_tie = float((same_atom | ((fast.score - exhaustive.score).abs() <= TIE)).float().mean())
+        atom = exhaustive.index.cpu().numpy()[tissue]
+        t1_error = np.median(np.abs(dictionary.t1_ms.cpu().numpy()[atom] / scan.truth.t1_ms.ravel()[tissue] - 1))
+        t2_error = np.median(np.abs(dictionary.t2_ms.cpu().numpy()[atom] / scan.truth.t2_ms.ravel()[tissue] - 1))
+        rows.append(
+            (
+                f"{dictionary.n_atoms:,}",
+                f"{exhaustive_s:.2f}",
+                f"{index_s:.2f}",
+                f"{fast_s:.3f}",
+                f"{exhaustive_s / fast_s:.0f}x",
+                f"{100 * same:.2f} %",
+                f"{100 * same_or_tie:.3f} %",
+                f"{100 * t1_error:.1f} / {100 * t2_error:.1f} %",
+            )
+        )
+        summary.append(
+            (
+                "matching, exhaustive / fast (+ index build)",
+                f"{pixels.shape[0]:,} pixels x {dictionary.n_atoms:,} atoms",
+                f"{exhaustive_s:.2f} / {fast_s:.2f} s (+ {index_s:.2f} s)",
+                f"{exhaustive_s / fast_s:.0f}x; same atom {100 * same:.2f} %",
+            )
+        )
+    print(
+        f"\n## Matching: all {pixels.shape[0]:,} pixels of the CG coefficient images (background included; the "
+        f"gadget's mask keeps {masked:,}), K={rank}, on {device}"
+    )
+    print(
+        f"exhaustive: one run; index build and fast search: best of {args.repeats}; atoms projected on the "
+        "reconstruction's basis; T1 / T2 error: median relative error of the exhaustive match in the tissue"
+    )
+    header = ("atoms", "exhaustive s", "index s", "fast s", "speed-up", "same atom", "same or tie", "T1 / T2 error")
+    print_table(header, rows)
+
+
+def print_summary(summary: Summary) -> None:
+    print("\n## Summary (markdown)\n")
+    print("| step | size | time | note |")
+    print("|---|---|---|---|")
+    for row in summary:
+        print("| " + " | ".join(row) + " |")
+
+
+def main() -> int:
+    args = parse_args()
+    device = torch_device(args.device)
+    summary: Summary = []
+    print_device(device)
+    settings, scan = simulate(args, summary)
+    bench_nufft(scan, args, summary)
+    dictionaries = build_dictionaries(settings, args, device, summary)
+    coefficients = streaming_recon(settings, scan, dictionaries[0], args, device, summary)
+    match_slice(coefficients, dictionaries, scan, args, device, summary)
+    print_summary(summary)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,288 @@
+"""Spiral MR fingerprinting on the stream: subspace reconstruction as the frames arrive, then dictionary matching.
+
+``MrfReconGadget`` reads the FISP schedule from the header (user parameter ``mrf_schedule``), builds (or loads from
+its disk cache) the dictionary and its rank-K SVD basis, and projects every readout into the subspace as it
+arrives, so a slice holds K projected copies of its trajectory, not its hundreds of frames. At the slice's last
+readout it reconstructs the K coefficient images (SVDMRF gridding or low-rank conjugate gradient) with coil
+sensitivities from the data's own gridded centre, and sends them on. ``MrfMatchGadget`` matches every pixel to
+the dictionary and sends T1, T2, PD and the match score as maps.
+"""
+
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import ismrmrd
+import numpy as np
+import torch
+
+from gadgets.items import MapImages, SubspaceImages
+from gadgets.runtime.config import GadgetConfig, prop
+from gadgets.runtime.registry import GadgetConnection, register
+from qmri_models.device import torch_device
+from qmri_models.fitting.maps import SliceMaps
+from qmri_models.mrf.dictionary import DEFAULT_STEP_PERCENT, MrfDictionary, build_dictionary, t1_t2_grid
+from qmri_models.mrf.matching import MatchIndex, build_match_index, match_fingerprints
+from qmri_models.mrf.schedule import FispSchedule
+from qmri_models.mrf.subspace_recon import (
+    SubspaceAccumulator,
+    SubspaceOperator,
+    component_energy,
+    low_rank_cg,
+    subspace_sensitivities,
+    svdmrf,
+)
+from qmri_models.simulation.spiral import coord_from_ismrmrd_traj
+
+log = logging.getLogger(__name__)
+
+SCHEDULE_PARAMETER = "mrf_schedule"
+"""``userParameterString`` of the header holding the acquired frames' FISP schedule (``FispSchedule.to_json``)."""
+MATCH_MODEL = "FISP-MRF dictionary match"
+"""How the maps were made, for image comments."""
+
+
+@dataclass(frozen=True)
+class MrfReconConfig(GadgetConfig):
+    """Properties of MrfReconGadget."""
+
+    method: Literal["low_rank_cg", "svdmrf"] = prop(
+        "low_rank_cg", "low_rank_cg (conjugate gradient on the subspace images) or svdmrf (gridding, McGivney 2014)"
+    )
+    iterations: int = prop(20, "conjugate-gradient iterations of low_rank_cg", minimum=1, maximum=500)
+    regularisation: float = prop(
+        0.02,
+        "Tikhonov weight of low_rank_cg on the strongest subspace image, relative to the data term; weaker "
+        "components get it scaled by the dictionary's energy ratio",
+        minimum=0.0,
+    )
+    rank: int = prop(5, "rank K of the dictionary's temporal SVD subspace", minimum=1, maximum=50)
+    dictionary_step_percent: float = prop(
+        DEFAULT_STEP_PERCENT,
+        "relative step of the dictionary's log-spaced T1 and T2 grid in % (3: about 17k atoms, 1.27: about 95k)",
+        minimum=0.5,
+        maximum=50.0,
+    )
+    nufft_backend: Literal["auto", "finufft", "cufinufft", "sigpy"] = prop(
+        "auto", "NUFFT backend: auto (finufft on the CPU, cufinufft on CUDA), finufft, cufinufft or sigpy"
+    )
+    device: str = prop("auto", "auto (CUDA when present), cpu or cuda")
+
+
+@register("MrfReconGadget", MrfReconConfig)
+def mrf_recon(connection: GadgetConnection) -> None:
+    """Project each spiral readout into the dictionary subspace as it arrives; reconstruct each slice at its end."""
+    config = MrfReconConfig.from_connection(connection)
+    device = torch_device(config.device)
+    protocol = _MrfProtocol.from_header(connection.header)
+    dictionary = build_dictionary(
+        protocol.schedule, grid=t1_t2_grid(config.dictionary_step_percent), rank=config.rank, device=device
+    )
+    log.info(
+        "MRF dictionary: %d atoms x %d frames, rank %d keeps %.4f of its energy",
+        dictionary.n_atoms,
+        protocol.schedule.n_frames,
+        dictionary.rank,
+        dictionary.energy_kept,
+    )
+    basis = dictionary.basis.cpu().numpy()
+    slices: dict[int, _SliceState] = {}
+    for item in connection:
+        if not isinstance(item, ismrmrd.Acquisition):
+            connection.send(item)
+            continue
+        if item.is_flag_set(ismrmrd.ACQ_IS_NOISE_MEASUREMENT):
+            continue
+        index = int(item.idx.slice)
+        state = slices.get(index)
+        if state is None:
+            state = slices[index] = _SliceState(
+                SubspaceAccumulator(basis, n_coils=item.active_channels, n_samples=item.number_of_samples), item
+            )
+        state.accumulator.add(int(item.idx.repetition), coord_from_ismrmrd_traj(item.traj, protocol.matrix), item.data)
+        if item.is_flag_set(ismrmrd.ACQ_LAST_IN_SLICE):
+            connection.send(_reconstruct(slices.pop(index), index, dictionary, protocol, config, device))
+    for index, state in sorted(slices.items()):
+        log.warning(
+            "slice %d: the stream ended before its last readout; reconstructing the %d frames that arrived",
+            index,
+            state.accumulator.n_frames,
+        )
+        connection.send(_reconstruct(state, index, dictionary, protocol, config, device))
+
+
+@dataclass(frozen=True)
+class MrfMatchConfig(GadgetConfig):
+    """Properties of MrfMatchGadget."""
+
+    search: Literal["fast", "exhaustive"] = prop(
+        "fast", "fast (clustered search, the exhaustive atom for >= 99% of pixels) or exhaustive"
+    )
+    mask_threshold: float = prop(
+        0.05, "pixels whose signal is below this fraction of the bright-pixel level are left at 0", minimum=0.0
+    )
+    device: str = prop("auto", "auto (CUDA when present), cpu or cuda")
+
+
+@register("MrfMatchGadget", MrfMatchConfig)
+def mrf_match(connection: GadgetConnection) -> None:
+    """Match every pixel's subspace signal to the dictionary: T1, T2, PD and match-score maps."""
+    config = MrfMatchConfig.from_connection(connection)
+    device = torch_device(config.device)
+    indices: dict[int, MatchIndex] = {}
+    for item in connection:
+        if not isinstance(item, SubspaceImages):
+            connection.send(item)
+            continue
+        index = None
+        if config.search == "fast":
+            key = id(item.dictionary)
+            if key not in indices:
+                indices[key] = build_match_index(item.dictionary.compressed.to(device))
+            index = indices[key]
+        connection.send(match_slice(item, config, device, index=index))
+
+
+def match_slice(
+    item: SubspaceImages, config: MrfMatchConfig, device: torch.device, *, index: MatchIndex | None = None
+) -> MapImages:
+    """Return the T1, T2, PD and match-score maps of one slice's subspace images.
+
+    Parameters
+    ----------
+    item : The slice's coefficient images and the dictionary they live in.
+    config : Matching properties.
+    device : Where the matching runs.
+    index : Clusters of the dictionary for the fast search (``build_match_index``); None builds them.
+
+    Returns
+    -------
+    Maps: ``T1`` and ``T2`` in ms, ``PD`` in the arbitrary units of the data, ``MatchScore`` in [0, 1].
+    """
+    start = time.perf_counter()
+    coefficients = item.coefficients
+    energy = np.linalg.norm(coefficients, axis=0)
+    mask = energy > config.mask_threshold * np.percentile(energy, 99)
+    dictionary = item.dictionary.to(device)
+    pixels = torch.from_numpy(np.ascontiguousarray(coefficients[:, mask].T)).to(device)
+    result = match_fingerprints(
+        pixels, dictionary.compressed, atom_norms=dictionary.norms, method=config.search, index=index, device=device
+    )
+    atom = result.index.cpu()
+    maps = {
+        "T1": dictionary.t1_ms.cpu()[atom].numpy(),
+        "T2": dictionary.t2_ms.cpu()[atom].numpy(),
+        "PD": result.pd.abs().cpu().numpy(),
+        "MatchScore": result.score.cpu().numpy(),
+    }
+    values = {}
+    for name, pixel_values in maps.items():
+        image = np.zeros(mask.shape, np.float32)
+        image[mask] = pixel_values
+        values[name] = image
+    log.info(
+        "slice %d: matched %d pixels against %d atoms (%s search) in %.2f s on %s",
+        item.slice,
+        int(mask.sum()),
+        dictionary.n_atoms,
+        config.search,
+        time.perf_counter() - start,
+        device,
+    )
+    slice_maps = SliceMaps(
+        values=values,
+        sds={},
+        units={"T1": "ms", "T2": "ms", "PD": "a.u.", "MatchScore": "1"},
+        mask=mask,
+        converged=mask.copy(),
+        sd_method="",
+    )
+    return MapImages(
+        maps=slice_maps,
+        primary_map="T1",
+        model=f"{MATCH_MODEL} after {item.method}",
+        slice=item.slice,
+        references=item.references,
+        field_of_view_mm=item.field_of_view_mm,
+    )
+
+
+@dataclass(frozen=True)
+class _MrfProtocol:
+    """What the header says about an MRF scan: the acquired schedule and the reconstructed image."""
+
+    schedule: FispSchedule
+    matrix: int
+    """Reconstructed image size per side in pixels (square)."""
+    field_of_view_mm: tuple[float, float, float]
+
+    @classmethod
+    def from_header(cls, header: Any) -> "_MrfProtocol":
+        """Return the protocol of a parsed ISMRMRD header, or raise ValueError naming what is missing."""
+        strings = header.userParameters.userParameterString if header.userParameters is not None else []
+        text = next((p.value for p in strings if p.name == SCHEDULE_PARAMETER), None)
+        if text is None:
+            raise ValueError(
+                f"the header has no userParameterString {SCHEDULE_PARAMETER!r} (the FISP flip-angle and TR schedule "
+                "as JSON); MrfReconGadget needs it to build the dictionary"
+            )
+        recon = header.encoding[0].reconSpace
+        if recon.matrixSize.x != recon.matrixSize.y:
+            raise ValueError(f"MRF images must be square; the header says {recon.matrixSize.x}x{recon.matrixSize.y}")
+        fov = recon.fieldOfView_mm
+        return cls(FispSchedule.from_json(text), int(recon.matrixSize.x), (fov.x, fov.y, fov.z))
+
+
+@dataclass
+class _SliceState:
+    """One slice's streaming state and its first readout (geometry for the images)."""
+
+    accumulator: SubspaceAccumulator
+    reference: ismrmrd.Acquisition = field(repr=False)
+
+
+def _reconstruct(
+    state: _SliceState,
+    index: int,
+    dictionary: MrfDictionary,
+    protocol: _MrfProtocol,
+    config: MrfReconConfig,
+    device: torch.device,
+) -> SubspaceImages:
+    """Return the coefficient images of one slice from its accumulated subspace k-space."""
+    start = time.perf_counter()
+    kspace = state.accumulator.result()
+    image_shape = (protocol.matrix, protocol.matrix)
+    cpu_backend = config.nufft_backend if config.nufft_backend in ("finufft", "sigpy") else "auto"
+    sens = subspace_sensitivities(kspace, image_shape, backend=cpu_backend)
+    operator = SubspaceOperator(kspace, sens, backend=config.nufft_backend, device=device)
+    if config.method == "svdmrf":
+        coefficients = svdmrf(operator, kspace)
+    else:
+        coefficients = low_rank_cg(
+            operator,
+            kspace,
+            iterations=config.iterations,
+            regularisation=config.regularisation,
+            energy=component_energy(dictionary.compressed),
+            on_iteration=lambda i, r: log.debug("slice %d: CG iteration %d, relative residual %.3g", index, i, r),
+        )
+    log.info(
+        "slice %d: %s of %d frames over %d trajectories (state %.1f MB) in %.1f s on %s",
+        index,
+        config.method,
+        kspace.n_frames,
+        kspace.coord.shape[0],
+        state.accumulator.nbytes / 1e6,
+        time.perf_counter() - start,
+        device,
+    )
+    return SubspaceImages(
+        coefficients=coefficients.cpu().numpy(),
+        dictionary=dictionary,
+        method=config.method,
+        slice=index,
+        references=[state.reference],
+        field_of_view_mm=protocol.field_of_view_mm,
+    )
