@@ -29,6 +29,7 @@ test: lint
 bench: $(STAMP)
 	$(PY) bench/bench_server_throughput.py
 	$(PY) bench/bench_fitting.py
+	$(PY) bench/bench_mrf.py
 
 clean:
 	rm -rf $(OUT) .pytest_cache .mypy_cache .ruff_cache

@@ -115,8 +115,8 @@ def test_evaluate_command_prints_per_tissue_table(tmp_path: Path, capsys: pytest
     replay(raw, resolve_chain("t2prep"), out, progress=False)
     assert main(["evaluate", str(out), str(raw)]) == 0
     printed = capsys.readouterr().out
-    assert "T2 map against the truth" in printed
-    for header in ("median APE %", "NRMSE", "SSIM", "white_matter", "grey_matter"):
+    assert "T2 map (series 11) against the truth" in printed
+    for header in ("median APE %", "MAPE %", "NRMSE", "SSIM", "white_matter", "grey_matter"):
         assert header in printed
 
 
