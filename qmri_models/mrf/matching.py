@@ -34,9 +34,11 @@ import torch
 
 from qmri_models.device import torch_device
 
-CPU_CHUNK_BYTES = 4 * 2**20
-"""Memory of a chunk's score block on the CPU: small enough to stay in the cache. Exhaustive search of 4096 pixels
-against 95k atoms on one core (bench machine): 0.65 s at 4 MiB, 0.9 s at 1 MiB, 0.8 s at 16 MiB, 2.3 s at 64 MiB."""
+CPU_CHUNK_BYTES = 8 * 2**20
+"""Memory of a chunk's score block on the CPU, sized to the caches. Exhaustive search of 8192 pixels against 95k
+atoms (bench machine, idle), 1 thread: 1.4 s at 4 MiB, 1.35 s at 8 MiB, 1.5 s at 16 MiB, 5.2 s at 64 MiB; 2 threads:
+1.0-1.25 s, 0.82-0.85 s, 0.76-0.80 s, 3.2 s. Tiling the atoms too did not help (1.8 s or more, 1 thread). The
+clustered search took the same time from 4 to 16 MiB."""
 
 CUDA_CHUNK_BYTES = 256 * 2**20
 """Memory of a chunk's score block on CUDA: large, so that kernel launches do not dominate."""
