@@ -1,10 +1,10 @@
 """Spiral MR fingerprinting on the stream: subspace reconstruction as the frames arrive, then dictionary matching.
 
-``MrfReconGadget`` reads the FISP schedule from the header (user parameter ``mrf_schedule``), builds (or loads from
-its disk cache) the dictionary and its rank-K SVD basis, and projects every readout into the subspace as it
-arrives, so a slice holds K projected copies of its trajectory, not its hundreds of frames. At the slice's last
-readout it reconstructs the K coefficient images (SVDMRF gridding or low-rank conjugate gradient) with coil
-sensitivities from the data's own gridded centre, and sends them on. ``MrfMatchGadget`` matches every pixel to
+``MrfReconGadget`` reads the FISP schedule from the header (``qmri_models.mrf.schedule.schedule_from_header``),
+builds (or loads from its disk cache) the dictionary and its rank-K SVD basis, and projects every readout into the
+subspace as it arrives, so a slice holds K projected copies of its trajectory, not its hundreds of frames. At the
+slice's last readout it reconstructs the K coefficient images (SVDMRF gridding or low-rank conjugate gradient) with
+coil sensitivities from the data's own gridded centre, and sends them on. ``MrfMatchGadget`` matches every pixel to
 the dictionary and sends T1, T2, PD and the match score as maps.
 """
 
@@ -24,7 +24,7 @@ from qmri_models.device import torch_device
 from qmri_models.fitting.maps import SliceMaps
 from qmri_models.mrf.dictionary import DEFAULT_STEP_PERCENT, MrfDictionary, build_dictionary, t1_t2_grid
 from qmri_models.mrf.matching import MatchIndex, build_match_index, match_fingerprints
-from qmri_models.mrf.schedule import FispSchedule
+from qmri_models.mrf.schedule import FispSchedule, schedule_from_header
 from qmri_models.mrf.subspace_recon import (
     SubspaceAccumulator,
     SubspaceOperator,
@@ -37,8 +37,6 @@ from qmri_models.simulation.spiral import coord_from_ismrmrd_traj
 
 log = logging.getLogger(__name__)
 
-SCHEDULE_PARAMETER = "mrf_schedule"
-"""``userParameterString`` of the header holding the acquired frames' FISP schedule (``FispSchedule.to_json``)."""
 MATCH_MODEL = "FISP-MRF dictionary match"
 """How the maps were made, for image comments."""
 
@@ -220,18 +218,12 @@ class _MrfProtocol:
     @classmethod
     def from_header(cls, header: Any) -> "_MrfProtocol":
         """Return the protocol of a parsed ISMRMRD header, or raise ValueError naming what is missing."""
-        strings = header.userParameters.userParameterString if header.userParameters is not None else []
-        text = next((p.value for p in strings if p.name == SCHEDULE_PARAMETER), None)
-        if text is None:
-            raise ValueError(
-                f"the header has no userParameterString {SCHEDULE_PARAMETER!r} (the FISP flip-angle and TR schedule "
-                "as JSON); MrfReconGadget needs it to build the dictionary"
-            )
+        schedule = schedule_from_header(header)
         recon = header.encoding[0].reconSpace
         if recon.matrixSize.x != recon.matrixSize.y:
             raise ValueError(f"MRF images must be square; the header says {recon.matrixSize.x}x{recon.matrixSize.y}")
         fov = recon.fieldOfView_mm
-        return cls(FispSchedule.from_json(text), int(recon.matrixSize.x), (fov.x, fov.y, fov.z))
+        return cls(schedule, int(recon.matrixSize.x), (fov.x, fov.y, fov.z))
 
 
 @dataclass

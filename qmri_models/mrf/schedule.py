@@ -4,6 +4,10 @@ A schedule is a value: frozen, validated on construction, serialised to a JSON-a
 simulator stores it in the raw file's header so the reconstruction rebuilds the same dictionary), and named by a
 digest of that dict (``key``), which keys the dictionary cache.
 
+The header contract: a raw file's ISMRMRD header carries the acquired frames' schedule as ``to_json`` in the
+``userParameterString`` named ``SCHEDULE_PARAMETER`` (the untruncated one in ``FULL_SCHEDULE_PARAMETER``);
+``schedule_from_header`` reads it back.
+
 ``jiang_schedule`` makes a schedule of the kind of Jiang et al. 2015 (MRF-FISP): half-sine flip-angle lobes of
 different peak angles separated by short gaps, and a smooth Perlin-noise TR.
 """
@@ -20,6 +24,11 @@ LOBE_PEAKS_DEG: tuple[float, ...] = (55.0, 70.0, 35.0, 62.0, 45.0)
 """Peak flip angle of each lobe of ``jiang_schedule``, cycled when there are more lobes than peaks, degrees."""
 
 _FIELDS = ("flip_angles_deg", "tr_ms", "te_ms", "ti_ms")
+
+SCHEDULE_PARAMETER = "mrf_schedule"
+"""``userParameterString`` of the header holding the acquired frames' schedule as ``FispSchedule.to_json``."""
+FULL_SCHEDULE_PARAMETER = "mrf_schedule_full"
+"""``userParameterString`` of the header holding the untruncated schedule as ``FispSchedule.to_json``."""
 
 
 @dataclass(frozen=True)
@@ -103,6 +112,34 @@ class FispSchedule:
     def key(self) -> str:
         """Return the sha256 hex digest of the canonical JSON: equal schedules, equal keys."""
         return hashlib.sha256(self.to_json().encode()).hexdigest()
+
+
+def schedule_from_header(header: Any, *, full: bool = False) -> FispSchedule:
+    """Return the FISP schedule a raw file's header records.
+
+    Parameters
+    ----------
+    header : Parsed ISMRMRD header (``ismrmrd.xsd.ismrmrdHeader``) of a spiral MRF scan.
+    full : Return the untruncated schedule instead of the acquired frames'.
+
+    Returns
+    -------
+    The schedule, equal to the one written.
+
+    Raises
+    ------
+    ValueError
+        If the header has no such user parameter.
+    """
+    name = FULL_SCHEDULE_PARAMETER if full else SCHEDULE_PARAMETER
+    strings = header.userParameters.userParameterString if header.userParameters is not None else []
+    for parameter in strings:
+        if parameter.name == name:
+            return FispSchedule.from_json(parameter.value)
+    raise ValueError(
+        f"the header has no userParameterString {name!r} (the FISP flip-angle and TR schedule as JSON); "
+        "it does not describe an MRF scan, and the dictionary cannot be built"
+    )
 
 
 def jiang_schedule(

@@ -17,10 +17,10 @@ frame, as a scanner streams them. Each frame's readout carries
 Header: trajectory ``spiral`` with a ``trajectoryDescription`` of the design; encoded and reconstructed space are
 the matrix; ``sequenceParameters`` hold the acquired frames' TR and flip angle lists and the TE and TI (ms, degrees).
 ``userParameters`` hold what the reconstruction needs to rebuild the dictionary exactly: the acquired schedule as
-``FispSchedule.to_json`` in the string ``mrf_schedule`` (``mrf_schedule_from_header`` reads it), the full schedule in
-``mrf_schedule_full``, the ordering in ``mrf_ordering``, and the longs ``mrf_n_frames``, ``mrf_n_frames_full``,
-``mrf_truncation`` and ``mrf_n_interleaves``. The truth goes in ``/truth``, the same layout as the Cartesian files
-for the maps (``write_truth_maps``), so ``qmri evaluate`` scores T1 and T2 maps against it.
+``FispSchedule.to_json`` in the string ``mrf_schedule`` (``qmri_models.mrf.schedule.schedule_from_header`` reads
+it), the full schedule in ``mrf_schedule_full``, the ordering in ``mrf_ordering``, and the longs ``mrf_n_frames``,
+``mrf_n_frames_full``, ``mrf_truncation`` and ``mrf_n_interleaves``. The truth goes in ``/truth``, the same layout
+as the Cartesian files for the maps (``write_truth_maps``), so ``qmri evaluate`` scores T1 and T2 maps against it.
 """
 
 from pathlib import Path
@@ -30,7 +30,7 @@ import ismrmrd
 import ismrmrd.xsd
 import numpy as np
 
-from qmri_models.mrf.schedule import FispSchedule
+from qmri_models.mrf.schedule import FULL_SCHEDULE_PARAMETER, SCHEDULE_PARAMETER
 from qmri_models.simulation.mrf_scan import MrfScanSettings, SimulatedMrfSlice
 from qmri_models.simulation.raw_writer import (
     TRUTH_GROUP,
@@ -42,10 +42,6 @@ from qmri_models.simulation.raw_writer import (
 )
 from qmri_models.simulation.spiral import ismrmrd_traj
 
-SCHEDULE_PARAMETER = "mrf_schedule"
-"""``userParameterString`` holding the acquired frames' FISP schedule as ``FispSchedule.to_json``."""
-FULL_SCHEDULE_PARAMETER = "mrf_schedule_full"
-"""``userParameterString`` holding the untruncated FISP schedule as ``FispSchedule.to_json``."""
 TRAJECTORY_IDENTIFIER = "sigpy_vds_kim2003"
 """``trajectoryDescription.identifier``: sigpy's analytic variable-density spiral (Kim et al., MRM 2003)."""
 
@@ -130,31 +126,6 @@ def mrf_ismrmrd_header(settings: MrfScanSettings) -> ismrmrd.xsd.ismrmrdHeader:
         sequence=sequence,
         user=user,
     )
-
-
-def mrf_schedule_from_header(header: ismrmrd.xsd.ismrmrdHeader, *, full: bool = False) -> FispSchedule:
-    """Return the FISP schedule a raw file's header records.
-
-    Parameters
-    ----------
-    header : Parsed ISMRMRD header of a spiral MRF scan.
-    full : Return the untruncated schedule instead of the acquired frames'.
-
-    Returns
-    -------
-    The schedule, equal to the one simulated.
-
-    Raises
-    ------
-    ValueError
-        If the header has no such user parameter.
-    """
-    name = FULL_SCHEDULE_PARAMETER if full else SCHEDULE_PARAMETER
-    strings = header.userParameters.userParameterString if header.userParameters is not None else []
-    for parameter in strings:
-        if parameter.name == name:
-            return FispSchedule.from_json(parameter.value)
-    raise ValueError(f"the header has no userParameterString {name!r}; it does not describe an MRF scan")
 
 
 def _readouts(settings: MrfScanSettings, slices: list[SimulatedMrfSlice]) -> list[ismrmrd.Acquisition]:

@@ -12,8 +12,8 @@ import torch
 from gadgets.cli import main
 from gadgets.evaluate import read_truth
 from qmri_models.mrf.epg import fisp_fingerprints
-from qmri_models.mrf.schedule import FispSchedule, jiang_schedule
-from qmri_models.simulation.mrf_raw_writer import mrf_schedule_from_header, write_mrf_raw
+from qmri_models.mrf.schedule import FispSchedule, jiang_schedule, schedule_from_header
+from qmri_models.simulation.mrf_raw_writer import write_mrf_raw
 from qmri_models.simulation.mrf_scan import MrfScanSettings, SimulatedMrfSlice, simulate_mrf_scan, simulate_mrf_slice
 from qmri_models.simulation.spiral import (
     GOLDEN_ANGLE_RAD,
@@ -199,10 +199,10 @@ def test_header_records_the_encoding_and_the_schedule_exactly(golden_raw: tuple)
     assert encoding.encodingLimits.slice.maximum == 1
     assert header.acquisitionSystemInformation.receiverChannels == 3
 
-    acquired = mrf_schedule_from_header(header)
+    acquired = schedule_from_header(header)
     assert acquired == settings.schedule == jiang_schedule(30, seed=0).truncated(6)
     assert acquired.key() == settings.schedule.key()
-    assert mrf_schedule_from_header(header, full=True) == jiang_schedule(30, seed=0)
+    assert schedule_from_header(header, full=True) == jiang_schedule(30, seed=0)
     assert list(header.sequenceParameters.TR) == list(acquired.tr_ms)
     assert list(header.sequenceParameters.flipAngle_deg) == list(acquired.flip_angles_deg)
     assert list(header.sequenceParameters.TE) == [acquired.te_ms]
@@ -278,7 +278,7 @@ def test_cli_writes_an_mrf_file(tmp_path: Path, capsys: pytest.CaptureFixture[st
     assert main([*args, "--interleaves", "6", "--ordering", "golden", "--seed", "3"]) == 0
     assert "4 of 20 frames" in capsys.readouterr().out
     header, acquisitions = read_back(out)
-    assert mrf_schedule_from_header(header) == jiang_schedule(20, seed=0).truncated(4)
+    assert schedule_from_header(header) == jiang_schedule(20, seed=0).truncated(4)
     imaging = [a for a in acquisitions if not a.is_flag_set(ismrmrd.ACQ_IS_NOISE_MEASUREMENT)]
     assert [a.idx.repetition for a in imaging] == [0, 1, 2, 3]
     assert imaging[0].data.shape[0] == 2
