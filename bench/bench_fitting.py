@@ -30,17 +30,15 @@ Run it with::
 
 import argparse
 import contextlib
-import platform
 import sys
-import time
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
-from typing import TypeVar, cast
+from typing import cast
 
 import numpy as np
 import torch
+from bench_common import best_of, cpu_name
 from scipy.optimize import OptimizeWarning, curve_fit
 
 from qmri_models.fitting.levenberg_marquardt import fit_pixels
@@ -49,7 +47,6 @@ from qmri_models.recon.cartesian import centered_ifft2, sensitivity_combine
 from qmri_models.signal_models import MODELS, SignalModel
 from qmri_models.simulation.scan import Contrast, ScanSettings, simulate_scan
 
-T = TypeVar("T")
 TARGET_SPEEDUP = 50.0
 CONTRASTS: dict[str, str] = {"molli": "T1", "t2prep": "T2"}
 """Contrast (and model) name to the map compared."""
@@ -151,17 +148,6 @@ def restore_polarity(magnitude: np.ndarray, times: np.ndarray) -> np.ndarray:
     return np.where(rank[None, :] < null[:, None], -magnitude, magnitude)
 
 
-def best_of(repeats: int, run: Callable[[], T]) -> tuple[float, T]:
-    """Run once untimed, then return the shortest wall time of ``repeats`` runs and the last run's result."""
-    result = run()
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        result = run()
-        best = min(best, time.perf_counter() - start)
-    return best, result
-
-
 def primary(model: SignalModel, params: np.ndarray) -> np.ndarray:
     """Return the compared map (T1 or T2 in ms) of parameters shaped `(pixels, n_params)`."""
     p = torch.as_tensor(params, dtype=torch.float64)
@@ -229,16 +215,6 @@ def bench(piece: Slice, args: argparse.Namespace, rng: np.random.Generator) -> R
         agreement_p99=float(np.percentile(difference, 99)),
         maps_agreement=float(np.median(relative_difference(maps_values.astype(np.float64), theirs))),
     )
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def print_table(rows: list[Row], args: argparse.Namespace) -> None:

@@ -41,21 +41,17 @@ import importlib.metadata
 import importlib.util
 import math
 import os
-import platform
 import resource
 import sys
-import time
 import tracemalloc
-from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
-from pathlib import Path
-from typing import TypeVar
 
 import finufft
 import numpy as np
 import sigpy as sp
 import torch
+from bench_common import best_of, clock, cpu_name, print_rows, relative_error, timed
 
 from qmri_models.device import torch_device
 from qmri_models.mrf.dictionary import (
@@ -79,7 +75,6 @@ from qmri_models.recon.nufft import DEFAULT_EPS, NufftOp
 from qmri_models.simulation.mrf_scan import MrfScanSettings, SimulatedMrfSlice, simulate_mrf_scan
 from qmri_models.simulation.spiral import coord_from_ismrmrd_traj, ismrmrd_traj
 
-T = TypeVar("T")
 RANK = 5
 TIE = 1e-6
 MASK_THRESHOLD = 0.05
@@ -115,52 +110,6 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--device", default="auto", help="dictionary, reconstruction and matching: auto, cpu, cuda")
     parser.add_argument("--paper-dictionary", action="store_true", help="also build and match the 95k-atom one")
     return parser.parse_args()
-
-
-def clock(device: torch.device) -> float:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    return time.perf_counter()
-
-
-def timed(run: Callable[[], T], device: torch.device) -> tuple[float, T]:
-    """Wall time of one run (synchronised on CUDA) and its result."""
-    start = clock(device)
-    result = run()
-    return clock(device) - start, result
-
-
-def best_of(repeats: int, run: Callable[[], T], device: torch.device) -> tuple[float, T]:
-    """Run once untimed, then return the shortest wall time of ``repeats`` runs and the last result."""
-    result = run()
-    best = math.inf
-    for _ in range(repeats):
-        seconds, result = timed(run, device)
-        best = min(best, seconds)
-    return best, result
-
-
-def relative_error(actual: np.ndarray, expected: np.ndarray) -> float:
-    return float(np.linalg.norm(actual - expected) / np.linalg.norm(expected))
-
-
-def print_table(header: tuple[str, ...], rows: list[tuple[str, ...]], left: int = 1) -> None:
-    """Print rows under ``header``, the first ``left`` columns left-aligned, the others right-aligned."""
-    table = [header, *rows]
-    widths = [max(len(line[i]) for line in table) for i in range(len(header))]
-    for line in table:
-        cells = [c.ljust(w) if i < left else c.rjust(w) for i, (c, w) in enumerate(zip(line, widths, strict=True))]
-        print(" | ".join(cells).rstrip())
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def version(package: str) -> str:
@@ -299,7 +248,7 @@ def bench_nufft(scan: SimulatedMrfSlice, args: argparse.Namespace, summary: Summ
             )
         )
     header = ("backend", "device", "setup s", "type-2 ms", "type-1 ms", "type-2 error", "type-1 error", "vs sigpy")
-    print_table(header, table, left=2)
+    print_rows(header, table, left=2)
     print("vs sigpy: speed-up (type 2 / type 1) over sigpy on the same device at the same eps, measured above")
 
 
@@ -336,7 +285,7 @@ def build_dictionaries(
             )
         )
     print(f"\n## Dictionary: build_dictionary(acquired schedule, cache=False) on {device}, one run each")
-    print_table(("grid step", "atoms", "frames", "build s", "atoms/s", f"energy kept, K={RANK}"), rows)
+    print_rows(("grid step", "atoms", "frames", "build s", "atoms/s", f"energy kept, K={RANK}"), rows)
     return built
 
 
@@ -395,7 +344,7 @@ def streaming_recon(
         ("tracemalloc: peak during accumulation", peak),
         ("tracemalloc: peak of result() (stacks the slots: a second copy)", result_peak),
     ]
-    print_table(("memory", "MB", "vs state"), [(w, f"{b / MB:.1f}", f"{b / state:.2f}x") for w, b in memory])
+    print_rows(("memory", "MB", "vs state"), [(w, f"{b / MB:.1f}", f"{b / state:.2f}x") for w, b in memory])
     print(
         f"max RSS (process high-water mark): {rss_before:.0f} MB before accumulation, {rss_after:.0f} MB after, "
         f"growth {rss_after - rss_before:.0f} MB (0: the accumulation stayed below the peak the simulation set)"
@@ -430,7 +379,7 @@ def streaming_recon(
         ("slice: accumulation + sensitivities + operator + CG", f"{slice_s:.2f} s", ""),
     ]
     print(f"reconstruction on {device}, {operator.nufft.backend} NUFFT, one run each:")
-    print_table(("step", "time", "note"), steps)
+    print_rows(("step", "time", "note"), steps)
     summary += [
         ("streaming accumulation", f"{n_frames} readouts", f"{1e3 * feed_s / n_frames:.2f} ms/readout", ""),
         (
@@ -505,7 +454,7 @@ def match_slice(
         "reconstruction's basis; T1 / T2 error: median relative error of the exhaustive match in the tissue"
     )
     header = ("atoms", "exhaustive s", "index s", "fast s", "speed-up", "same atom", "same or tie", "T1 / T2 error")
-    print_table(header, rows)
+    print_rows(header, rows)
 
 
 def print_summary(summary: Summary) -> None:

@@ -29,15 +29,13 @@ import importlib.metadata
 import platform
 import sys
 import tempfile
-import time
 import warnings
-from collections.abc import Callable
 from pathlib import Path
-from typing import TypeVar
 
 import blochsim
 import numpy as np
 import torch
+from bench_common import best_of, print_rows, timed
 
 from qmri_models.device import torch_device
 from qmri_models.mrf.dictionary import PAPER_STEP_PERCENT, build_dictionary, t1_t2_grid
@@ -45,7 +43,6 @@ from qmri_models.mrf.epg import N_STATES, fisp_fingerprints
 from qmri_models.mrf.schedule import FispSchedule, jiang_schedule
 from qmri_models.mrf.subspace import svd_basis
 
-T = TypeVar("T")
 RANKS = (3, 5, 8, 10)
 TISSUES_MS = ((1000.0, 100.0), (1500.0, 300.0), (3000.0, 1000.0), (4000.0, 2000.0))
 """(T1, T2) of the truncation check, ms."""
@@ -60,24 +57,6 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--repeats", type=int, default=2, help="timed runs of the default build; the best counts")
     parser.add_argument("--threads", type=int, default=0, help="torch threads; 0 for torch's default")
     return parser.parse_args()
-
-
-def timed(run: Callable[[], T], device: torch.device) -> tuple[float, T]:
-    start = time.perf_counter()
-    result = run()
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    return time.perf_counter() - start, result
-
-
-def best_of(repeats: int, run: Callable[[], T], device: torch.device) -> tuple[float, T]:
-    """Run once untimed, then return the shortest wall time of ``repeats`` runs and the last result."""
-    _, result = timed(run, device)
-    best = float("inf")
-    for _ in range(repeats):
-        seconds, result = timed(run, device)
-        best = min(best, seconds)
-    return best, result
 
 
 def blochsim_signal(schedule: FispSchedule, t1_ms: torch.Tensor, t2_ms: torch.Tensor) -> torch.Tensor:
@@ -123,13 +102,6 @@ def device_name(device: torch.device) -> str:
     except OSError:
         pass
     return f"CPU {platform.processor() or platform.machine()}"
-
-
-def print_table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> None:
-    table = [header, *rows]
-    widths = [max(len(line[i]) for line in table) for i in range(len(header))]
-    for line in table:
-        print(" | ".join([line[0].ljust(widths[0])] + [c.rjust(w) for c, w in zip(line[1:], widths[1:], strict=True)]))
 
 
 def main() -> int:
@@ -190,7 +162,7 @@ def main() -> int:
         row("blochsim.mrf_sim", n_paper, per_atom * n_paper, "extrapolated"),
     ]
     print(f"\ndictionary build time (atoms x {schedule.n_frames} frames, {N_STATES} EPG orders, on {device})")
-    print_table(("what", "atoms", "seconds", "atoms/s", "note"), rows)
+    print_rows(("what", "atoms", "seconds", "atoms/s", "note"), rows)
     print(
         f"speed-up of our EPG over blochsim on the same {n_blochsim:,} atoms: {blochsim_s / ours_sub_s:.1f}x; "
         f"of our whole default build (SVD included) over blochsim's simulation alone: "
@@ -206,11 +178,11 @@ def main() -> int:
     for name, dictionary in (("default", default), ("paper-sized", paper)):
         kept = [svd_basis(dictionary.fingerprints, rank)[1] for rank in RANKS]
         rows.append((f"{name} ({dictionary.n_atoms:,} atoms)", *(f"{value:.5f}" for value in kept)))
-    print_table(("dictionary", *(f"K={rank}" for rank in RANKS)), rows)
+    print_rows(("dictionary", *(f"K={rank}" for rank in RANKS)), rows)
     del paper
 
     print(f"\ntruncation at {N_STATES} orders against untruncated atoms (local grid, 0.5 % steps in T1 and T2)")
-    print_table(
+    print_rows(
         ("T1 ms", "T2 ms", "atom difference", "matched T1 moves %", "matched T2 moves %"),
         [
             (f"{t1:.0f}", f"{t2:.0f}", f"{error:.1e}", f"{t1_bias:+.1f}", f"{t2_bias:+.1f}")

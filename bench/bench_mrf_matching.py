@@ -28,21 +28,17 @@ Run it with::
 
 import argparse
 import math
-import platform
 import sys
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
-from pathlib import Path
-from typing import TypeVar
 
 import torch
+from bench_common import best_of, cpu_name, timed
 
 from qmri_models.device import torch_device
 from qmri_models.mrf.matching import MatchResult, build_match_index, match_fingerprints
 
-T = TypeVar("T")
 RANK = 5
 N_FRAMES = 1000
 TIE = 1e-6
@@ -188,27 +184,6 @@ def noisy(clean: torch.Tensor, snr: float, generator: torch.Generator) -> torch.
     return clean + noise * (torch.linalg.vector_norm(clean, dim=1) / snr)[:, None]
 
 
-def timed(run: Callable[[], T], device: torch.device) -> tuple[float, T]:
-    """Wall time of one run (synchronised on CUDA) and its result."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    start = time.perf_counter()
-    result = run()
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    return time.perf_counter() - start, result
-
-
-def best_of(repeats: int, run: Callable[[], T], device: torch.device) -> tuple[float, T]:
-    """Run once untimed, then return the shortest wall time of ``repeats`` runs and the last run's result."""
-    result = run()
-    best = math.inf
-    for _ in range(repeats):
-        seconds, result = timed(run, device)
-        best = min(best, seconds)
-    return best, result
-
-
 def agreement(fast: MatchResult, exhaustive: MatchResult) -> tuple[float, float]:
     """Fractions of pixels with the same atom, and with the same atom or a tie within ``TIE``."""
     same = fast.index == exhaustive.index
@@ -255,16 +230,6 @@ def bench(dictionary: Dictionary, args: argparse.Namespace, device: torch.device
     for row in rows:
         row.exhaustive_s = baseline
     return rows, note
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def print_table(rows: list[Row], notes: list[str], args: argparse.Namespace, device: torch.device) -> None:

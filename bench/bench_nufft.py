@@ -22,18 +22,16 @@ import argparse
 import importlib.util
 import math
 import os
-import platform
 import sys
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 
 import finufft
 import numpy as np
 import sigpy as sp
 import sigpy.mri as sp_mri
 import torch
+from bench_common import best_of, clock, cpu_name, relative_error
 
 from qmri_models.recon.nufft import DEFAULT_EPS, NufftOp
 
@@ -86,26 +84,6 @@ def reference(coord: np.ndarray, img: np.ndarray, kdata: np.ndarray) -> tuple[np
     return results[0].reshape(kdata.shape), results[1]
 
 
-def clock(device: str) -> float:
-    if device == "cuda":
-        torch.cuda.synchronize()
-    return time.perf_counter()
-
-
-def best_of(repeats: int, device: str, run: Callable[[], object]) -> float:
-    """Return the shortest wall time of ``repeats`` runs (the caller has made one untimed run)."""
-    best = math.inf
-    for _ in range(repeats):
-        start = clock(device)
-        run()
-        best = min(best, clock(device) - start)
-    return best
-
-
-def relative_error(actual: np.ndarray, expected: np.ndarray) -> float:
-    return float(np.linalg.norm(actual - expected) / np.linalg.norm(expected))
-
-
 def missing(backend: str, device: str) -> str:
     """Return why ``backend`` cannot run on ``device`` here, or an empty string."""
     if device == "cuda" and not torch.cuda.is_available():
@@ -129,8 +107,8 @@ def bench(backend: str, device: str, data: dict[str, np.ndarray], args: argparse
         backend,
         device,
         setup_s=setup_s,
-        forward_s=best_of(args.repeats, device, lambda: op.forward(img)),
-        adjoint_s=best_of(args.repeats, device, lambda: op.adjoint(kdata)),
+        forward_s=best_of(args.repeats, lambda: op.forward(img), device)[0],
+        adjoint_s=best_of(args.repeats, lambda: op.adjoint(kdata), device)[0],
         forward_error=relative_error(forward.cpu().numpy(), data["ref_forward"]),
         adjoint_error=relative_error(adjoint.cpu().numpy(), data["ref_adjoint"]),
     )
@@ -146,21 +124,11 @@ def bench_sigpy_defaults(data: dict[str, np.ndarray], args: argparse.Namespace) 
         "sigpy (own defaults)",
         "cpu",
         setup_s=setup_s,
-        forward_s=best_of(args.repeats, "cpu", lambda: sp.nufft(img, coord)),
-        adjoint_s=best_of(args.repeats, "cpu", lambda: sp.nufft_adjoint(kdata, coord, oshape=img.shape)),
+        forward_s=best_of(args.repeats, lambda: sp.nufft(img, coord), "cpu")[0],
+        adjoint_s=best_of(args.repeats, lambda: sp.nufft_adjoint(kdata, coord, oshape=img.shape), "cpu")[0],
         forward_error=relative_error(forward, data["ref_forward"]),
         adjoint_error=relative_error(adjoint, data["ref_adjoint"]),
     )
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def print_table(rows: list[Row], data: dict[str, np.ndarray], args: argparse.Namespace) -> None:
