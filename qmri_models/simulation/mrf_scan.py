@@ -22,7 +22,7 @@ from qmri_models.mrf.schedule import FispSchedule, jiang_schedule
 from qmri_models.recon.nufft import NufftOp
 from qmri_models.simulation.anatomy import MIN_MATRIX, brain_slice
 from qmri_models.simulation.coils import coil_sensitivities
-from qmri_models.simulation.scan import _smooth_phase
+from qmri_models.simulation.scan import slice_generators, smooth_phase
 from qmri_models.simulation.spiral import ORDERINGS, FrameRotations, Ordering, SpiralDesign, frame_rotations, rotate
 from qmri_models.simulation.tissues import ParameterMaps
 
@@ -171,7 +171,7 @@ def simulate_mrf_slice(settings: MrfScanSettings, rng: np.random.Generator) -> S
     """
     n = settings.matrix
     truth = brain_slice(n, rng, fov_mm=settings.fov_mm)
-    phase = _smooth_phase(n, rng).astype(np.float32)
+    phase = smooth_phase(n, rng).astype(np.float32)
     sens = coil_sensitivities(settings.n_coils, n, rng)
     signal = tissue_signal(truth, phase, settings.schedule)
     noise_sd = float(np.abs(signal).mean(axis=0).max()) / settings.snr
@@ -240,5 +240,4 @@ def simulate_mrf_scan(settings: MrfScanSettings) -> list[SimulatedMrfSlice]:
     -------
     One simulated slice per slice index.
     """
-    seeds = np.random.SeedSequence(settings.seed).spawn(settings.n_slices)
-    return [simulate_mrf_slice(settings, np.random.default_rng(s)) for s in seeds]
+    return [simulate_mrf_slice(settings, rng) for rng in slice_generators(settings.seed, settings.n_slices)]

@@ -120,7 +120,7 @@ def contrast_images(settings: ScanSettings, truth: ParameterMaps) -> np.ndarray:
     return T2PrepModel().signal_array(prep, m0=truth.pd, t2_ms=t2)
 
 
-def _smooth_phase(matrix: int, rng: np.random.Generator) -> np.ndarray:
+def smooth_phase(matrix: int, rng: np.random.Generator) -> np.ndarray:
     """Return a smooth background phase of up to about one radian. Shape `(y, x)` float."""
     phase = gaussian_filter(rng.standard_normal((matrix, matrix)), sigma=matrix / 5)
     return phase / max(np.abs(phase).max(), 1e-12) + rng.uniform(-np.pi, np.pi)
@@ -140,7 +140,7 @@ def simulate_slice(settings: ScanSettings, rng: np.random.Generator) -> Simulate
     """
     n = settings.matrix
     truth = brain_slice(n, rng, fov_mm=settings.fov_mm) if settings.phantom == "brain" else sphere_phantom(n)
-    images = (contrast_images(settings, truth) * np.exp(1j * _smooth_phase(n, rng))).astype(np.complex64)
+    images = (contrast_images(settings, truth) * np.exp(1j * smooth_phase(n, rng))).astype(np.complex64)
     sens = coil_sensitivities(settings.n_coils, n, rng)
     sampled = random_line_mask(len(settings.prep_times), n, settings.acceleration, settings.acs, rng)
     tissue = truth.labels > 0
@@ -177,5 +177,9 @@ def simulate_scan(settings: ScanSettings) -> list[SimulatedSlice]:
     -------
     One simulated slice per slice index.
     """
-    seeds = np.random.SeedSequence(settings.seed).spawn(settings.n_slices)
-    return [simulate_slice(settings, np.random.default_rng(s)) for s in seeds]
+    return [simulate_slice(settings, rng) for rng in slice_generators(settings.seed, settings.n_slices)]
+
+
+def slice_generators(seed: int, n_slices: int) -> list[np.random.Generator]:
+    """Return one independent random generator per slice, all spawned from ``seed`` (the same seed, the same scan)."""
+    return [np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(n_slices)]
