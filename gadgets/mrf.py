@@ -27,6 +27,7 @@ from qmri_models.mrf.matching import MatchIndex, build_match_index, match_finger
 from qmri_models.mrf.schedule import FispSchedule, schedule_from_header
 from qmri_models.mrf.subspace_recon import (
     SubspaceAccumulator,
+    SubspaceGridding,
     SubspaceOperator,
     component_energy,
     low_rank_cg,
@@ -246,9 +247,8 @@ def _reconstruct(
     start = time.perf_counter()
     kspace = state.accumulator.result()
     image_shape = (protocol.matrix, protocol.matrix)
-    cpu_backend = config.nufft_backend if config.nufft_backend in ("finufft", "sigpy") else "auto"
-    sens = subspace_sensitivities(kspace, image_shape, backend=cpu_backend)
-    operator = SubspaceOperator(kspace, sens, backend=config.nufft_backend, device=device)
+    gridding = SubspaceGridding(kspace, image_shape, backend=config.nufft_backend, device=device)
+    operator = SubspaceOperator(gridding, kspace, subspace_sensitivities(gridding, kspace))
     if config.method == "svdmrf":
         coefficients = svdmrf(operator, kspace)
     else:

@@ -136,39 +136,60 @@ class SubspaceAccumulator:
         )
 
 
-class SubspaceOperator:
-    """The subspace encoding operator of one slice: its adjoint ``A^H W`` and normal operator ``A^H W A``.
+class SubspaceGridding:
+    """The slots' NUFFT and their single-interleaf density compensation ``W``, built once per slice.
+
+    The sensitivity estimate and the subspace operator share it.
 
     Parameters
     ----------
-    kspace : The slice's accumulated subspace k-space.
-    sens : Coil sensitivities. Shape `(coils, y, x)` complex.
+    kspace : The slice's accumulated subspace k-space (its trajectory).
+    image_shape : Image size ``(ny, nx)``.
     backend : NUFFT backend (``qmri_models.recon.nufft``).
     device : Where the reconstruction runs.
     """
 
     def __init__(
-        self, kspace: SubspaceKspace, sens: np.ndarray, *, backend: Backend = "auto", device: torch.device | str
+        self,
+        kspace: SubspaceKspace,
+        image_shape: tuple[int, int],
+        *,
+        backend: Backend = "auto",
+        device: torch.device | str,
     ) -> None:
         self.device = torch.device(device)
-        image_shape = (int(sens.shape[-2]), int(sens.shape[-1]))
         self.nufft = NufftOp(kspace.coord, image_shape, backend=backend, device=self.device)
         self.dcf = torch.from_numpy(interleaf_density(kspace.coord, image_shape)).to(self.device)
+
+    def coil_images(self, data: torch.Tensor, coefficient: int = 0) -> torch.Tensor:
+        """Return the gridded coil images of one coefficient. ``data`` `(K, coils, slots, samples)`; `(coils, y, x)`."""
+        return self.nufft.adjoint(self.dcf * data[coefficient])
+
+
+class SubspaceOperator:
+    """The subspace encoding operator of one slice: its adjoint ``A^H W`` and normal operator ``A^H W A``.
+
+    Parameters
+    ----------
+    gridding : The slice's NUFFT and density compensation.
+    kspace : The slice's accumulated subspace k-space (its Gram matrices).
+    sens : Coil sensitivities. Shape `(coils, y, x)` complex.
+    """
+
+    def __init__(self, gridding: SubspaceGridding, kspace: SubspaceKspace, sens: np.ndarray) -> None:
+        self.gridding = gridding
+        self.device = gridding.device
         self.gram = torch.from_numpy(kspace.gram).to(self.device)
         self.sens = torch.from_numpy(np.asarray(sens, np.complex64)).to(self.device)
 
     def adjoint(self, data: torch.Tensor) -> torch.Tensor:
         """Return ``A^H W`` of projected data. ``data`` `(K, coils, slots, samples)`; returns `(K, y, x)`."""
-        return (self.sens.conj() * self.nufft.adjoint(self.dcf * data)).sum(dim=1)
+        return (self.sens.conj() * self.gridding.nufft.adjoint(self.gridding.dcf * data)).sum(dim=1)
 
     def normal(self, coefficients: torch.Tensor) -> torch.Tensor:
         """Return ``A^H W A c``. ``coefficients`` `(K, y, x)`; returns the same shape."""
-        samples = self.nufft.forward(coefficients[:, None] * self.sens)
+        samples = self.gridding.nufft.forward(coefficients[:, None] * self.sens)
         return self.adjoint(torch.einsum("jkl,lcjs->kcjs", self.gram, samples))
-
-    def coil_images(self, data: torch.Tensor, coefficient: int = 0) -> torch.Tensor:
-        """Return the gridded coil images of one coefficient. ``data`` `(K, coils, slots, samples)`; `(coils, y, x)`."""
-        return self.nufft.adjoint(self.dcf * data[coefficient])
 
 
 def interleaf_density(coord: np.ndarray, image_shape: tuple[int, int]) -> np.ndarray:
@@ -197,28 +218,24 @@ def interleaf_density(coord: np.ndarray, image_shape: tuple[int, int]) -> np.nda
     return weights
 
 
-def subspace_sensitivities(
-    kspace: SubspaceKspace, image_shape: tuple[int, int], *, backend: Backend = "auto"
-) -> np.ndarray:
+def subspace_sensitivities(gridding: SubspaceGridding, kspace: SubspaceKspace) -> np.ndarray:
     """Return ESPIRiT coil sensitivities from the data's own gridded first coefficient.
 
     The first subspace coefficient carries most of the signal; its gridded coil images, transformed back to a
-    Cartesian grid, give a centred calibration block (the densely sampled spiral centre) for ESPIRiT.
+    Cartesian grid, give a centred calibration block (the densely sampled spiral centre) for ESPIRiT (on the CPU).
 
     Parameters
     ----------
+    gridding : The slice's NUFFT and density compensation.
     kspace : The slice's accumulated subspace k-space.
-    image_shape : Image size ``(ny, nx)``.
-    backend : NUFFT backend (CPU).
 
     Returns
     -------
     Sensitivities, unit sum of squares inside the object. Shape `(coils, y, x)` complex64.
     """
-    n_coils = kspace.data.shape[2]
-    flat = np.ones((n_coils, *image_shape), np.complex64)
-    operator = SubspaceOperator(kspace, flat / np.sqrt(n_coils), backend=backend, device="cpu")
-    coil_images = operator.coil_images(torch.from_numpy(kspace.data)).numpy()
+    data = torch.from_numpy(kspace.data).to(gridding.device)
+    coil_images = gridding.coil_images(data).cpu().numpy()
+    image_shape = gridding.nufft.image_shape
     side = min(SENSITIVITY_CALIBRATION, *image_shape)
     centre = np.arange(side) + image_shape[0] // 2 - side // 2
     return espirit_sensitivities(centered_fft2(coil_images), centre)

@@ -6,6 +6,7 @@ import torch
 
 from qmri_models.mrf.subspace_recon import (
     SubspaceAccumulator,
+    SubspaceGridding,
     SubspaceOperator,
     low_rank_cg,
     subspace_sensitivities,
@@ -68,7 +69,9 @@ def test_accumulated_adjoint_equals_gridding_every_frame_then_projecting() -> No
     kspace = accumulator.result()
     assert accumulator.n_slots == 8
     assert kspace.n_frames == N_FRAMES
-    fast = svdmrf(SubspaceOperator(kspace, sens, device="cpu"), kspace).numpy()
+    fast = svdmrf(
+        SubspaceOperator(SubspaceGridding(kspace, (MATRIX, MATRIX), device="cpu"), kspace, sens), kspace
+    ).numpy()
 
     frames = []
     # every interleaf is a rotation of the first: the same weights (Pipe-Menon is rotation-invariant up to its grid)
@@ -85,7 +88,7 @@ def test_normal_operator_is_hermitian_and_positive() -> None:
     rng = np.random.default_rng(1)
     basis, sens, readouts, _ = _scan("fixed", rng)
     kspace = _accumulate(basis, readouts).result()
-    operator = SubspaceOperator(kspace, sens, device="cpu")
+    operator = SubspaceOperator(SubspaceGridding(kspace, (MATRIX, MATRIX), device="cpu"), kspace, sens)
     u = torch.from_numpy((rng.standard_normal((RANK, MATRIX, MATRIX)) + 1j).astype(np.complex64))
     v = torch.from_numpy((rng.standard_normal((RANK, MATRIX, MATRIX)) * 1j + 0.5).astype(np.complex64))
     left = torch.vdot(u.flatten(), operator.normal(v).flatten())
@@ -102,7 +105,7 @@ def test_low_rank_cg_recovers_the_coefficients_svdmrf_cannot(ordering: str) -> N
     accumulator = _accumulate(basis, readouts)
     assert accumulator.n_slots == (8 if ordering == "fixed" else N_FRAMES)
     kspace = accumulator.result()
-    operator = SubspaceOperator(kspace, sens, device="cpu")
+    operator = SubspaceOperator(SubspaceGridding(kspace, (MATRIX, MATRIX), device="cpu"), kspace, sens)
     inside = np.abs(truth[0]) > 0
 
     def error(estimate: torch.Tensor) -> float:
@@ -127,7 +130,8 @@ def test_sensitivities_from_the_data_match_the_coils() -> None:
     """
     rng = np.random.default_rng(3)
     basis, sens, readouts, truth = _scan("fixed", rng)
-    estimated = subspace_sensitivities(_accumulate(basis, readouts).result(), (MATRIX, MATRIX))
+    kspace = _accumulate(basis, readouts).result()
+    estimated = subspace_sensitivities(SubspaceGridding(kspace, (MATRIX, MATRIX), device="cpu"), kspace)
     inside = np.abs(truth[0]) > 0
     overlap = np.abs(np.sum(estimated.conj() * sens, axis=0))[inside]
     assert np.median(overlap) > 0.85
