@@ -380,7 +380,7 @@ def streaming_recon(
         ),
         ("slice: accumulation + gridding + sensitivities + CG", f"{slice_s:.2f} s", ""),
     ]
-    print(f"reconstruction on {device}, {operator.nufft.backend} NUFFT, one run each:")
+    print(f"reconstruction on {device}, {gridding.nufft.backend} NUFFT, one run each:")
     print_rows(("step", "time", "note"), steps)
     summary += [
         ("streaming accumulation", f"{n_frames} readouts", f"{1e3 * feed_s / n_frames:.2f} ms/readout", ""),
