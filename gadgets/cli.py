@@ -179,6 +179,45 @@ def _train_puq_fit(args: argparse.Namespace) -> int:
     return 0
 
 
+def _train_puq_error_head(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from qmri_models.device import torch_device
+    from qmri_models.training.train_error_head import ErrorHeadTrainingConfig, train_error_head
+
+    config = ErrorHeadTrainingConfig(
+        map_name=args.map,
+        recon_weights=str(args.recon_weights or args.map),
+        n_train=args.n_train,
+        n_val=args.n_val,
+        matrix=args.matrix,
+        accelerations=tuple(args.accelerations),
+        mc_samples=args.mc_samples,
+        hidden=args.hidden,
+        steps=args.steps,
+        seed=args.seed,
+    )
+    bars: dict[str, tqdm] = {}
+
+    def on_progress(stage: str, done: int, total: int) -> None:
+        desc = f"puq-error-head {args.map} {stage}"
+        bar = bars.setdefault(stage, tqdm(total=total, unit="", desc=desc, disable=args.quiet))
+        bar.n = done
+        bar.refresh()
+
+    try:
+        history = train_error_head(config, args.out, device=torch_device(args.device), on_progress=on_progress)
+    finally:
+        for bar in bars.values():
+            bar.close()
+    print(
+        f"{args.out}: {config.steps} steps in {history.wall_s:.0f} s; validation r {history.val_correlation[-1]:.3f} "
+        f"(MC SD alone {history.val_mc_sd_correlation:.3f}), calibration {history.val_calibration[-1]:.2f}; "
+        f"weights (network and head) in {args.out / 'weights.pt'}"
+    )
+    return 0
+
+
 def _ship_puq(args: argparse.Namespace) -> int:
     from qmri_models.pretrained.ship import ship
 
@@ -383,9 +422,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(run=_train_puq_fit)
 
+    p = networks.add_parser(
+        "puq-error-head", help="an error head on a trained puq-recon network: its per-phase uncertainty"
+    )
+    p.add_argument("--map", choices=["t1", "t2"], default="t1", help="t1: MOLLI data, t2: T2-prep data")
+    p.add_argument("--out", type=Path, required=True, help="run folder: example caches, checkpoint, weights, history")
+    p.add_argument("--recon-weights", help="frozen stage-1 network: t1, t2 (shipped) or a weights.pt (default: --map)")
+    p.add_argument("--n-train", type=int, default=24, help="simulated training slices (their own seeds)")
+    p.add_argument("--n-val", type=int, default=6, help="simulated validation slices")
+    p.add_argument("--matrix", type=int, default=160)
+    p.add_argument("--accelerations", type=int, nargs="+", default=[6, 8, 10])
+    p.add_argument("--mc-samples", type=int, default=10, help="MC samples per slice for the head's inputs")
+    p.add_argument("--hidden", type=int, default=32, help="hidden channels of the head")
+    p.add_argument("--steps", type=int, default=3000)
+    p.add_argument("--seed", type=int, default=11)
+    p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(run=_train_puq_error_head)
+
     p = networks.add_parser("puq-ship", help="copy trained PUQ weights into qmri_models/pretrained with a model card")
     p.add_argument("--map", choices=["t1", "t2"], required=True)
-    p.add_argument("--recon-run", type=Path, required=True, help="folder of qmri train puq-recon")
+    p.add_argument("--recon-run", type=Path, required=True, help="folder of qmri train puq-recon, or of puq-error-head")
     p.add_argument("--fit-run", type=Path, required=True, help="folder of qmri train puq-fit")
     p.add_argument("--device-note", required=True, help="where it was trained, in words, for the card")
     p.set_defaults(run=_ship_puq)

@@ -51,7 +51,7 @@ class PhaseImages:
     sens: np.ndarray | None = field(default=None, repr=False)
     """Coil sensitivities used. Shape `(coils, y, x)` complex64, or None."""
     sd: np.ndarray | None = field(default=None, repr=False)
-    """Per-phase uncertainty (SD over MC samples) in the images' units. Shape `(phases, y, x)` float32, or None."""
+    """Per-phase uncertainty (SD: the error head's, else the MC samples') in image units. `(phases, y, x)` float32."""
     samples: np.ndarray | None = field(default=None, repr=False)
     """The MC samples whose mean ``images`` is. Shape `(T, phases, y, x)` complex64, or None."""
 

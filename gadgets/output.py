@@ -17,7 +17,7 @@ class ImageSeriesConfig(GadgetConfig):
     series_index: int = prop(1, "image_series_index of the per-phase magnitude images", minimum=0)
     data_role: str = prop("Image", "GADGETRON_DataRole written in each image's meta")
     sequence_description: str = prop("_phases", "suffix for GADGETRON_SeqDescription (the series description)")
-    send_uncertainty: bool = prop(True, "also send the per-phase uncertainty (MC SD) images when the slice has them")
+    send_uncertainty: bool = prop(True, "also send the per-phase uncertainty (SD) images when the slice has them")
     uncertainty_series_index: int = prop(2, "image_series_index of the per-phase uncertainty images", minimum=0)
 
 
@@ -59,7 +59,7 @@ def phase_images_to_mrd(item: PhaseImages, config: ImageSeriesConfig) -> list[is
     if config.send_uncertainty and item.sd is not None:
         description = f"{config.sequence_description}_sd"
         images += _phase_series(
-            item, item.sd, config.uncertainty_series_index, UNCERTAINTY_ROLE, description, "MC SD of phase"
+            item, item.sd, config.uncertainty_series_index, UNCERTAINTY_ROLE, description, "uncertainty (SD) of phase"
         )
     return images
 

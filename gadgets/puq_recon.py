@@ -1,4 +1,8 @@
-"""PUQ stage 1 on the stream: each buffered slice through the trained unrolled network, MC dropout on."""
+"""PUQ stage 1 on the stream: each buffered slice through the trained unrolled network, MC dropout on.
+
+The per-phase uncertainty sent on is the error head's predicted error SD when the weights carry one (the shipped
+weights do), else the SD over the MC samples (``qmri_models.networks.mc_sampling.McEstimate.uncertainty``).
+"""
 
 import logging
 import time
@@ -33,7 +37,7 @@ class PuqReconConfig(GadgetConfig):
 
 @register("PuqReconGadget", PuqReconConfig)
 def puq_recon(connection: GadgetConnection) -> None:
-    """Reconstruct each slice with the PUQ network: MC mean images, per-phase SD and the samples for the fit."""
+    """Reconstruct each slice with the PUQ network: MC mean images, per-phase uncertainty, samples for the fit."""
     config = PuqReconConfig.from_connection(connection)
     device = torch_device(config.device)
     network = load_recon_network(config.weights).to(device)
@@ -76,7 +80,7 @@ def puq_recon(connection: GadgetConnection) -> None:
 def _reconstruct(
     network: UnrolledRecon, item: SliceBuffer, sens: np.ndarray, config: PuqReconConfig, device: str
 ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
-    """Return the slice's images, per-phase SD and samples (None without MC), readout oversampling removed."""
+    """Return the slice's images, per-phase uncertainty and samples (None without MC), readout oversampling removed."""
     n_x = item.recon_matrix[1]
     if not config.mc_dropout:
         images = deterministic_reconstruct(network, item.kdata, item.sampled, sens, device=device)
@@ -92,4 +96,5 @@ def _reconstruct(
         keep_samples=True,
     )
     samples = None if estimate.samples is None else crop_readout(estimate.samples.cpu().numpy(), n_x)
-    return crop_readout(estimate.mean.cpu().numpy(), n_x), crop_readout(estimate.sd.cpu().numpy(), n_x), samples
+    uncertainty = crop_readout(estimate.uncertainty.cpu().numpy(), n_x)
+    return crop_readout(estimate.mean.cpu().numpy(), n_x), uncertainty, samples

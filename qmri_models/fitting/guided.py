@@ -66,7 +66,7 @@ def fit_guided_maps(
     ----------
     model : Signal model (the model-based fit's; for the learned fit it names the map and its unit).
     mean : MC mean images. Shape `(phases, y, x)` complex.
-    sd : Per-phase MC SD. Shape `(phases, y, x)` float.
+    sd : Per-phase uncertainty (``McEstimate.uncertainty``). Shape `(phases, y, x)` float.
     samples : The MC samples. Shape `(T, phases, y, x)` complex, T >= 2.
     times_ms : Preparation time of every phase in ms. Shape `(phases,)`.
     fit : ``model_based`` or ``learned``.

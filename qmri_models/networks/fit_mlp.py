@@ -24,8 +24,8 @@ def mlp_features(magnitude: torch.Tensor, sd: torch.Tensor | None) -> torch.Tens
     Parameters
     ----------
     magnitude : Signal magnitude along the phases. Shape `(pixels, phases)` real.
-    sd : Per-phase uncertainty (MC SD) in the signal's units, shape `(pixels, phases)`; None for the unguided
-        fit (the uncertainty inputs are zero).
+    sd : Per-phase uncertainty (``McEstimate.uncertainty``) in the signal's units, shape `(pixels, phases)`;
+        None for the unguided fit (the uncertainty inputs are zero).
 
     Returns
     -------

@@ -6,6 +6,8 @@ the free memory; their mean and standard deviation are accumulated batch by batc
 so no more than one batch of samples is ever held. On the CPU one sample per pass is fastest: a 160^2 slice's
 convolutions already use every core, and batches only push the activations out of the caches (measured with
 bench/bench_mc_sampling.py: 580 ms per sample one at a time, 712 in pairs, 796 in fours, 1563 in tens, 2 cores).
+When the network carries an error head, it is applied once to the samples' mean and SD, and its predicted error SD
+becomes the per-phase uncertainty (``McEstimate.uncertainty``).
 """
 
 from collections.abc import Callable
@@ -13,7 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
-from qmri_models.networks.unrolled import UnrolledRecon
+from qmri_models.networks.unrolled import UnrolledRecon, sens_reduce
 
 CUDA_FREE_FRACTION = 0.5
 """Fraction of the free CUDA memory one batch of samples may take."""
@@ -32,6 +34,23 @@ class McEstimate:
     n_samples: int
     samples: torch.Tensor | None = None
     """Every sample when kept (to fit each one). Shape `(n_samples, phases, y, x)` complex64, else None."""
+    error_sd: torch.Tensor | None = None
+    """The error head's predicted RMS error of ``mean``. Shape `(phases, y, x)` float32; None without a head."""
+
+    @property
+    def uncertainty(self) -> torch.Tensor:
+        """Return the per-phase uncertainty the chain sends and the guided fit weighs by: ``error_sd``, else ``sd``."""
+        return self.sd if self.error_sd is None else self.error_sd
+
+    def scaled(self, factor: torch.Tensor) -> "McEstimate":
+        """Return the estimate with images, SDs and samples multiplied by ``factor`` (a positive scalar)."""
+        return McEstimate(
+            mean=self.mean * factor,
+            sd=self.sd * factor,
+            n_samples=self.n_samples,
+            samples=None if self.samples is None else self.samples * factor,
+            error_sd=None if self.error_sd is None else self.error_sd * factor,
+        )
 
 
 class RunningMoments:
@@ -112,7 +131,7 @@ def mc_sample(
 
     Returns
     -------
-    Mean image and SD of every phase (and the samples when kept).
+    Mean image and SD of every phase (the samples when kept; the predicted error SD when the network has a head).
     """
     if n_samples < 2:
         raise ValueError(f"n_samples must be at least 2 for a standard deviation, got {n_samples}")
@@ -146,4 +165,10 @@ def mc_sample(
     if moments.mean is None:
         raise ValueError("no samples were drawn")
     samples = torch.cat(kept) if keep_samples else None
-    return McEstimate(mean=moments.mean, sd=moments.sd(), n_samples=moments.count, samples=samples)
+    sd = moments.sd()
+    error_sd = None
+    if network.error_head is not None:
+        with torch.inference_mode():
+            zero_filled = sens_reduce(kdata[None], sens[None])
+            error_sd = network.error_head(moments.mean[None], zero_filled, sd[None])[0]
+    return McEstimate(mean=moments.mean, sd=sd, n_samples=moments.count, samples=samples, error_sd=error_sd)

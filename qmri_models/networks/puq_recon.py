@@ -41,15 +41,14 @@ def puq_reconstruct(
 
     Returns
     -------
-    Mean `(phases, y, x)` complex64, SD `(phases, y, x)` float32, samples `(T, phases, y, x)` complex64 or None,
-    all on ``device``.
+    Mean `(phases, y, x)` complex64, SD and (with an error head) predicted error SD `(phases, y, x)` float32,
+    samples `(T, phases, y, x)` complex64 or None, all on ``device``.
     """
     k, lines, s, scale = _inputs(kdata, sampled, sens, device)
     estimate = mc_sample(
         network, k, lines, s, n_samples=n_samples, batch_size=batch_size, keep_samples=keep_samples, on_batch=on_batch
     )
-    samples = None if estimate.samples is None else estimate.samples * scale
-    return McEstimate(mean=estimate.mean * scale, sd=estimate.sd * scale, n_samples=estimate.n_samples, samples=samples)
+    return estimate.scaled(scale)
 
 
 def deterministic_reconstruct(

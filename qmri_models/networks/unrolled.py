@@ -16,6 +16,8 @@ import torch
 from torch import nn
 from torch.nn import functional
 
+from qmri_models.networks.error_head import ErrorHead
+
 
 def centered_fft2(img: torch.Tensor) -> torch.Tensor:
     """Return the orthonormal, centred 2D FFT over the last two axes (``qmri_models.recon.cartesian``'s convention)."""
@@ -113,9 +115,21 @@ class DataConsistency(nn.Module):
 
 
 class UnrolledRecon(nn.Module):
-    """The PUQ reconstruction: ``n_iterations`` of denoiser then data consistency, from the zero-filled images."""
+    """The PUQ reconstruction: ``n_iterations`` of denoiser then data consistency, from the zero-filled images.
 
-    def __init__(self, *, n_phases: int, n_iterations: int = 5, hidden: int = 64, dropout: float = 0.3) -> None:
+    An optional ``error_head`` (trained afterwards) is not part of the forward pass: MC sampling applies it to the
+    samples' mean and SD.
+    """
+
+    def __init__(
+        self,
+        *,
+        n_phases: int,
+        n_iterations: int = 5,
+        hidden: int = 64,
+        dropout: float = 0.3,
+        error_head_hidden: int | None = None,
+    ) -> None:
         """Build the network.
 
         Parameters
@@ -124,6 +138,7 @@ class UnrolledRecon(nn.Module):
         n_iterations : Unrolled iterations, each with its own denoiser weights.
         hidden : Hidden channels of every denoiser.
         dropout : Drop probability of the denoisers' three middle layers.
+        error_head_hidden : Hidden channels of an ``ErrorHead`` that MC sampling applies to its result; None: none.
         """
         super().__init__()
         if n_iterations < 1:
@@ -134,6 +149,7 @@ class UnrolledRecon(nn.Module):
             CnnDenoiser(n_phases=n_phases, hidden=hidden, dropout=dropout) for _ in range(n_iterations)
         )
         self.consistency = nn.ModuleList(DataConsistency() for _ in range(n_iterations))
+        self.error_head = None if error_head_hidden is None else ErrorHead(n_phases=n_phases, hidden=error_head_hidden)
 
     @property
     def mc_dropout(self) -> bool:

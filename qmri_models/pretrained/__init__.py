@@ -5,6 +5,7 @@
 A loader takes a map name (``t1``, ``t2``: the shipped file) or a path to a file written by ``qmri train``.
 """
 
+import hashlib
 from pathlib import Path
 from typing import Any
 
@@ -33,15 +34,25 @@ def weights_path(kind: str, source: str | Path) -> Path:
     return path
 
 
+def weights_sha256(kind: str, source: str | Path) -> str:
+    """Return the SHA-256 of the weights file of ``kind`` and ``source`` (as ``weights_path``): a cache key."""
+    return hashlib.sha256(weights_path(kind, source).read_bytes()).hexdigest()
+
+
 def load_recon_network(source: str | Path) -> UnrolledRecon:
-    """Return the reconstruction network of ``source`` (``t1``, ``t2`` or a ``weights.pt`` path), on the CPU."""
+    """Return the reconstruction network of ``source`` (``t1``, ``t2`` or a ``weights.pt`` path), on the CPU.
+
+    A file written by ``qmri train puq-error-head`` also carries the network's error head.
+    """
     state = _load(weights_path("recon", source))
     config = state["config"]
+    head = state.get("error_head")
     network = UnrolledRecon(
         n_phases=int(state["state_dict"]["denoisers.0.first.weight"].shape[1]) // 2,
         n_iterations=int(config["n_iterations"]),
         hidden=int(config["hidden"]),
         dropout=float(config["dropout"]),
+        error_head_hidden=None if head is None else int(head["config"]["hidden"]),
     )
     network.load_state_dict(state["state_dict"])
     return network.eval()

@@ -40,7 +40,8 @@ def ship(map_name: MapName, recon_run: Path, fit_run: Path, *, device_note: str,
     Parameters
     ----------
     map_name : ``t1`` or ``t2``.
-    recon_run : Folder of ``qmri train puq-recon`` (its ``weights.pt``).
+    recon_run : Folder of ``qmri train puq-recon`` or ``puq-error-head`` (its ``weights.pt``; the latter's carries
+        the error head).
     fit_run : Folder of ``qmri train puq-fit`` (its ``fit_weights.pt``).
     device_note : Where it was trained, in words (``cpu, 2 cores, 1 thread``).
     dest : Where the shipped files go.
@@ -91,9 +92,9 @@ Trained in this repository on simulated data only; nothing was downloaded.
 - Check figure (tests hold the shipped file to it): NRMSE on the first {CHECK_EXAMPLES} validation slices
   {check:.5f}.
 - Command: `qmri train puq-recon --map {map_name} --out RUN {recon_flags}`
-
+{_error_head_section(map_name, recon.get("error_head"), device_note)}
 ## Stage 2: learned fit (`puq_fit_{map_name}.pt`), guided and unguided
-- Data: stage-1 output (MC mean and per-phase SD over {fc["mc_samples"]} samples) of {fc["n_train"]} new simulated
+- Data: stage-1 output (MC mean and per-phase uncertainty, {fc["mc_samples"]} samples) of {fc["n_train"]} new simulated
   slices ({fh["n_train_pixels"]} tissue pixels) and {fc["n_val"]} validation slices ({fh["n_val_pixels"]}), seed
   {fc["seed"]}, same recipe as stage 1.
 - Network: the paper's MLP, 5 fully connected layers of {fc["hidden"]} units, ReLU; inputs normalised by the
@@ -102,6 +103,30 @@ Trained in this repository on simulated data only; nothing was downloaded.
 - Wall time {fh["wall_s"] / 60:.1f} min (training only) on {device_note}.
 - Validation RMSE: {fh["val_rmse_guided_ms"][-1]:.1f} ms guided, {fh["val_rmse_unguided_ms"][-1]:.1f} ms unguided.
 - Command: `qmri train puq-fit --map {map_name} --out RUN_FIT --recon-weights RUN/weights.pt {fit_flags}`
+"""
+
+
+def _error_head_section(map_name: MapName, head: dict[str, Any] | None, device_note: str) -> str:
+    """Return the model card's section on the error head (empty without one)."""
+    if head is None:
+        return ""
+    hc, hh = head["config"], head["history"]
+    flags = " ".join(
+        f"--{k.replace('_', '-')} {_flag_value(hc[k])}" for k in ("n_train", "n_val", "mc_samples", "hidden", "steps")
+    )
+    return f"""
+## Stage 1b: error head (in `puq_recon_{map_name}.pt`), the per-phase uncertainty
+- Beyond the paper: the MC-dropout SD of these reduced networks follows the signal, not the error, so a small CNN
+  (`qmri_models.networks.error_head`, {hc["hidden"]} hidden channels) predicts the MC mean's RMS error per phase
+  and pixel from the mean, the zero-filled image and the MC SD. The reconstruction network is frozen.
+- Data: {hc["n_train"]} training and {hc["n_val"]} validation slices, new seeds ({hc["seed"]}), same recipe, MC over
+  {hc["mc_samples"]} samples. Gaussian negative log-likelihood of the true error; Adam {hc["learning_rate"]:g},
+  batch {hc["batch_size"]}, {hc["steps"]} steps.
+- Wall time {hh["wall_s"] / 60:.1f} min (training only) on {device_note}.
+- Validation, all phases in the tissue (blurred as `qmri evaluate-puq` does): Pearson r of predicted and true |error|
+  {hh["val_correlation"][-1]:.3f} (the MC SD alone: {hh["val_mc_sd_correlation"]:.3f}); mean squared error over
+  mean predicted variance {hh["val_calibration"][-1]:.2f} (1 is calibrated).
+- Command: `qmri train puq-error-head --map {map_name} --out RUN_HEAD --recon-weights RUN/weights.pt {flags}`
 """
 
 

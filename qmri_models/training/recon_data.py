@@ -10,14 +10,15 @@ so the zero-filled image's 99th-percentile magnitude is 1 (the network sees one 
 the scale is kept so a reconstruction can be put back in the scanner's units.
 """
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
 import torch
 
-from qmri_models.networks.unrolled import sens_reduce
+from qmri_models.networks.mc_sampling import McEstimate, mc_sample
+from qmri_models.networks.unrolled import UnrolledRecon, sens_reduce
 from qmri_models.recon.cartesian import calibration_lines, phase_sensitivities
 from qmri_models.simulation.scan import ScanSettings, SimulatedSlice, simulate_slice
 
@@ -149,3 +150,25 @@ def simulate_recon_examples(
         acceleration=torch.from_numpy(np.stack(parts["accel"])).to(torch.int64),
         truth_ms=torch.from_numpy(np.stack(parts["truth"]).astype(np.float32)),
     )
+
+
+def mc_estimates(
+    network: UnrolledRecon, examples: ReconExamples, *, n_samples: int, device: torch.device
+) -> Iterator[McEstimate]:
+    """Yield the MC-dropout estimate of every example in turn, in the examples' scaled units, on ``device``.
+
+    Parameters
+    ----------
+    network : The reconstruction network, on ``device``.
+    examples : The slices.
+    n_samples : MC samples T per slice.
+    device : Where the network runs.
+    """
+    for i in range(len(examples)):
+        yield mc_sample(
+            network,
+            examples.kdata[i].to(device),
+            examples.sampled[i].to(device),
+            examples.sens[i].to(device),
+            n_samples=n_samples,
+        )

@@ -10,7 +10,6 @@ reads.
 """
 
 import dataclasses
-import hashlib
 import json
 import logging
 import time
@@ -24,10 +23,9 @@ from torch.nn import functional
 
 from qmri_models.fitting.maps import signal_mask
 from qmri_models.networks.fit_mlp import SCALE_MS, FitMlp, mlp_features
-from qmri_models.networks.mc_sampling import mc_sample
-from qmri_models.pretrained import load_recon_network, weights_path
+from qmri_models.pretrained import load_recon_network, weights_sha256
 from qmri_models.training.checkpoints import refuse_other_config, save_atomic
-from qmri_models.training.recon_data import VAL_SEED_OFFSET, MapName, simulate_recon_examples
+from qmri_models.training.recon_data import VAL_SEED_OFFSET, MapName, mc_estimates, simulate_recon_examples
 
 log = logging.getLogger(__name__)
 
@@ -84,7 +82,7 @@ class FitPixels:
     magnitude: torch.Tensor
     """MC mean magnitude. Shape `(pixels, phases)` float32."""
     sd: torch.Tensor
-    """Per-phase MC SD. Shape `(pixels, phases)` float32."""
+    """Per-phase uncertainty (``McEstimate.uncertainty``). Shape `(pixels, phases)` float32."""
     truth_ms: torch.Tensor
     """True T1 or T2 in ms. Shape `(pixels,)` float32."""
 
@@ -189,7 +187,7 @@ def stage_one_pixels(
     device: torch.device,
     on_slice: Callable[[int], None] | None = None,
 ) -> FitPixels:
-    """Return the stage-1 output (MC mean magnitude and SD) of the split's simulated slices, tissue pixels only.
+    """Return the stage-1 output (MC mean magnitude, uncertainty) of the split's simulated slices, tissue pixels only.
 
     Parameters
     ----------
@@ -212,18 +210,11 @@ def stage_one_pixels(
         raise ValueError("the simulated examples carry no truth maps")
     network = load_recon_network(config.recon_weights).to(device)
     parts: dict[str, list[torch.Tensor]] = {"magnitude": [], "sd": [], "truth": []}
-    for i in range(n):
-        estimate = mc_sample(
-            network,
-            examples.kdata[i].to(device),
-            examples.sampled[i].to(device),
-            examples.sens[i].to(device),
-            n_samples=config.mc_samples,
-        )
+    for i, estimate in enumerate(mc_estimates(network, examples, n_samples=config.mc_samples, device=device)):
         mean = estimate.mean.cpu()
         keep = torch.from_numpy(signal_mask(mean.numpy(), 0.08)) & (examples.truth_ms[i] > 0)
         parts["magnitude"].append(mean.abs()[:, keep].T)
-        parts["sd"].append(estimate.sd.cpu()[:, keep].T)
+        parts["sd"].append(estimate.uncertainty.cpu()[:, keep].T)
         parts["truth"].append(examples.truth_ms[i][keep])
         if on_slice is not None:
             on_slice(i + 1)
@@ -266,7 +257,7 @@ def _data_recipe(config: FitTrainingConfig) -> dict[str, Any]:
     names = ("map_name", "n_train", "n_val", "matrix", "n_coils", "snr", "mc_samples", "seed")
     recipe: dict[str, Any] = {name: getattr(config, name) for name in names}
     recipe["accelerations"] = list(config.accelerations)
-    recipe["recon_sha256"] = hashlib.sha256(weights_path("recon", config.recon_weights).read_bytes()).hexdigest()
+    recipe["recon_sha256"] = weights_sha256("recon", config.recon_weights)
     return recipe
 
 

@@ -10,8 +10,9 @@ import torch
 from qmri_models.fitting.guided import fit_guided_maps, learned_map, phase_weights
 from qmri_models.fitting.maps import fit_maps
 from qmri_models.networks.fit_mlp import FitMlp, mlp_features
-from qmri_models.pretrained import load_fit_mlp, weights_path
+from qmri_models.pretrained import load_fit_mlp, load_recon_network, weights_path
 from qmri_models.signal_models import MOLLI_TI_MS, signal_model
+from qmri_models.training.train_error_head import ErrorHeadTrainingConfig, train_error_head
 from qmri_models.training.train_fit import FitTrainingConfig, train_fit
 from qmri_models.training.train_recon import ReconTrainingConfig, train_recon
 
@@ -139,6 +140,40 @@ def test_train_puq_fit_learns_resumes_and_loads(tmp_path: Path, tiny_recon_weigh
         assert mlp.map_name == "t1"
     with pytest.raises(ValueError, match="mc_samples differ"):
         train_fit(replace(config, mc_samples=4, epochs=5), tmp_path)
+
+
+def test_train_error_head_resumes_and_ships_the_network_with_its_head(tmp_path: Path, tiny_recon_weights: Path) -> None:
+    config = ErrorHeadTrainingConfig(
+        map_name="t1",
+        recon_weights=str(tiny_recon_weights),
+        n_train=2,
+        n_val=1,
+        matrix=96,
+        n_coils=4,
+        accelerations=(4,),
+        mc_samples=2,
+        hidden=4,
+        steps=30,
+        validate_every=15,
+    )
+    history = train_error_head(config, tmp_path)
+    assert history.steps == [15, 30]
+    # the head starts at the mean squared error everywhere and the NLL falls from there
+    assert history.val_nll[-1] < history.val_nll[0] + 0.05
+    assert 0.1 < history.val_calibration[-1] < 10
+    resumed = train_error_head(replace(config, steps=45), tmp_path)
+    assert resumed.steps == [15, 30, 45]
+    assert resumed.val_nll[:2] == history.val_nll
+    network = load_recon_network(tmp_path / "weights.pt")
+    plain = load_recon_network(tiny_recon_weights)
+    assert network.error_head is not None
+    assert plain.error_head is None
+    for name, value in plain.state_dict().items():  # the reconstruction is the frozen network's
+        torch.testing.assert_close(network.state_dict()[name], value)
+    with pytest.raises(ValueError, match="hidden differ"):
+        train_error_head(replace(config, hidden=5, steps=60), tmp_path)
+    with pytest.raises(ValueError, match="already has an error head"):
+        train_error_head(replace(config, recon_weights=str(tmp_path / "weights.pt")), tmp_path / "again")
 
 
 def test_weights_path_names_what_to_run_when_missing(tmp_path: Path) -> None:

@@ -1,0 +1,81 @@
+"""The error head: a small CNN that predicts, per phase and pixel, the RMS error of the MC-dropout mean image.
+
+Beyond the PUQ paper. MC dropout alone (the paper's Eq. 2) measures how much the network's output moves when its
+activations are dropped; with the CPU-sized networks trained here that spread follows the image intensity rather
+than the reconstruction error (Pearson r 0.26 for MOLLI at 8x, and flat in the acceleration), so the weights of the
+guided fit were weights on the signal. The head is trained after the reconstruction network, which it leaves
+unchanged, by the Gaussian negative log-likelihood of the mean's true error on new simulated slices (Kendall and
+Gal 2017's heteroscedastic loss; `qmri_models.training.train_error_head`). It sees what the stream has: the MC mean,
+the zero-filled image (how much the network had to fill in) and the MC SD itself.
+
+Shapes (batch first): images `(batch, phases, y, x)` complex, SD `(batch, phases, y, x)` float, all in the
+network's scaled units (``qmri_models.training.recon_data.input_scale``).
+"""
+
+import torch
+from torch import nn
+from torch.nn import functional
+
+VARIANCE_FLOOR = 1e-6
+"""Smallest predicted error variance, in the network's units (the zero-filled image's 99th percentile is 1)."""
+LOG_VARIANCE_RANGE = (-30.0, 10.0)
+"""Clamp of the raw log-variance output, so the loss never sees an overflowing exponential."""
+
+
+class ErrorHead(nn.Module):
+    """Four 3x3 convolutions (dilations 1, 2, 4, 1: a 17-pixel field of view), stage-1 output to log-variance."""
+
+    def __init__(self, *, n_phases: int, hidden: int = 32) -> None:
+        """Build the head.
+
+        Parameters
+        ----------
+        n_phases : Phases of the scan.
+        hidden : Channels of the hidden layers.
+        """
+        super().__init__()
+        if hidden < 1:
+            raise ValueError(f"hidden must be at least 1, got {hidden}")
+        self.n_phases = n_phases
+        self.hidden = hidden
+        inputs = 5 * n_phases  # mean (real, imaginary), zero-filled (real, imaginary), MC SD
+        self.layers = nn.ModuleList(
+            [
+                nn.Conv2d(inputs, hidden, 3, padding=1),
+                nn.Conv2d(hidden, hidden, 3, padding=2, dilation=2),
+                nn.Conv2d(hidden, hidden, 3, padding=4, dilation=4),
+                nn.Conv2d(hidden, n_phases, 3, padding=1),
+            ]
+        )
+
+    def variance(self, mean: torch.Tensor, zero_filled: torch.Tensor, mc_sd: torch.Tensor) -> torch.Tensor:
+        """Return the predicted error variance ``E|mean - truth|^2`` of every phase and pixel, `(b, p, y, x)` float.
+
+        Parameters
+        ----------
+        mean : MC mean images. Shape `(b, p, y, x)` complex.
+        zero_filled : Coil-combined zero-filled images. Shape `(b, p, y, x)` complex.
+        mc_sd : MC-dropout SD. Shape `(b, p, y, x)` float.
+        """
+        x = torch.cat([mean.real, mean.imag, zero_filled.real, zero_filled.imag, mc_sd], dim=1)
+        for layer in self.layers[:-1]:
+            x = functional.relu(layer(x))
+        log_variance = self.layers[-1](x).clamp(*LOG_VARIANCE_RANGE)
+        return log_variance.exp() + VARIANCE_FLOOR
+
+    def forward(self, mean: torch.Tensor, zero_filled: torch.Tensor, mc_sd: torch.Tensor) -> torch.Tensor:
+        """Return the predicted RMS error of the mean, `(b, p, y, x)` float. Inputs as ``variance``'s."""
+        return self.variance(mean, zero_filled, mc_sd).sqrt()
+
+
+def error_nll(variance: torch.Tensor, squared_error: torch.Tensor) -> torch.Tensor:
+    """Return the mean Gaussian negative log-likelihood of complex errors, ``|e|^2 / v + log v`` (constants dropped).
+
+    Its minimum over ``v`` is at ``v = |e|^2``, so a head trained by it predicts the expected squared error.
+
+    Parameters
+    ----------
+    variance : Predicted error variance. Any shape, positive.
+    squared_error : ``|mean - truth|^2``. Same shape.
+    """
+    return (squared_error / variance + variance.log()).mean()
