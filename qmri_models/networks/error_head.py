@@ -12,6 +12,8 @@ Shapes (batch first): images `(batch, phases, y, x)` complex, SD `(batch, phases
 network's scaled units (``qmri_models.training.recon_data.input_scale``).
 """
 
+import math
+
 import torch
 from torch import nn
 from torch.nn import functional
@@ -47,6 +49,14 @@ class ErrorHead(nn.Module):
                 nn.Conv2d(hidden, n_phases, 3, padding=1),
             ]
         )
+
+    def start_at(self, variance: float) -> None:
+        """Set the output bias so that an untrained head predicts about ``variance`` everywhere."""
+        last = self.layers[-1]
+        if not isinstance(last, nn.Conv2d) or last.bias is None:
+            raise TypeError("the head's last layer must be a convolution with a bias")
+        with torch.no_grad():
+            last.bias.fill_(math.log(variance))
 
     def variance(self, mean: torch.Tensor, zero_filled: torch.Tensor, mc_sd: torch.Tensor) -> torch.Tensor:
         """Return the predicted error variance ``E|mean - truth|^2`` of every phase and pixel, `(b, p, y, x)` float.

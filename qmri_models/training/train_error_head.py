@@ -141,8 +141,7 @@ def train_error_head(
     val_set = _examples(config, "val", recipe, out_dir, device, on_progress)
     torch.manual_seed(config.seed)
     head = ErrorHead(n_phases=int(train_set.mean.shape[1]), hidden=config.hidden).to(device)
-    with torch.no_grad():  # start at the training set's mean squared error everywhere
-        head.layers[-1].bias.fill_(float(train_set.squared_error.mean().log()))
+    head.start_at(float(train_set.squared_error.mean()))
     optimizer = torch.optim.Adam(head.parameters(), lr=config.learning_rate)
     history = ErrorHeadHistory(val_mc_sd_correlation=_mean_correlation(val_set.mc_sd, val_set))
     step = 0
