@@ -9,11 +9,11 @@ calibration lines, the reconstruction network of ``--recon-weights`` (``t1``, ``
    (``batch_size=None``: memory-sized on CUDA, 1 on the CPU; on the CPU also a fixed batch of 8) against T sequential
    forward passes (``batch_size=1``, the paper's way), in this process, after one untimed warm-up, with CUDA
    synchronised before the clock is read. Printed: ms per slice, ms per sample, sequential / batched.
-2. The T sweep: the largest T of ``--sweep`` is drawn once per slice (samples kept); for every T the first T samples
-   give the mean and the population SD, then the map NRMSE in the tissue of the unguided model-based fit of the mean
-   (equal weights), the guided model-based fit (``phase_weights``) and the guided learned map (the MLP of
-   ``--fit-weights``), and the Pearson correlation of per-phase SD and true error ``|mean - target|``
-   (``uncertainty_error_correlation``), averaged over ``--slices`` slices.
+2. The T sweep: for every T of ``--sweep``, T new samples per slice through ``puq_reconstruct`` give the mean and
+   the per-phase uncertainty (the error head's when the weights carry one), then the map NRMSE in the tissue of the
+   unguided model-based fit of the mean (equal weights), the guided model-based fit (``phase_weights``) and the guided
+   learned map (the MLP of ``--fit-weights``), and the Pearson correlation with the true error ``|mean - target|``
+   (``uncertainty_error_correlation``) of the uncertainty and of the MC SD alone, averaged over ``--slices`` slices.
 
 Run it with::
 
@@ -35,7 +35,7 @@ from qmri_models.fitting.guided import learned_map, phase_weights
 from qmri_models.fitting.maps import fit_maps, signal_mask
 from qmri_models.metrics import nrmse
 from qmri_models.networks.fit_mlp import FitMlp
-from qmri_models.networks.mc_sampling import RunningMoments, samples_per_batch
+from qmri_models.networks.mc_sampling import samples_per_batch
 from qmri_models.networks.puq_recon import puq_reconstruct
 from qmri_models.networks.unrolled import UnrolledRecon
 from qmri_models.pretrained import load_fit_mlp, load_recon_network
@@ -44,7 +44,14 @@ from qmri_models.recon.cartesian import calibration_lines, phase_sensitivities
 from qmri_models.simulation.scan import SimulatedSlice
 from qmri_models.training.recon_data import MapName, combined_truth
 
-SWEEP_COLUMNS = ("T", "NRMSE w/o G (model)", "NRMSE guided (model)", "NRMSE guided (learned)", "Pearson r SD/error")
+SWEEP_COLUMNS = (
+    "T",
+    "NRMSE w/o G (model)",
+    "NRMSE guided (model)",
+    "NRMSE guided (learned)",
+    "r uncertainty/error",
+    "r MC SD/error",
+)
 
 
 def parse_args() -> argparse.Namespace:
@@ -101,20 +108,17 @@ def bench_timing(network: UnrolledRecon, simulated: SimulatedSlice, sens: np.nda
 def sweep_slice(
     network: UnrolledRecon, mlp: FitMlp, simulated: SimulatedSlice, sens: np.ndarray, args: argparse.Namespace
 ) -> np.ndarray:
-    """Return one row per T of the sweep: three map NRMSEs and the SD-error correlation."""
+    """Return one row per T of the sweep: three map NRMSEs and the uncertainty-error and MC SD-error correlations."""
     map_name = cast("MapName", args.map)
     model, times = model_and_times(map_name)
-    n_max, k, lines = max(args.sweep), simulated.kdata, simulated.sampled
-    estimate = puq_reconstruct(network, k, lines, sens, n_samples=n_max, device=args.device, keep_samples=True)
-    samples = cast("torch.Tensor", estimate.samples).cpu().numpy()
     tissue = simulated.truth.labels > 0
     truth = simulated.truth.t1_ms if map_name == "t1" else simulated.truth.t2_ms
     target = combined_truth(simulated, sens)
     rows = []
     for n in args.sweep:
-        moments = RunningMoments()
-        moments.add(torch.from_numpy(samples[:n]))
-        mean, sd = cast("torch.Tensor", moments.mean).numpy(), moments.sd().numpy()
+        estimate = puq_reconstruct(network, simulated.kdata, simulated.sampled, sens, n_samples=n, device=args.device)
+        mean, sd = estimate.mean.cpu().numpy(), estimate.uncertainty.cpu().numpy()
+        error = np.abs(mean - target)
         mask = signal_mask(mean, 0.08)
         unguided, guided = (
             fit_maps(model, mean, times, mask=mask, weights=w, device=args.device).values[model.primary_map]
@@ -123,7 +127,7 @@ def sweep_slice(
         learned = learned_map(mlp, mean, sd, mask, device=args.device)
         rows.append(
             [nrmse(values, truth, tissue) for values in (unguided, guided, learned)]
-            + [uncertainty_error_correlation(sd, np.abs(mean - target), tissue)]
+            + [uncertainty_error_correlation(u, error, tissue) for u in (sd, estimate.sd.cpu().numpy())]
         )
     return np.asarray(rows)
 
@@ -154,7 +158,7 @@ def main() -> int:
     widths = [len(column) for column in SWEEP_COLUMNS]
     print("  " + " | ".join(SWEEP_COLUMNS))
     for n, row in zip(args.sweep, table, strict=True):
-        cells = [str(n), *(f"{value:.4f}" for value in row[:3]), f"{row[3]:.3f}"]
+        cells = [str(n), *(f"{value:.4f}" for value in row[:3]), *(f"{value:.3f}" for value in row[3:])]
         print("  " + " | ".join(cell.rjust(width) for cell, width in zip(cells, widths, strict=True)))
     return 0
 

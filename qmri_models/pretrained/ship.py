@@ -72,6 +72,7 @@ def model_card(map_name: MapName, recon: dict[str, Any], fit: dict[str, Any], ch
     fit_flags = " ".join(
         f"--{k.replace('_', '-')} {_flag_value(fc[k])}" for k in ("n_train", "n_val", "mc_samples", "epochs", "seed")
     )
+    stage_one_run = "RUN" if recon.get("error_head") is None else "RUN_HEAD"
     return f"""# PUQ {map_name.upper()} weights ({contrast})
 
 Trained in this repository on simulated data only; nothing was downloaded.
@@ -102,7 +103,7 @@ Trained in this repository on simulated data only; nothing was downloaded.
   {fc["learning_rate"]:g}, batch {fc["batch_size"]}, MSE, {fc["epochs"]} epochs (paper: 200).
 - Wall time {fh["wall_s"] / 60:.1f} min (training only) on {device_note}.
 - Validation RMSE: {fh["val_rmse_guided_ms"][-1]:.1f} ms guided, {fh["val_rmse_unguided_ms"][-1]:.1f} ms unguided.
-- Command: `qmri train puq-fit --map {map_name} --out RUN_FIT --recon-weights RUN/weights.pt {fit_flags}`
+- Command: `qmri train puq-fit --map {map_name} --out RUN_FIT --recon-weights {stage_one_run}/weights.pt {fit_flags}`
 """
 
 
