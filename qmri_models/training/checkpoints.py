@@ -1,5 +1,6 @@
 """Checkpoint files of the training runs: written atomically, resumed only with the configuration they were made by."""
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -39,3 +40,22 @@ def refuse_other_config(path: Path, saved: dict[str, Any], current: dict[str, An
 def _normal(value: object) -> object:
     """Return a value comparable across a checkpoint round trip (tuples and lists alike)."""
     return list(value) if isinstance(value, tuple | list) else value
+
+
+def load_or_make(path: Path, recipe: dict[str, Any], make: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    """Return the content cached at ``path`` when it was made by ``recipe``; else ``make()`` it and cache it first.
+
+    Parameters
+    ----------
+    path : The cache file (written atomically, read with ``weights_only``: tensors, numbers, strings, lists).
+    recipe : Everything that decides the content; a cache of another recipe is made again.
+    make : Makes the content.
+    """
+    if path.exists():
+        cached = torch.load(path, weights_only=True)
+        if cached.get("recipe") == recipe and "content" in cached:
+            content: dict[str, Any] = cached["content"]
+            return content
+    content = make()
+    save_atomic({"recipe": recipe, "content": content}, path)
+    return content

@@ -12,13 +12,14 @@ the scale is kept so a reconstruction can be put back in the scanner's units.
 
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
 
 from qmri_models.networks.mc_sampling import McEstimate, mc_sample
 from qmri_models.networks.unrolled import UnrolledRecon, sens_reduce
+from qmri_models.pretrained import weights_sha256
 from qmri_models.recon.cartesian import calibration_lines, phase_sensitivities
 from qmri_models.simulation.scan import ScanSettings, SimulatedSlice, simulate_slice
 
@@ -171,4 +172,53 @@ def mc_estimates(
             examples.sampled[i].to(device),
             examples.sens[i].to(device),
             n_samples=n_samples,
+        )
+
+
+@dataclass(frozen=True)
+class StageOneData:
+    """New simulated slices run through a trained stage-1 network, to train what follows it (learned fit, error head).
+
+    The trainers' configurations extend it; ``data_recipe`` is the key of their cached stage-1 output.
+    """
+
+    map_name: MapName = "t1"
+    recon_weights: str = "t1"
+    """The stage-1 network: ``t1``, ``t2`` (shipped) or a ``weights.pt`` path."""
+    n_train: int = 24
+    n_val: int = 6
+    matrix: int = 160
+    n_coils: int = 8
+    accelerations: tuple[int, ...] = (6, 8, 10)
+    snr: float = 50.0
+    mc_samples: int = 20
+    """MC samples per slice."""
+    seed: int = 7
+    """Seed of the slices (keep it apart from the reconstruction training's, 0, so they are new slices)."""
+
+    def __post_init__(self) -> None:
+        for name in ("n_train", "n_val"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.mc_samples < 2:
+            raise ValueError(f"mc_samples must be at least 2, got {self.mc_samples}")
+
+    def data_recipe(self) -> dict[str, Any]:
+        """Return what decides the stage-1 output: the simulation, the MC samples and the weights' digest."""
+        names = ("map_name", "n_train", "n_val", "matrix", "n_coils", "snr", "mc_samples", "seed")
+        recipe: dict[str, Any] = {name: getattr(self, name) for name in names}
+        recipe["accelerations"] = list(self.accelerations)
+        recipe["recon_sha256"] = weights_sha256("recon", self.recon_weights)
+        return recipe
+
+    def simulate(self, split: str) -> ReconExamples:
+        """Return the slices of ``split`` (``train`` or ``val``, the latter with its own seeds)."""
+        return simulate_recon_examples(
+            self.map_name,
+            self.n_train if split == "train" else self.n_val,
+            matrix=self.matrix,
+            n_coils=self.n_coils,
+            accelerations=self.accelerations,
+            snr=self.snr,
+            seed=self.seed + (VAL_SEED_OFFSET if split == "val" else 0),
         )

@@ -23,10 +23,10 @@ import torch
 
 from qmri_models.networks.error_head import ErrorHead, error_nll
 from qmri_models.networks.unrolled import sens_reduce
-from qmri_models.pretrained import load_recon_network, weights_path, weights_sha256
+from qmri_models.pretrained import load_recon_network, weights_path
 from qmri_models.puq_evaluation import uncertainty_error_correlation
-from qmri_models.training.checkpoints import refuse_other_config, save_atomic
-from qmri_models.training.recon_data import VAL_SEED_OFFSET, MapName, mc_estimates, simulate_recon_examples
+from qmri_models.training.checkpoints import load_or_make, refuse_other_config, save_atomic
+from qmri_models.training.recon_data import StageOneData, mc_estimates
 
 log = logging.getLogger(__name__)
 
@@ -36,35 +36,25 @@ HISTORY = "history.json"
 
 
 @dataclass(frozen=True)
-class ErrorHeadTrainingConfig:
-    """What to train on and how."""
+class ErrorHeadTrainingConfig(StageOneData):
+    """What to train on (``StageOneData``, the frozen network's output on new slices) and how."""
 
-    map_name: MapName = "t1"
-    recon_weights: str = "t1"
-    """The frozen stage-1 network: ``t1``, ``t2`` (shipped) or a ``weights.pt`` path."""
-    n_train: int = 24
-    n_val: int = 6
-    matrix: int = 160
-    n_coils: int = 8
-    accelerations: tuple[int, ...] = (6, 8, 10)
-    snr: float = 50.0
     mc_samples: int = 10
     """MC samples per slice for the mean and SD the head sees (the stream uses more; the head is insensitive)."""
+    seed: int = 11
+    """Seed of the slices (apart from the reconstruction's 0 and the learned fit's 7)."""
     hidden: int = 32
     steps: int = 3000
     batch_size: int = 4
     learning_rate: float = 1e-3
     grad_clip: float = 1.0
     validate_every: int = 500
-    seed: int = 11
-    """Seed of the slices (apart from the reconstruction's 0 and the learned fit's 7)."""
 
     def __post_init__(self) -> None:
-        for name in ("n_train", "n_val", "hidden", "steps", "batch_size", "validate_every"):
+        super().__post_init__()
+        for name in ("hidden", "steps", "batch_size", "validate_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
-        if self.mc_samples < 2:
-            raise ValueError(f"mc_samples must be at least 2, got {self.mc_samples}")
         if self.learning_rate <= 0 or self.grad_clip <= 0:
             raise ValueError("learning_rate and grad_clip must be positive")
 
@@ -136,7 +126,7 @@ def train_error_head(
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     device = torch.device(device)
-    recipe = _data_recipe(config)
+    recipe = config.data_recipe()
     train_set = _examples(config, "train", recipe, out_dir, device, on_progress)
     val_set = _examples(config, "val", recipe, out_dir, device, on_progress)
     torch.manual_seed(config.seed)
@@ -201,15 +191,7 @@ def head_examples(config: ErrorHeadTrainingConfig, split: str, device: torch.dev
     network = load_recon_network(config.recon_weights).to(device)
     if network.error_head is not None:
         raise ValueError(f"{config.recon_weights} already has an error head; train on the plain puq-recon weights")
-    examples = simulate_recon_examples(
-        config.map_name,
-        config.n_train if split == "train" else config.n_val,
-        matrix=config.matrix,
-        n_coils=config.n_coils,
-        accelerations=config.accelerations,
-        snr=config.snr,
-        seed=config.seed + (VAL_SEED_OFFSET if split == "val" else 0),
-    )
+    examples = config.simulate(split)
     estimates = list(mc_estimates(network, examples, n_samples=config.mc_samples, device=device))
     mean = torch.stack([e.mean.cpu() for e in estimates])
     return HeadExamples(
@@ -256,28 +238,16 @@ def _examples(
     on_progress: Callable[[str, int, int], None] | None,
 ) -> HeadExamples:
     """Return the split's examples from the cache in ``out_dir``, made (and cached) when missing or stale."""
-    path = out_dir / f"head_examples_{split}.pt"
-    recipe = {**data_recipe, "split": split}
-    if path.exists():
-        cached = torch.load(path, weights_only=True)
-        if cached["recipe"] == recipe:
-            return HeadExamples(**cached["examples"])
     n = config.n_train if split == "train" else config.n_val
-    log.info("running stage 1 (%d MC samples) on %d %s slices for %s", config.mc_samples, n, split, out_dir)
-    examples = head_examples(config, split, device)
-    if on_progress is not None:
-        on_progress(f"{split} slices", n, n)
-    save_atomic({"recipe": recipe, "examples": dataclasses.asdict(examples)}, path)
-    return examples
 
+    def make() -> dict[str, Any]:
+        log.info("running stage 1 (%d MC samples) on %d %s slices for %s", config.mc_samples, n, split, out_dir)
+        examples = dataclasses.asdict(head_examples(config, split, device))
+        if on_progress is not None:
+            on_progress(f"{split} slices", n, n)
+        return examples
 
-def _data_recipe(config: ErrorHeadTrainingConfig) -> dict[str, Any]:
-    """Return what decides the examples: the simulation, the MC samples and the reconstruction weights' digest."""
-    names = ("map_name", "n_train", "n_val", "matrix", "n_coils", "snr", "mc_samples", "seed")
-    recipe: dict[str, Any] = {name: getattr(config, name) for name in names}
-    recipe["accelerations"] = list(config.accelerations)
-    recipe["recon_sha256"] = weights_sha256("recon", config.recon_weights)
-    return recipe
+    return HeadExamples(**load_or_make(out_dir / f"head_examples_{split}.pt", {**data_recipe, "split": split}, make))
 
 
 def _save_checkpoint(

@@ -23,9 +23,9 @@ from torch.nn import functional
 
 from qmri_models.fitting.maps import signal_mask
 from qmri_models.networks.fit_mlp import SCALE_MS, FitMlp, mlp_features
-from qmri_models.pretrained import load_recon_network, weights_sha256
-from qmri_models.training.checkpoints import refuse_other_config, save_atomic
-from qmri_models.training.recon_data import VAL_SEED_OFFSET, MapName, mc_estimates, simulate_recon_examples
+from qmri_models.pretrained import load_recon_network
+from qmri_models.training.checkpoints import load_or_make, refuse_other_config, save_atomic
+from qmri_models.training.recon_data import StageOneData, mc_estimates
 
 log = logging.getLogger(__name__)
 
@@ -35,32 +35,19 @@ HISTORY = "history.json"
 
 
 @dataclass(frozen=True)
-class FitTrainingConfig:
-    """What to train on and how. The MLP is the paper's (5 layers, 64 units, Adam 1e-3, batch 1024, MSE)."""
+class FitTrainingConfig(StageOneData):
+    """What to train on (``StageOneData``) and how: the paper's MLP (5 layers, 64 units, Adam 1e-3, batch 1024)."""
 
-    map_name: MapName = "t1"
-    recon_weights: str = "t1"
-    """The stage-1 network: ``t1``, ``t2`` (shipped) or a ``weights.pt`` path."""
-    n_train: int = 24
-    n_val: int = 6
-    matrix: int = 160
-    n_coils: int = 8
-    accelerations: tuple[int, ...] = (6, 8, 10)
-    snr: float = 50.0
-    mc_samples: int = 20
     hidden: int = 64
     epochs: int = 30
     batch_size: int = 1024
     learning_rate: float = 1e-3
-    seed: int = 7
-    """Seed of the slices (keep it apart from the reconstruction training's, 0, so the fit sees new slices)."""
 
     def __post_init__(self) -> None:
-        for name in ("n_train", "n_val", "epochs", "batch_size", "hidden"):
+        super().__post_init__()
+        for name in ("epochs", "batch_size", "hidden"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
-        if self.mc_samples < 2:
-            raise ValueError(f"mc_samples must be at least 2, got {self.mc_samples}")
 
 
 @dataclass
@@ -115,7 +102,7 @@ def train_fit(
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     device = torch.device(device)
-    recipe = _data_recipe(config)
+    recipe = config.data_recipe()
     train_px = _pixels(config, "train", recipe, out_dir, device, on_progress)
     val_px = _pixels(config, "val", recipe, out_dir, device, on_progress)
     torch.manual_seed(config.seed)
@@ -196,16 +183,7 @@ def stage_one_pixels(
     device : Where the network runs.
     on_slice : Called with the number of slices done.
     """
-    n = config.n_train if split == "train" else config.n_val
-    examples = simulate_recon_examples(
-        config.map_name,
-        n,
-        matrix=config.matrix,
-        n_coils=config.n_coils,
-        accelerations=config.accelerations,
-        snr=config.snr,
-        seed=config.seed + (VAL_SEED_OFFSET if split == "val" else 0),
-    )
+    examples = config.simulate(split)
     if examples.truth_ms is None:
         raise ValueError("the simulated examples carry no truth maps")
     network = load_recon_network(config.recon_weights).to(device)
@@ -234,31 +212,17 @@ def _pixels(
     on_progress: Callable[[str, int, int], None] | None,
 ) -> FitPixels:
     """Return the split's pixels from the cache in ``out_dir``, made (and cached) when missing or stale."""
-    path = out_dir / f"pixels_{split}.pt"
-    recipe = {**data_recipe, "split": split}
-    if path.exists():
-        cached = torch.load(path, weights_only=True)
-        if cached["recipe"] == recipe:
-            return FitPixels(**cached["pixels"])
     n = config.n_train if split == "train" else config.n_val
-    log.info("running stage 1 (%d MC samples) on %d %s slices for %s", config.mc_samples, n, split, out_dir)
 
     def on_slice(done: int) -> None:
         if on_progress is not None:
             on_progress(f"{split} slices", done, n)
 
-    pixels = stage_one_pixels(config, split, device, on_slice)
-    save_atomic({"recipe": recipe, "pixels": dataclasses.asdict(pixels)}, path)
-    return pixels
+    def make() -> dict[str, Any]:
+        log.info("running stage 1 (%d MC samples) on %d %s slices for %s", config.mc_samples, n, split, out_dir)
+        return dataclasses.asdict(stage_one_pixels(config, split, device, on_slice))
 
-
-def _data_recipe(config: FitTrainingConfig) -> dict[str, Any]:
-    """Return what decides the pixels: the simulation, the MC samples and the reconstruction weights' digest."""
-    names = ("map_name", "n_train", "n_val", "matrix", "n_coils", "snr", "mc_samples", "seed")
-    recipe: dict[str, Any] = {name: getattr(config, name) for name in names}
-    recipe["accelerations"] = list(config.accelerations)
-    recipe["recon_sha256"] = weights_sha256("recon", config.recon_weights)
-    return recipe
+    return FitPixels(**load_or_make(out_dir / f"pixels_{split}.pt", {**data_recipe, "split": split}, make))
 
 
 def _save_checkpoint(

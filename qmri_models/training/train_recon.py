@@ -22,7 +22,7 @@ from torch.nn import functional
 
 from qmri_models.metrics import nrmse
 from qmri_models.networks.unrolled import UnrolledRecon, sens_reduce
-from qmri_models.training.checkpoints import refuse_other_config, save_atomic
+from qmri_models.training.checkpoints import load_or_make, refuse_other_config, save_atomic
 from qmri_models.training.recon_data import VAL_SEED_OFFSET, MapName, ReconExamples, simulate_recon_examples
 
 log = logging.getLogger(__name__)
@@ -201,25 +201,22 @@ def _examples(config: ReconTrainingConfig, out_dir: Path) -> tuple[ReconExamples
     """Return the training and validation examples, simulated once and cached in ``out_dir``."""
     sets = []
     for name, n, seed_offset in (("train", config.n_train, 0), ("val", config.n_val, VAL_SEED_OFFSET)):
-        path = out_dir / f"examples_{name}.pt"
+
+        def make(name: str = name, n: int = n, seed_offset: int = seed_offset) -> dict[str, Any]:
+            log.info("simulating %d %s examples for %s", n, name, out_dir)
+            examples = simulate_recon_examples(
+                config.map_name,
+                n,
+                matrix=config.matrix,
+                n_coils=config.n_coils,
+                accelerations=config.accelerations,
+                snr=config.snr,
+                seed=config.seed + seed_offset,
+            )
+            return dataclasses.asdict(examples)
+
         recipe = {**config.data_recipe(), "split": name}
-        if path.exists():
-            cached = torch.load(path, weights_only=False)
-            if cached["recipe"] == recipe:
-                sets.append(ReconExamples(**cached["examples"]))
-                continue
-        log.info("simulating %d %s examples for %s", n, name, out_dir)
-        examples = simulate_recon_examples(
-            config.map_name,
-            n,
-            matrix=config.matrix,
-            n_coils=config.n_coils,
-            accelerations=config.accelerations,
-            snr=config.snr,
-            seed=config.seed + seed_offset,
-        )
-        torch.save({"recipe": recipe, "examples": dataclasses.asdict(examples)}, path)
-        sets.append(examples)
+        sets.append(ReconExamples(**load_or_make(out_dir / f"examples_{name}.pt", recipe, make)))
     return sets[0], sets[1]
 
 
