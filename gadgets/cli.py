@@ -3,6 +3,8 @@
 import argparse
 import logging
 import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from gadgets.runtime.chain import ChainError, load_chain, resolve_chain, shipped_chains
@@ -142,9 +144,26 @@ def _train_puq_recon(args: argparse.Namespace) -> int:
     return 0
 
 
-def _train_puq_fit(args: argparse.Namespace) -> int:
+@contextmanager
+def _stage_bars(prefix: str, *, quiet: bool) -> Iterator[Callable[[str, int, int], None]]:
+    """Yield an ``on_progress(stage, done, total)`` that keeps one tqdm bar per stage; close them all at the end."""
     from tqdm import tqdm
 
+    bars: dict[str, tqdm] = {}
+
+    def on_progress(stage: str, done: int, total: int) -> None:
+        bar = bars.setdefault(stage, tqdm(total=total, unit="", desc=f"{prefix} {stage}", disable=quiet))
+        bar.n = done
+        bar.refresh()
+
+    try:
+        yield on_progress
+    finally:
+        for bar in bars.values():
+            bar.close()
+
+
+def _train_puq_fit(args: argparse.Namespace) -> int:
     from qmri_models.device import torch_device
     from qmri_models.training.train_fit import FitTrainingConfig, train_fit
 
@@ -159,18 +178,8 @@ def _train_puq_fit(args: argparse.Namespace) -> int:
         epochs=args.epochs,
         seed=args.seed,
     )
-    bars: dict[str, tqdm] = {}
-
-    def on_progress(stage: str, done: int, total: int) -> None:
-        bar = bars.setdefault(stage, tqdm(total=total, unit="", desc=f"puq-fit {args.map} {stage}", disable=args.quiet))
-        bar.n = done
-        bar.refresh()
-
-    try:
+    with _stage_bars(f"puq-fit {args.map}", quiet=args.quiet) as on_progress:
         history = train_fit(config, args.out, device=torch_device(args.device), on_progress=on_progress)
-    finally:
-        for bar in bars.values():
-            bar.close()
     print(
         f"{args.out}: {config.epochs} epochs on {history.n_train_pixels} pixels in {history.wall_s:.0f} s; validation "
         f"RMSE {history.val_rmse_guided_ms[-1]:.1f} ms guided, {history.val_rmse_unguided_ms[-1]:.1f} ms unguided; "
@@ -180,8 +189,6 @@ def _train_puq_fit(args: argparse.Namespace) -> int:
 
 
 def _train_puq_error_head(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
-
     from qmri_models.device import torch_device
     from qmri_models.training.train_error_head import ErrorHeadTrainingConfig, train_error_head
 
@@ -197,19 +204,8 @@ def _train_puq_error_head(args: argparse.Namespace) -> int:
         steps=args.steps,
         seed=args.seed,
     )
-    bars: dict[str, tqdm] = {}
-
-    def on_progress(stage: str, done: int, total: int) -> None:
-        desc = f"puq-error-head {args.map} {stage}"
-        bar = bars.setdefault(stage, tqdm(total=total, unit="", desc=desc, disable=args.quiet))
-        bar.n = done
-        bar.refresh()
-
-    try:
+    with _stage_bars(f"puq-error-head {args.map}", quiet=args.quiet) as on_progress:
         history = train_error_head(config, args.out, device=torch_device(args.device), on_progress=on_progress)
-    finally:
-        for bar in bars.values():
-            bar.close()
     print(
         f"{args.out}: {config.steps} steps in {history.wall_s:.0f} s; validation r {history.val_correlation[-1]:.3f} "
         f"(MC SD alone {history.val_mc_sd_correlation:.3f}), calibration {history.val_calibration[-1]:.2f}; "
