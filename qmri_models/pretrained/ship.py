@@ -69,9 +69,7 @@ def model_card(map_name: MapName, recon: dict[str, Any], fit: dict[str, Any], ch
     reduced = [f"{k} {rc[k]} (paper {v})" for k, v in _PAPER.items() if rc.get(k) != v]
     defaults = dataclasses.asdict(ReconTrainingConfig())
     recon_flags = _flags(rc, defaults, {"n_coils": "coils", "n_iterations": "iterations"})
-    fit_flags = " ".join(
-        f"--{k.replace('_', '-')} {_flag_value(fc[k])}" for k in ("n_train", "n_val", "mc_samples", "epochs", "seed")
-    )
+    fit_flags = _named_flags(fc, ("n_train", "n_val", "mc_samples", "epochs", "seed"))
     stage_one_run = "RUN" if recon.get("error_head") is None else "RUN_HEAD"
     return f"""# PUQ {map_name.upper()} weights ({contrast})
 
@@ -112,9 +110,7 @@ def _error_head_section(map_name: MapName, head: dict[str, Any] | None, device_n
     if head is None:
         return ""
     hc, hh = head["config"], head["history"]
-    flags = " ".join(
-        f"--{k.replace('_', '-')} {_flag_value(hc[k])}" for k in ("n_train", "n_val", "mc_samples", "hidden", "steps")
-    )
+    flags = _named_flags(hc, ("n_train", "n_val", "mc_samples", "hidden", "steps"))
     return f"""
 ## Stage 1b: error head (in `puq_recon_{map_name}.pt`), the per-phase uncertainty
 - Beyond the paper: the MC-dropout SD of these reduced networks follows the signal, not the error, so a small CNN
@@ -139,6 +135,11 @@ def _flags(config: dict[str, Any], defaults: dict[str, Any], names: dict[str, st
             continue
         parts.append(f"--{names.get(key, key).replace('_', '-')} {_flag_value(value)}")
     return " ".join(parts)
+
+
+def _named_flags(config: dict[str, Any], names: tuple[str, ...]) -> str:
+    """Return the command-line options of the named configuration fields, in that order."""
+    return " ".join(f"--{name.replace('_', '-')} {_flag_value(config[name])}" for name in names)
 
 
 def _flag_value(value: object) -> str:
