@@ -39,19 +39,18 @@ import argparse
 import gc
 import importlib.metadata
 import importlib.util
-import math
 import os
 import resource
 import sys
 import tracemalloc
-from dataclasses import dataclass
 from functools import partial
 
 import finufft
 import numpy as np
 import sigpy as sp
 import torch
-from bench_common import best_of, clock, cpu_name, print_rows, relative_error, timed
+from bench_common import best_of, cpu_name, print_rows, timed
+from bench_nufft import NUFFT_HEADER, NUFFT_RUNS, nufft_reference, nufft_row, nufft_table
 
 from qmri_models.device import torch_device
 from qmri_models.mrf.dictionary import (
@@ -72,7 +71,7 @@ from qmri_models.mrf.subspace_recon import (
     subspace_sensitivities,
     svdmrf,
 )
-from qmri_models.recon.nufft import DEFAULT_EPS, NufftOp
+from qmri_models.recon.nufft import DEFAULT_EPS
 from qmri_models.simulation.mrf_scan import MrfScanSettings, SimulatedMrfSlice, simulate_mrf_scan
 from qmri_models.simulation.spiral import coord_from_ismrmrd_traj, ismrmrd_traj
 
@@ -84,20 +83,6 @@ MB = 1e6
 
 Summary = list[tuple[str, str, str, str]]
 """Rows of the closing table: (step, size, time, note)."""
-
-
-@dataclass
-class NufftRow:
-    """One backend's NUFFT timings and accuracy; ``note`` instead when it could not run."""
-
-    backend: str
-    device: str
-    setup_s: float = math.nan
-    forward_s: float = math.nan
-    adjoint_s: float = math.nan
-    forward_error: float = math.nan
-    adjoint_error: float = math.nan
-    note: str = ""
 
 
 def parse_args() -> argparse.Namespace:
@@ -153,53 +138,6 @@ def simulate(args: argparse.Namespace, summary: Summary) -> tuple[MrfScanSetting
     return settings, scan
 
 
-def nufft_reference(coord: np.ndarray, img: np.ndarray, kdata: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Return type-2 of ``img`` and type-1 of ``kdata`` by finufft in complex128 at eps 1e-12, unitary-scaled."""
-    n_coils, ny, nx = img.shape
-    points = coord.reshape(-1, 2).astype(np.float64)
-    ky = np.ascontiguousarray(points[:, 0] * (2 * np.pi / ny))
-    kx = np.ascontiguousarray(points[:, 1] * (2 * np.pi / nx))
-    results = []
-    for nufft_type, data in ((2, img), (1, kdata.reshape(n_coils, -1))):
-        plan = finufft.Plan(nufft_type, (ny, nx), n_coils, 1e-12, -1 if nufft_type == 2 else 1, dtype="complex128")
-        plan.setpts(ky, kx)
-        results.append(plan.execute(data.astype(np.complex128)) / math.sqrt(ny * nx))
-    return results[0].reshape(kdata.shape), results[1]
-
-
-def nufft_runs() -> list[tuple[str, str, str]]:
-    """(backend, device, why it cannot run or "") of every NUFFT backend; one row for CUDA when there is none."""
-    if not torch.cuda.is_available():
-        return [("finufft", "cpu", ""), ("sigpy", "cpu", ""), ("cufinufft / sigpy (cupy)", "cuda", "no CUDA")]
-    runs = []
-    for backend, device, package in (
-        ("finufft", "cpu", "finufft"),
-        ("sigpy", "cpu", "sigpy"),
-        ("cufinufft", "cuda", "cufinufft"),
-        ("sigpy", "cuda", "cupy"),
-    ):
-        runs.append((backend, device, "" if importlib.util.find_spec(package) else f"{package} not installed"))
-    return runs
-
-
-def nufft_row(backend: str, device_name: str, data: dict[str, np.ndarray], args: argparse.Namespace) -> NufftRow:
-    device = torch.device(device_name)
-    img, kdata = torch.from_numpy(data["img"]).to(device), torch.from_numpy(data["kdata"]).to(device)
-    start = clock(device)
-    op = NufftOp(data["coord"], img.shape[-2:], backend=backend, eps=args.eps, device=device)  # type: ignore[arg-type]
-    forward, adjoint = op.forward(img), op.adjoint(kdata)
-    setup_s = clock(device) - start
-    return NufftRow(
-        backend,
-        device_name,
-        setup_s=setup_s,
-        forward_s=best_of(args.repeats, lambda: op.forward(img), device)[0],
-        adjoint_s=best_of(args.repeats, lambda: op.adjoint(kdata), device)[0],
-        forward_error=relative_error(forward.cpu().numpy(), data["ref_forward"]),
-        adjoint_error=relative_error(adjoint.cpu().numpy(), data["ref_adjoint"]),
-    )
-
-
 def bench_nufft(scan: SimulatedMrfSlice, args: argparse.Namespace, summary: Summary) -> None:
     first = np.unique(scan.rotations.angle_rad, return_index=True)[1]
     coord = scan.coord[first]
@@ -207,10 +145,7 @@ def bench_nufft(scan: SimulatedMrfSlice, args: argparse.Namespace, summary: Summ
     img = (scan.sens * (scan.truth.pd * np.exp(1j * scan.phase_rad))).astype(np.complex64)
     ref_forward, ref_adjoint = nufft_reference(coord, img, kdata)
     data = {"coord": coord, "img": img, "kdata": kdata, "ref_forward": ref_forward, "ref_adjoint": ref_adjoint}
-    rows = [
-        NufftRow(backend, device, note=note) if note else nufft_row(backend, device, data, args)
-        for backend, device, note in nufft_runs()
-    ]
+    rows = [nufft_row(backend, device, data, args) for backend, device in NUFFT_RUNS]
     n_samples = coord.shape[0] * coord.shape[1]
     print(
         f"\n## NUFFT: the slice's trajectory, {coord.shape[0]} interleaves x {coord.shape[1]} = {n_samples:,} samples"
@@ -220,36 +155,19 @@ def bench_nufft(scan: SimulatedMrfSlice, args: argparse.Namespace, summary: Summ
         f"interleaf; eps {args.eps:g}, complex64; best of {args.repeats}; error: relative l2 against finufft "
         "complex128 at eps 1e-12"
     )
-    baselines = {row.device: row for row in rows if row.backend == "sigpy" and not row.note}
-    table = []
-    for row in rows:
+    table = nufft_table(rows)
+    for row, line in zip(rows, table, strict=True):
         if row.note:
-            table.append((row.backend, row.device, row.note, "", "", "", "", ""))
             continue
-        base = baselines.get(row.device)
-        ratio = f"{base.forward_s / row.forward_s:.1f}x / {base.adjoint_s / row.adjoint_s:.1f}x" if base else "-"
-        table.append(
-            (
-                row.backend,
-                row.device,
-                f"{row.setup_s:.2f}",
-                f"{row.forward_s * 1e3:.1f}",
-                f"{row.adjoint_s * 1e3:.1f}",
-                f"{row.forward_error:.1e}",
-                f"{row.adjoint_error:.1e}",
-                ratio,
-            )
-        )
         summary.append(
             (
                 f"NUFFT type 2 / type 1, {row.backend} ({row.device})",
                 f"{img.shape[0]} coils x {n_samples:,} samples",
                 f"{row.forward_s * 1e3:.0f} / {row.adjoint_s * 1e3:.0f} ms",
-                f"error {row.forward_error:.1e} / {row.adjoint_error:.1e}; {ratio} vs sigpy",
+                f"error {row.forward_error:.1e} / {row.adjoint_error:.1e}; {line[-1]} vs sigpy",
             )
         )
-    header = ("backend", "device", "setup s", "type-2 ms", "type-1 ms", "type-2 error", "type-1 error", "vs sigpy")
-    print_rows(header, table, left=2)
+    print_rows(NUFFT_HEADER, table, left=2)
     print("vs sigpy: speed-up (type 2 / type 1) over sigpy on the same device at the same eps, measured above")
 
 

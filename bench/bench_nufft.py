@@ -31,17 +31,17 @@ import numpy as np
 import sigpy as sp
 import sigpy.mri as sp_mri
 import torch
-from bench_common import best_of, clock, cpu_name, relative_error
+from bench_common import best_of, clock, cpu_name, print_rows, relative_error
 
 from qmri_models.recon.nufft import DEFAULT_EPS, NufftOp
 
 FOV_M = 0.24
-RUNS = (("finufft", "cpu"), ("sigpy", "cpu"), ("cufinufft", "cuda"), ("sigpy", "cuda"))
+NUFFT_RUNS = (("finufft", "cpu"), ("sigpy", "cpu"), ("cufinufft", "cuda"), ("sigpy", "cuda"))
 """(backend, device) pairs, every one of ``NUFFT_BACKENDS`` where it runs."""
 
 
 @dataclass
-class Row:
+class NufftRow:
     """One backend's timings and accuracy; ``note`` instead when it could not run."""
 
     backend: str
@@ -70,10 +70,10 @@ def spiral(matrix: int, interleaves: int) -> np.ndarray:
     return coord.reshape(interleaves, -1, 2)
 
 
-def reference(coord: np.ndarray, img: np.ndarray, kdata: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def nufft_reference(coord: np.ndarray, img: np.ndarray, kdata: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Return type-2 of ``img`` and type-1 of ``kdata`` by finufft in double precision at eps 1e-12, unitary."""
     n_coils, ny, nx = img.shape
-    points = coord.reshape(-1, 2)
+    points = coord.reshape(-1, 2).astype(np.float64)
     x = np.ascontiguousarray(points[:, 0] * (2 * np.pi / ny))
     y = np.ascontiguousarray(points[:, 1] * (2 * np.pi / nx))
     results = []
@@ -94,16 +94,16 @@ def missing(backend: str, device: str) -> str:
     return ""
 
 
-def bench(backend: str, device: str, data: dict[str, np.ndarray], args: argparse.Namespace) -> Row:
+def nufft_row(backend: str, device: str, data: dict[str, np.ndarray], args: argparse.Namespace) -> NufftRow:
     note = missing(backend, device)
     if note:
-        return Row(backend, device, note=note)
+        return NufftRow(backend, device, note=note)
     img, kdata = torch.from_numpy(data["img"]).to(device), torch.from_numpy(data["kdata"]).to(device)
     start = clock(device)
     op = NufftOp(data["coord"], img.shape[-2:], backend=backend, eps=args.eps, device=device)  # type: ignore[arg-type]
     forward, adjoint = op.forward(img), op.adjoint(kdata)
     setup_s = clock(device) - start
-    return Row(
+    return NufftRow(
         backend,
         device,
         setup_s=setup_s,
@@ -114,13 +114,13 @@ def bench(backend: str, device: str, data: dict[str, np.ndarray], args: argparse
     )
 
 
-def bench_sigpy_defaults(data: dict[str, np.ndarray], args: argparse.Namespace) -> Row:
+def bench_sigpy_defaults(data: dict[str, np.ndarray], args: argparse.Namespace) -> NufftRow:
     """sigpy's own NUFFT defaults (oversampling 1.25, width 4) on the CPU, called directly on numpy."""
     coord, img, kdata = data["coord"].astype(np.float32), data["img"], data["kdata"]
     start = time.perf_counter()
     forward, adjoint = sp.nufft(img, coord), sp.nufft_adjoint(kdata, coord, oshape=img.shape)
     setup_s = time.perf_counter() - start
-    return Row(
+    return NufftRow(
         "sigpy (own defaults)",
         "cpu",
         setup_s=setup_s,
@@ -131,31 +131,20 @@ def bench_sigpy_defaults(data: dict[str, np.ndarray], args: argparse.Namespace) 
     )
 
 
-def print_table(rows: list[Row], data: dict[str, np.ndarray], args: argparse.Namespace) -> None:
-    gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else "none"
-    coord = data["coord"]
-    print(
-        f"CPU: {cpu_name()}, {os.cpu_count()} core(s), OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}; "
-        f"load average {os.getloadavg()[0]:.1f}; GPU: {gpu}; "
-        f"finufft {finufft.__version__}, sigpy {sp.__version__}, torch {torch.__version__}"
-    )
-    print(
-        f"spiral: {coord.shape[0]} interleaves x {coord.shape[1]} = {coord.shape[0] * coord.shape[1]:,} samples, "
-        f"{args.matrix}x{args.matrix} grid, {args.coils} coils in one call; eps {args.eps:g}, complex64; "
-        f"best of {args.repeats}; error: relative l2 against finufft complex128 at eps 1e-12"
-    )
+NUFFT_HEADER = ("backend", "device", "setup s", "type-2 ms", "type-1 ms", "type-2 error", "type-1 error", "vs sigpy")
+"""Columns of ``nufft_table``."""
+
+
+def nufft_table(rows: list[NufftRow]) -> list[tuple[str, ...]]:
+    """Return the table lines of ``rows`` under ``NUFFT_HEADER``; the last cell is the speed-up over sigpy."""
     baselines = {row.device: row for row in rows if row.backend == "sigpy" and not row.note}
-    table = [("backend", "device", "setup s", "type-2 ms", "type-1 ms", "type-2 error", "type-1 error", "vs sigpy")]
+    table = []
     for row in rows:
         if row.note:
             table.append((row.backend, row.device, row.note, "", "", "", "", ""))
             continue
         base = baselines.get(row.device)
-        ratio = (
-            f"{base.forward_s / row.forward_s:.1f}x / {base.adjoint_s / row.adjoint_s:.1f}x"
-            if base is not None
-            else "-"
-        )
+        ratio = f"{base.forward_s / row.forward_s:.1f}x / {base.adjoint_s / row.adjoint_s:.1f}x" if base else "-"
         table.append(
             (
                 row.backend,
@@ -168,11 +157,23 @@ def print_table(rows: list[Row], data: dict[str, np.ndarray], args: argparse.Nam
                 ratio,
             )
         )
-    widths = [max(len(line[i]) for line in table) for i in range(len(table[0]))]
-    for line in table:
-        cells = [cell.ljust(w) for cell, w in zip(line[:2], widths[:2], strict=True)]
-        cells += [cell.rjust(w) for cell, w in zip(line[2:], widths[2:], strict=True)]
-        print(" | ".join(cells).rstrip())
+    return table
+
+
+def print_table(rows: list[NufftRow], data: dict[str, np.ndarray], args: argparse.Namespace) -> None:
+    gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else "none"
+    coord = data["coord"]
+    print(
+        f"CPU: {cpu_name()}, {os.cpu_count()} core(s), OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}; "
+        f"load average {os.getloadavg()[0]:.1f}; GPU: {gpu}; "
+        f"finufft {finufft.__version__}, sigpy {sp.__version__}, torch {torch.__version__}"
+    )
+    print(
+        f"spiral: {coord.shape[0]} interleaves x {coord.shape[1]} = {coord.shape[0] * coord.shape[1]:,} samples, "
+        f"{args.matrix}x{args.matrix} grid, {args.coils} coils in one call; eps {args.eps:g}, complex64; "
+        f"best of {args.repeats}; error: relative l2 against finufft complex128 at eps 1e-12"
+    )
+    print_rows(NUFFT_HEADER, nufft_table(rows), left=2)
     print("vs sigpy: speed-up (type 2 / type 1) over sigpy on the same device at the same eps, measured above")
 
 
@@ -184,9 +185,9 @@ def main() -> int:
     kdata_shape = (args.coils, *coord.shape[:-1])
     img = (rng.standard_normal(img_shape) + 1j * rng.standard_normal(img_shape)).astype(np.complex64)
     kdata = (rng.standard_normal(kdata_shape) + 1j * rng.standard_normal(kdata_shape)).astype(np.complex64)
-    ref_forward, ref_adjoint = reference(coord, img, kdata)
+    ref_forward, ref_adjoint = nufft_reference(coord, img, kdata)
     data = {"coord": coord, "img": img, "kdata": kdata, "ref_forward": ref_forward, "ref_adjoint": ref_adjoint}
-    rows = [bench(backend, device, data, args) for backend, device in RUNS]
+    rows = [nufft_row(backend, device, data, args) for backend, device in NUFFT_RUNS]
     rows.append(bench_sigpy_defaults(data, args))
     print_table(rows, data, args)
     return 0
