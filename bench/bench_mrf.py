@@ -21,9 +21,10 @@ interleaves x 2101 samples = 100,848 samples, the first 200 of 1000 FISP frames,
    coil images; the peak memory of accumulation comes from ``tracemalloc`` (numpy's buffers, which numpy reports to
    it; torch's are not seen) and from the process's maximum RSS (a high-water mark since the process started). The
    accumulation is timed in a separate pass without tracing. Then, one run each as a slice costs in the gadget:
-   the ``SubspaceGridding`` (NUFFT, density compensation), ESPIRiT sensitivities from the data, SVDMRF and
-   ``low_rank_cg`` (``--iterations``, ``--regularisation``, weighted by the dictionary's component energy).
-6. Matching: all 65,536 pixels of the CG coefficient images (background included: the gadget matches only the
+   the ``SubspaceGridding`` (NUFFT, density compensation), ESPIRiT sensitivities from the data, SVDMRF,
+   ``low_rank_cg`` (``--iterations``, ``--regularisation``, weighted by the dictionary's component energy) and
+   ``dictionary_admm`` from it (``--admm-rounds``, clustered matching in every round; its index build included).
+6. Matching: all 65,536 pixels of the ADMM coefficient images (background included: the gadget matches only the
    pixels above its mask, also counted) against each dictionary's atoms in the reconstruction's subspace. Exhaustive
    search (one run), clustered search (best of ``--repeats``; its index build timed apart), their agreement (same
    atom; same atom or a score tie within 1e-6) and the speed-up; T1 and T2 error against the truth in the tissue.
@@ -60,13 +61,22 @@ from qmri_models.mrf.dictionary import (
     build_dictionary,
     t1_t2_grid,
 )
-from qmri_models.mrf.matching import build_match_index, match_fingerprints
+from qmri_models.mrf.matching import (
+    MASK_THRESHOLD,
+    build_match_index,
+    match_fingerprints,
+    project_onto_dictionary,
+    signal_mask,
+)
 from qmri_models.mrf.subspace import to_subspace
 from qmri_models.mrf.subspace_recon import (
+    DEFAULT_ADMM_ROUNDS,
+    DEFAULT_REGULARISATION,
     SubspaceAccumulator,
     SubspaceGridding,
     SubspaceOperator,
     component_energy,
+    dictionary_admm,
     low_rank_cg,
     subspace_sensitivities,
     svdmrf,
@@ -77,8 +87,6 @@ from qmri_models.simulation.spiral import coord_from_ismrmrd_traj, ismrmrd_traj
 
 RANK = 5
 TIE = 1e-6
-MASK_THRESHOLD = 0.05
-"""``MrfMatchConfig.mask_threshold``'s default: pixels below this fraction of the 99th percentile are not matched."""
 MB = 1e6
 
 Summary = list[tuple[str, str, str, str]]
@@ -92,7 +100,10 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--eps", type=float, default=DEFAULT_EPS, help="requested tolerance of every NUFFT backend")
     parser.add_argument("--repeats", type=int, default=3, help="timed runs of the NUFFTs and the fast search")
     parser.add_argument("--iterations", type=int, default=20, help="low_rank_cg iterations")
-    parser.add_argument("--regularisation", type=float, default=0.02, help="low_rank_cg regularisation")
+    parser.add_argument(
+        "--regularisation", type=float, default=DEFAULT_REGULARISATION, help="prior weight of low_rank_cg and ADMM"
+    )
+    parser.add_argument("--admm-rounds", type=int, default=DEFAULT_ADMM_ROUNDS, help="dictionary_admm rounds")
     parser.add_argument("--device", default="auto", help="dictionary, reconstruction and matching: auto, cpu, cuda")
     parser.add_argument("--paper-dictionary", action="store_true", help="also build and match the 95k-atom one")
     return parser.parse_args()
@@ -279,13 +290,28 @@ def streaming_recon(
     operator = SubspaceOperator(gridding, kspace, sens)
     svdmrf_s, _ = timed(lambda: svdmrf(operator, kspace), device)
     energy = component_energy(dictionary.compressed)
-    cg_s, coefficients = timed(
+    cg_s, cg_coefficients = timed(
         lambda: low_rank_cg(
             operator, kspace, iterations=args.iterations, regularisation=args.regularisation, energy=energy
         ),
         device,
     )
-    slice_s = feed_s + gridding_s + sens_s + cg_s
+
+    def admm() -> torch.Tensor:
+        atoms = dictionary.compressed.to(device)
+        index = build_match_index(atoms)
+        return dictionary_admm(
+            operator,
+            kspace,
+            cg_coefficients,
+            lambda c: project_onto_dictionary(c, atoms, index=index),
+            rounds=args.admm_rounds,
+            regularisation=args.regularisation,
+            energy=energy,
+        )
+
+    admm_s, coefficients = timed(admm, device)
+    slice_s = feed_s + gridding_s + sens_s + cg_s + admm_s
     steps = [
         ("accumulation, per readout (no tracing)", f"{1e3 * feed_s / n_frames:.2f} ms", f"{feed_s:.2f} s in all"),
         ("SubspaceGridding (NUFFT operator, density compensation)", f"{gridding_s:.2f} s", ""),
@@ -296,7 +322,12 @@ def streaming_recon(
             f"{cg_s:.2f} s",
             f"{1e3 * cg_s / args.iterations:.0f} ms per iteration",
         ),
-        ("slice: accumulation + gridding + sensitivities + CG", f"{slice_s:.2f} s", ""),
+        (
+            f"dictionary_admm, {args.admm_rounds} rounds",
+            f"{admm_s:.2f} s",
+            f"{admm_s / args.admm_rounds:.2f} s per round",
+        ),
+        ("slice: accumulation + gridding + sensitivities + CG + ADMM", f"{slice_s:.2f} s", ""),
     ]
     print(f"reconstruction on {device}, {gridding.nufft.backend} NUFFT, one run each:")
     print_rows(("step", "time", "note"), steps)
@@ -311,7 +342,8 @@ def streaming_recon(
         ("gridding + sensitivities", f"{matrix}x{matrix}, {n_coils} coils", f"{gridding_s + sens_s:.2f} s", ""),
         ("SVDMRF", f"K={rank}", f"{svdmrf_s:.2f} s", ""),
         ("low_rank_cg", f"{args.iterations} iterations", f"{cg_s:.2f} s", f"reg {args.regularisation:g}"),
-        ("slice reconstruction", "accumulation + gridding + sensitivities + CG", f"{slice_s:.2f} s", ""),
+        ("dictionary_admm", f"{args.admm_rounds} rounds", f"{admm_s:.2f} s", ""),
+        ("slice reconstruction", "accumulation + gridding + sensitivities + CG + ADMM", f"{slice_s:.2f} s", ""),
     ]
     return coefficients
 
@@ -327,8 +359,7 @@ def match_slice(
     """Match every pixel of the coefficient images against each dictionary, exhaustive and clustered."""
     rank = coefficients.shape[0]
     pixels = coefficients.reshape(rank, -1).T.contiguous().to(device)
-    energy = torch.linalg.vector_norm(pixels, dim=1).cpu().numpy()
-    masked = int((energy > MASK_THRESHOLD * np.percentile(energy, 99)).sum())
+    masked = int(signal_mask(coefficients, MASK_THRESHOLD).sum())
     tissue = (scan.truth.labels > 0).ravel()
     basis = dictionaries[0].basis.to(device)
     rows = []

@@ -82,7 +82,7 @@ class SubspaceImages:
     dictionary: MrfDictionary = field(repr=False)
     """The dictionary whose basis the coefficients are in, for matching."""
     method: str
-    """How the coefficients were reconstructed (``svdmrf`` or ``low_rank_cg``)."""
+    """How the coefficients were reconstructed (``svdmrf``, ``low_rank_cg`` or ``low_rank_admm``)."""
     slice: int
     references: list[ismrmrd.Acquisition] = field(repr=False)
     """First readout of the slice, for geometry."""

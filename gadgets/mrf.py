@@ -3,8 +3,9 @@
 ``MrfReconGadget`` reads the FISP schedule from the header (``qmri_models.mrf.schedule.schedule_from_header``),
 builds (or loads from its disk cache) the dictionary and its rank-K SVD basis, and projects every readout into the
 subspace as it arrives, so a slice holds K projected copies of its trajectory, not its hundreds of frames. At the
-slice's last readout it reconstructs the K coefficient images (SVDMRF gridding or low-rank conjugate gradient) with
-coil sensitivities from the data's own gridded centre, and sends them on. ``MrfMatchGadget`` matches every pixel to
+slice's last readout it reconstructs the K coefficient images (SVDMRF gridding, low-rank conjugate gradient, or that
+followed by ADMM rounds towards the dictionary, the default) with coil sensitivities from the data's own spiral
+centre, and sends them on. ``MrfMatchGadget`` matches every pixel to
 the dictionary and sends T1, T2, PD and the match score as maps.
 """
 
@@ -23,13 +24,24 @@ from gadgets.runtime.registry import GadgetConnection, register
 from qmri_models.device import torch_device
 from qmri_models.fitting.maps import SliceMaps
 from qmri_models.mrf.dictionary import DEFAULT_STEP_PERCENT, MrfDictionary, build_dictionary, t1_t2_grid
-from qmri_models.mrf.matching import MatchIndex, build_match_index, match_fingerprints
+from qmri_models.mrf.matching import (
+    MASK_THRESHOLD,
+    MatchIndex,
+    build_match_index,
+    match_fingerprints,
+    project_onto_dictionary,
+    signal_mask,
+)
 from qmri_models.mrf.schedule import FispSchedule, schedule_from_header
 from qmri_models.mrf.subspace_recon import (
+    ADMM_ROUND_ITERATIONS,
+    DEFAULT_ADMM_ROUNDS,
+    DEFAULT_REGULARISATION,
     SubspaceAccumulator,
     SubspaceGridding,
     SubspaceOperator,
     component_energy,
+    dictionary_admm,
     low_rank_cg,
     subspace_sensitivities,
     svdmrf,
@@ -46,14 +58,25 @@ MATCH_MODEL = "FISP-MRF dictionary match"
 class MrfReconConfig(GadgetConfig):
     """Properties of MrfReconGadget."""
 
-    method: Literal["low_rank_cg", "svdmrf"] = prop(
-        "low_rank_cg", "low_rank_cg (conjugate gradient on the subspace images) or svdmrf (gridding, McGivney 2014)"
+    method: Literal["low_rank_admm", "low_rank_cg", "svdmrf"] = prop(
+        "low_rank_admm",
+        "low_rank_admm (low_rank_cg, then ADMM rounds pulling the images towards the dictionary, Asslander 2018), "
+        "low_rank_cg (conjugate gradient on the subspace images) or svdmrf (gridding, McGivney 2014)",
     )
-    iterations: int = prop(20, "conjugate-gradient iterations of low_rank_cg", minimum=1, maximum=500)
+    iterations: int = prop(
+        20, "conjugate-gradient iterations of low_rank_cg (also the start of low_rank_admm)", minimum=1, maximum=500
+    )
+    admm_rounds: int = prop(
+        DEFAULT_ADMM_ROUNDS,
+        f"ADMM rounds of low_rank_admm, each a dictionary match and {ADMM_ROUND_ITERATIONS} CG iterations",
+        minimum=1,
+        maximum=100,
+    )
     regularisation: float = prop(
-        0.02,
-        "Tikhonov weight of low_rank_cg on the strongest subspace image, relative to the data term; weaker "
-        "components get it scaled by the dictionary's energy ratio",
+        DEFAULT_REGULARISATION,
+        "prior weight on the strongest subspace image, relative to the data term (weaker components get it scaled "
+        "by the dictionary's energy ratio); the prior is centred on zero in low_rank_cg, on the dictionary in "
+        "low_rank_admm",
         minimum=0.0,
     )
     rank: int = prop(5, "rank K of the dictionary's temporal SVD subspace", minimum=1, maximum=50)
@@ -119,7 +142,9 @@ class MrfMatchConfig(GadgetConfig):
         "fast", "fast (clustered search, the exhaustive atom for >= 99% of pixels) or exhaustive"
     )
     mask_threshold: float = prop(
-        0.05, "pixels whose signal is below this fraction of the bright-pixel level are left at 0", minimum=0.0
+        MASK_THRESHOLD,
+        "pixels whose signal is below this fraction of the bright-pixel level are left at 0",
+        minimum=0.0,
     )
     device: str = prop("auto", "auto (CUDA when present), cpu or cuda")
 
@@ -161,8 +186,7 @@ def match_slice(
     """
     start = time.perf_counter()
     coefficients = item.coefficients
-    energy = np.linalg.norm(coefficients, axis=0)
-    mask = energy > config.mask_threshold * np.percentile(energy, 99)
+    mask = signal_mask(torch.from_numpy(coefficients), config.mask_threshold).numpy()
     dictionary = item.dictionary.to(device)
     pixels = torch.from_numpy(np.ascontiguousarray(coefficients[:, mask].T)).to(device)
     result = match_fingerprints(
@@ -252,14 +276,28 @@ def _reconstruct(
     if config.method == "svdmrf":
         coefficients = svdmrf(operator, kspace)
     else:
+        energy = component_energy(dictionary.compressed)
         coefficients = low_rank_cg(
             operator,
             kspace,
             iterations=config.iterations,
             regularisation=config.regularisation,
-            energy=component_energy(dictionary.compressed),
+            energy=energy,
             on_iteration=lambda i, r: log.debug("slice %d: CG iteration %d, relative residual %.3g", index, i, r),
         )
+        if config.method == "low_rank_admm":
+            atoms = dictionary.compressed.to(device)
+            match_index = build_match_index(atoms)
+            coefficients = dictionary_admm(
+                operator,
+                kspace,
+                coefficients,
+                lambda c: project_onto_dictionary(c, atoms, index=match_index),
+                rounds=config.admm_rounds,
+                regularisation=config.regularisation,
+                energy=energy,
+                on_round=lambda r: log.debug("slice %d: ADMM round %d of %d", index, r, config.admm_rounds),
+            )
     log.info(
         "slice %d: %s of %d frames over %d trajectories (state %.1f MB) in %.1f s on %s",
         index,

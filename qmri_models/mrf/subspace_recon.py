@@ -15,7 +15,12 @@ trajectory slot ``j``) and the frames ``t`` that played slot ``j``:
 - ``A^H W A c = S^H sum_j F_j^H W G_j F_j S c`` (``SubspaceOperator.normal``), so the low-rank reconstruction
   ``min ||W^(1/2) (A c - y)||^2 + sum_k lambda_k ||c_k||^2`` (Zhao et al. 2018, Assländer et al. 2018, with a
   Tikhonov term weighted by the dictionary's energy per component) is solved by conjugate gradient
-  (``low_rank_cg``).
+  (``low_rank_cg``);
+- ``dictionary_admm`` then moves that prior's centre from zero to the dictionary: ADMM rounds alternating a
+  warm-started CG with a projection of every pixel onto its best atom (Assländer et al. 2018), which removes the
+  zero-centred prior's bias on the weak components (the fingerprints' shape, hence T2);
+- the coil sensitivities come from the data: a per-coil low-resolution subspace reconstruction of the spiral centre
+  gives ESPIRiT a consistent calibration block (``subspace_sensitivities``).
 
 The interleaf density compensation makes ``E_j^H W E_j`` close to the identity, so SVDMRF coefficients are at the
 scale of the true ones and the regularisation weights are relative to 1.
@@ -35,7 +40,20 @@ from qmri_models.recon.cartesian import centered_fft2, espirit_sensitivities
 from qmri_models.recon.nufft import Backend, NufftOp, density_compensation
 
 SENSITIVITY_CALIBRATION = 24
-"""Side of the centred k-space block (of the gridded first coefficient) that ESPIRiT calibrates on, in samples."""
+"""Side of the centred k-space block that ESPIRiT calibrates on, in samples."""
+CALIBRATION_MATRIX = 32
+"""Side of the low-resolution grid of the sensitivities' per-coil reconstruction, in pixels (32 and 64 gave the
+same maps at 256^2)."""
+DEFAULT_REGULARISATION = 0.005
+"""Prior weight on the strongest component (``prior_weights``). Swept at 256^2 over 5 slices (0.02, 0.01, 0.005):
+lower weights trade white-matter T1 bias for T2 noise; 0.005 kept every WM and GM median error under 8%
+with ``dictionary_admm``."""
+DEFAULT_ADMM_ROUNDS = 5
+"""Rounds of ``dictionary_admm``."""
+ADMM_ROUND_ITERATIONS = 5
+"""Conjugate-gradient iterations in each round of ``dictionary_admm`` (warm-started)."""
+CALIBRATION_ITERATIONS = 15
+"""Conjugate-gradient iterations of the sensitivities' per-coil reconstruction (relative residual about 0.003)."""
 SAME_TRAJECTORY_TOLERANCE = 1e-3
 """Largest difference, in cycles per field of view, between two readouts of the same trajectory slot."""
 
@@ -218,27 +236,55 @@ def interleaf_density(coord: np.ndarray, image_shape: tuple[int, int]) -> np.nda
     return weights
 
 
-def subspace_sensitivities(gridding: SubspaceGridding, kspace: SubspaceKspace) -> np.ndarray:
-    """Return ESPIRiT coil sensitivities from the data's own gridded first coefficient.
+def subspace_sensitivities(
+    gridding: SubspaceGridding,
+    kspace: SubspaceKspace,
+    *,
+    calibration_matrix: int = CALIBRATION_MATRIX,
+    iterations: int = CALIBRATION_ITERATIONS,
+) -> np.ndarray:
+    """Return ESPIRiT coil sensitivities from a low-resolution subspace reconstruction of every coil.
 
-    The first subspace coefficient carries most of the signal; its gridded coil images, transformed back to a
-    Cartesian grid, give a centred calibration block (the densely sampled spiral centre) for ESPIRiT (on the CPU).
+    The samples within ``calibration_matrix / 2`` cycles per FOV of the centre (the densely sampled spiral centre)
+    are reconstructed per coil, without sensitivities, on a ``calibration_matrix``-square grid by conjugate gradient
+    on ``sum_j F_j^H W G_j F_j x = sum_j F_j^H W z_j``. The first coefficient's coil images, transformed back to a
+    Cartesian grid, give ESPIRiT (on the CPU) its centred calibration block. Gridding the first coefficient directly
+    is not enough: each interleaf carries its own mix of the coefficients (``G_j``), so that centre is not the
+    k-space of one image. Measured at 256^2 (200 frames, 48 interleaves): the mean overlap ``|s_true^H s|`` in the
+    tissue rose from 0.79 (gridded) to 0.998, and white-matter T1 error on the worst slice from 12% to 4%.
 
     Parameters
     ----------
     gridding : The slice's NUFFT and density compensation.
     kspace : The slice's accumulated subspace k-space.
+    calibration_matrix : Side of the low-resolution grid in pixels (at most the image's).
+    iterations : Conjugate-gradient iterations of the low-resolution reconstruction.
 
     Returns
     -------
     Sensitivities, unit sum of squares inside the object. Shape `(coils, y, x)` complex64.
     """
-    data = torch.from_numpy(kspace.data).to(gridding.device)
-    coil_images = gridding.coil_images(data).cpu().numpy()
     image_shape = gridding.nufft.image_shape
-    side = min(SENSITIVITY_CALIBRATION, *image_shape)
-    centre = np.arange(side) + image_shape[0] // 2 - side // 2
-    return espirit_sensitivities(centered_fft2(coil_images), centre)
+    side = min(calibration_matrix, *image_shape)
+    inside = np.all(np.abs(kspace.coord) < side / 2, axis=-1)
+    # samples outside the low-resolution grid are parked at the centre with zero weight
+    coord = np.where(inside[..., None], kspace.coord, 0).astype(np.float32)
+    nufft = NufftOp(coord, (side, side), backend=gridding.nufft.backend, device=gridding.device)  # type: ignore[arg-type]
+    weights = gridding.dcf * torch.from_numpy(inside).to(gridding.device)
+    gram = torch.from_numpy(kspace.gram).to(gridding.device)
+    data = torch.from_numpy(kspace.data).to(gridding.device)
+
+    def normal(images: torch.Tensor) -> torch.Tensor:
+        return nufft.adjoint(weights * torch.einsum("jkl,lcjs->kcjs", gram, nufft.forward(images)))
+
+    rhs = nufft.adjoint(weights * data)
+    coil_images = conjugate_gradient(normal, rhs, torch.zeros_like(rhs), iterations)[0].cpu().numpy()
+    calibration = np.zeros((coil_images.shape[0], *image_shape), np.complex64)
+    top, left = image_shape[0] // 2 - side // 2, image_shape[1] // 2 - side // 2
+    calibration[:, top : top + side, left : left + side] = centered_fft2(coil_images)
+    calibration_side = min(SENSITIVITY_CALIBRATION, side)
+    centre = np.arange(calibration_side) + image_shape[0] // 2 - calibration_side // 2
+    return espirit_sensitivities(calibration, centre)
 
 
 def svdmrf(operator: SubspaceOperator, kspace: SubspaceKspace) -> torch.Tensor:
@@ -265,55 +311,63 @@ def component_energy(compressed: torch.Tensor) -> np.ndarray:
     return (compressed.abs() ** 2).mean(dim=0).cpu().numpy().astype(np.float64)
 
 
-def low_rank_cg(
-    operator: SubspaceOperator,
-    kspace: SubspaceKspace,
-    *,
-    iterations: int = 20,
-    regularisation: float = 0.02,
-    energy: np.ndarray | None = None,
-    on_iteration: Callable[[int, float], None] | None = None,
-) -> torch.Tensor:
-    """Return the low-rank subspace reconstruction: conjugate gradient on ``(A^H W A + Lambda) c = A^H W y``.
+def prior_weights(regularisation: float, energy: np.ndarray | None, rank: int) -> torch.Tensor:
+    """Return the Tikhonov weight of every coefficient image, ``regularisation * energy[0] / energy[k]``.
 
-    ``Lambda`` weights coefficient ``k`` by ``regularisation * energy[0] / energy[k]``: a Gaussian prior on each
-    coefficient image with a variance proportional to the dictionary's energy in that component. The weak components
-    (a fraction of a percent of the energy), which one interleaf per frame barely encodes, are held near zero instead
-    of amplifying the noise; the strong ones are left to the data. Starts from zero, so the first iteration is a
-    scaled SVDMRF image.
+    A Gaussian prior on each coefficient image with a variance proportional to the dictionary's energy in that
+    component: the weak components (a fraction of a percent of the energy), which one interleaf per frame barely
+    encodes, are held near the prior's centre instead of amplifying the noise; the strong ones are left to the data.
 
     Parameters
     ----------
-    operator : The slice's subspace operator.
-    kspace : The slice's accumulated subspace k-space.
-    iterations : Conjugate-gradient iterations.
-    regularisation : Weight of the prior on the first (strongest) component, relative to the density-compensated,
-        near-identity data term.
+    regularisation : Weight on the first (strongest) component, relative to the density-compensated, near-identity
+        data term.
     energy : The dictionary's energy per component (``component_energy``). Shape `(K,)`; None weighs all alike.
-    on_iteration : Called with the iteration number and the relative residual norm after each iteration (progress).
+    rank : Number of coefficient images K.
 
     Returns
     -------
-    Coefficient images. Shape `(K, y, x)` complex64, on the operator's device.
+    Weights. Shape `(K, 1, 1)` float32 (CPU).
+    """
+    if regularisation < 0:
+        raise ValueError(f"regularisation must be non-negative, got {regularisation}")
+    if energy is None:
+        return torch.full((rank, 1, 1), regularisation)
+    if energy.shape != (rank,) or not np.all(energy > 0):
+        raise ValueError(f"energy must hold {rank} positive values, got {energy}")
+    return torch.from_numpy(regularisation * energy[0] / energy).to(torch.float32)[:, None, None]
+
+
+def conjugate_gradient(
+    apply: Callable[[torch.Tensor], torch.Tensor],
+    rhs: torch.Tensor,
+    start: torch.Tensor,
+    iterations: int,
+    on_iteration: Callable[[int, float], None] | None = None,
+) -> torch.Tensor:
+    """Return ``iterations`` conjugate-gradient steps towards the solution of ``apply(x) = rhs`` from ``start``.
+
+    Parameters
+    ----------
+    apply : A Hermitian positive-definite operator on tensors shaped like ``rhs``.
+    rhs : Right-hand side, complex.
+    start : First estimate, shaped like ``rhs``.
+    iterations : Steps, at least 1.
+    on_iteration : Called with the iteration number and the residual norm relative to ``rhs``'s (progress).
+
+    Returns
+    -------
+    The estimate, shaped like ``rhs``.
     """
     if iterations < 1:
         raise ValueError(f"iterations must be at least 1, got {iterations}")
-    if regularisation < 0:
-        raise ValueError(f"regularisation must be non-negative, got {regularisation}")
-    rhs = svdmrf(operator, kspace)
-    if energy is None:
-        weights = torch.full((rhs.shape[0], 1, 1), regularisation, device=rhs.device)
-    else:
-        if energy.shape != (rhs.shape[0],) or not np.all(energy > 0):
-            raise ValueError(f"energy must hold {rhs.shape[0]} positive values, got {energy}")
-        weights = torch.from_numpy(regularisation * energy[0] / energy).to(rhs.device, torch.float32)[:, None, None]
-    solution = torch.zeros_like(rhs)
-    residual = rhs.clone()
+    solution = start
+    residual = rhs - apply(start) if bool(start.any()) else rhs.clone()
     direction = residual.clone()
     rhs_norm = float(torch.linalg.vector_norm(rhs)) or 1.0
     residual_energy = torch.vdot(residual.flatten(), residual.flatten()).real
     for iteration in range(1, iterations + 1):
-        product = operator.normal(direction) + weights * direction
+        product = apply(direction)
         step = residual_energy / torch.vdot(direction.flatten(), product.flatten()).real
         solution = solution + step * direction
         residual = residual - step * product
@@ -323,3 +377,98 @@ def low_rank_cg(
         direction = residual + (new_energy / residual_energy) * direction
         residual_energy = new_energy
     return solution
+
+
+def low_rank_cg(
+    operator: SubspaceOperator,
+    kspace: SubspaceKspace,
+    *,
+    iterations: int = 20,
+    regularisation: float = DEFAULT_REGULARISATION,
+    energy: np.ndarray | None = None,
+    on_iteration: Callable[[int, float], None] | None = None,
+) -> torch.Tensor:
+    """Return the low-rank subspace reconstruction: conjugate gradient on ``(A^H W A + Lambda) c = A^H W y``.
+
+    ``Lambda`` is ``prior_weights``: a prior centred on zero. Starts from zero, so the first iteration is a scaled
+    SVDMRF image.
+
+    Parameters
+    ----------
+    operator : The slice's subspace operator.
+    kspace : The slice's accumulated subspace k-space.
+    iterations : Conjugate-gradient iterations.
+    regularisation : Prior weight on the strongest component (``prior_weights``).
+    energy : The dictionary's energy per component (``component_energy``). Shape `(K,)`; None weighs all alike.
+    on_iteration : Called with the iteration number and the relative residual norm after each iteration (progress).
+
+    Returns
+    -------
+    Coefficient images. Shape `(K, y, x)` complex64, on the operator's device.
+    """
+    rhs = svdmrf(operator, kspace)
+    weights = prior_weights(regularisation, energy, rhs.shape[0]).to(rhs.device)
+    return conjugate_gradient(
+        lambda c: operator.normal(c) + weights * c, rhs, torch.zeros_like(rhs), iterations, on_iteration
+    )
+
+
+def dictionary_admm(
+    operator: SubspaceOperator,
+    kspace: SubspaceKspace,
+    start: torch.Tensor,
+    project: Callable[[torch.Tensor], torch.Tensor],
+    *,
+    rounds: int = DEFAULT_ADMM_ROUNDS,
+    iterations: int = ADMM_ROUND_ITERATIONS,
+    regularisation: float = DEFAULT_REGULARISATION,
+    energy: np.ndarray | None = None,
+    on_round: Callable[[int], None] | None = None,
+) -> torch.Tensor:
+    """Return the subspace reconstruction whose prior is centred on the dictionary instead of on zero (ADMM).
+
+    The low-rank ADMM of Assländer et al. (MRM 2018) in its scaled form, with ``Lambda = prior_weights``:
+
+    - ``c <- argmin ||W^(1/2) (A c - y)||^2 + ||Lambda^(1/2) (c - z + u)||^2``, i.e. ``iterations`` of conjugate
+      gradient on ``(A^H W A + Lambda) c = A^H W y + Lambda (z - u)``, warm-started;
+    - ``z <- project(c + u)``, every pixel's best atom scaled to it (``matching.project_onto_dictionary``);
+    - ``u <- u + c - z``.
+
+    A prior centred on zero shrinks the weak components and so bends the fingerprints: measured at 256^2, white
+    matter T2 came out 17% high on a slice whose WM T2 is 63 ms; five rounds brought it to 8%.
+
+    Parameters
+    ----------
+    operator : The slice's subspace operator.
+    kspace : The slice's accumulated subspace k-space.
+    start : First estimate, the low-rank CG reconstruction (``low_rank_cg``). Shape `(K, y, x)`.
+    project : The dictionary projection of coefficient images `(K, y, x)`, same shape out.
+    rounds : ADMM rounds, at least 1.
+    iterations : Conjugate-gradient iterations per round.
+    regularisation : Prior weight on the strongest component (``prior_weights``).
+    energy : The dictionary's energy per component. Shape `(K,)`; None weighs all alike.
+    on_round : Called with the round number after each round (progress).
+
+    Returns
+    -------
+    Coefficient images. Shape `(K, y, x)` complex64, on the operator's device.
+    """
+    if rounds < 1:
+        raise ValueError(f"rounds must be at least 1, got {rounds}")
+    rhs = svdmrf(operator, kspace)
+    weights = prior_weights(regularisation, energy, rhs.shape[0]).to(rhs.device)
+    coefficients = start
+    target = project(coefficients)
+    scaled_dual = torch.zeros_like(coefficients)
+    for round_number in range(1, rounds + 1):
+        coefficients = conjugate_gradient(
+            lambda c: operator.normal(c) + weights * c,
+            rhs + weights * (target - scaled_dual),
+            coefficients,
+            iterations,
+        )
+        target = project(coefficients + scaled_dual)
+        scaled_dual = scaled_dual + coefficients - target
+        if on_round is not None:
+            on_round(round_number)
+    return coefficients

@@ -31,13 +31,13 @@ def _replay(raw: Path, out: Path, method: str) -> Path:
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("QMRI_CACHE_DIR", str(out.parent / "cache"))
         text = Path(resolve_chain("mrf_fisp").source).read_text()
-        replay(raw, parse_chain(text.replace('value="low_rank_cg"', f'value="{method}"')), out)
+        replay(raw, parse_chain(text.replace('value="low_rank_admm"', f'value="{method}"')), out)
     return out
 
 
 @pytest.fixture(scope="module")
-def cg_out(mrf_raw: Path) -> Path:
-    return _replay(mrf_raw, mrf_raw.parent / "cg", "low_rank_cg")
+def admm_out(mrf_raw: Path) -> Path:
+    return _replay(mrf_raw, mrf_raw.parent / "admm", "low_rank_admm")
 
 
 @pytest.fixture(scope="module")
@@ -56,8 +56,8 @@ def _wm_gm_errors(out: Path, raw: Path) -> dict[tuple[str, str], float]:
     return errors
 
 
-def test_mrf_chain_returns_t1_t2_pd_and_match_score_as_mrd_and_dicom(mrf_raw: Path, cg_out: Path) -> None:
-    out = cg_out
+def test_mrf_chain_returns_t1_t2_pd_and_match_score_as_mrd_and_dicom(mrf_raw: Path, admm_out: Path) -> None:
+    out = admm_out
     images_file = out / "images.h5"
     assert series_in(images_file) == {11, 13, 14, 15}
     roles = {}
@@ -79,10 +79,11 @@ def test_mrf_chain_returns_t1_t2_pd_and_match_score_as_mrd_and_dicom(mrf_raw: Pa
     assert ratio == pytest.approx(np.median(pd_truth[labels == 2]) / np.median(pd_truth[labels == 1]), rel=0.1)
 
     errors = _wm_gm_errors(out, mrf_raw)
-    # measured at 128^2 on this slice: T1 within 10%, T2 within 17% (256^2: T1 about 5%, T2 about 11%)
+    # measured at 128^2 on this slice: T1 5.3% (WM) and 7.2% (GM), T2 8.8% and 7.1% (low_rank_cg: 5.6, 7.3, 13.9,
+    # 5.9; ESPIRiT on the gridded centre, before: T1 within 10%, T2 within 17%)
     for matter in ("white_matter", "grey_matter"):
-        assert errors["T1", matter] < 12.0, errors
-        assert errors["T2", matter] < 20.0, errors
+        assert errors["T1", matter] < 9.0, errors
+        assert errors["T2", matter] < 12.0, errors
 
     for series in (11, 13, 14, 15):
         paths = sorted((out / "dicom").glob(f"*/series_{series:04d}/*.dcm"))
@@ -90,8 +91,8 @@ def test_mrf_chain_returns_t1_t2_pd_and_match_score_as_mrd_and_dicom(mrf_raw: Pa
         assert not [line for line in dciodvfy_lines(paths[0]) if line.startswith("Error")]
 
 
-def test_low_rank_cg_beats_svdmrf_gridding(mrf_raw: Path, cg_out: Path, svdmrf_out: Path) -> None:
+def test_iterative_subspace_recon_beats_svdmrf_gridding(mrf_raw: Path, admm_out: Path, svdmrf_out: Path) -> None:
     """The paper's Table 1 ordering: SVDMRF (gridding + matching) is far worse than an iterative subspace recon."""
-    cg, svd = _wm_gm_errors(cg_out, mrf_raw), _wm_gm_errors(svdmrf_out, mrf_raw)
+    cg, svd = _wm_gm_errors(admm_out, mrf_raw), _wm_gm_errors(svdmrf_out, mrf_raw)
     assert svd["T1", "white_matter"] > 2 * cg["T1", "white_matter"], (svd, cg)
     assert np.mean(list(svd.values())) > 1.5 * np.mean(list(cg.values())), (svd, cg)

@@ -7,7 +7,14 @@ import numpy as np
 import pytest
 import torch
 
-from qmri_models.mrf.matching import MatchIndex, MatchResult, build_match_index, match_fingerprints
+from qmri_models.mrf.matching import (
+    MatchIndex,
+    MatchResult,
+    build_match_index,
+    match_fingerprints,
+    project_onto_dictionary,
+    signal_mask,
+)
 
 RANK = 5
 N_FRAMES = 200
@@ -262,6 +269,42 @@ def test_rejects_inputs_that_do_not_fit(stand_in: StandIn, stand_in_index: Match
         match_fingerprints(x, atoms.flip(0), index=stand_in_index)
     with pytest.raises(ValueError, match=r"clusters must be in \[1, 50\] \(the atom count\), got 51"):
         build_match_index(atoms[:50], clusters=51)
+
+
+def test_projection_returns_each_pixels_best_atom_at_its_least_squares_scale(
+    stand_in: StandIn, stand_in_index: MatchIndex
+) -> None:
+    """Against a direct computation: argmax of |d^H x| / ||d|| over every atom, then d (d^H x) / ||d||^2."""
+    rng = np.random.default_rng(12)
+    chosen = torch.from_numpy(rng.choice(stand_in.atoms.shape[0], 6 * 5, replace=False))
+    scale = torch.from_numpy((rng.uniform(0.5, 2, 30) * np.exp(2j * np.pi * rng.uniform(size=30))).astype(np.complex64))
+    pixels = stand_in.atoms[chosen] * scale[:, None]
+    pixels = pixels + 0.02 * torch.randn(pixels.shape, dtype=torch.complex64)
+    images = pixels.T.reshape(RANK, 6, 5)
+    images[:, 0, 0] = 1e-4  # far below 5% of the bright level: background, projected to zero
+    atoms = stand_in.atoms.numpy()
+    expected = np.zeros((RANK, 6, 5), np.complex64)
+    for p, x in enumerate(images.reshape(RANK, -1).T.numpy()):
+        if p == 0:
+            continue
+        inner = atoms.conj() @ x
+        best = int(np.argmax(np.abs(inner) / np.linalg.norm(atoms, axis=1)))
+        expected.reshape(RANK, -1)[:, p] = atoms[best] * inner[best] / np.linalg.norm(atoms[best]) ** 2
+    for index in (None, stand_in_index):
+        projected = project_onto_dictionary(images, stand_in.atoms, index=index).numpy()
+        np.testing.assert_allclose(projected, expected, atol=2e-5 * np.abs(expected).max())
+    twice = project_onto_dictionary(torch.from_numpy(expected), stand_in.atoms, index=stand_in_index).numpy()
+    np.testing.assert_allclose(twice, expected, atol=2e-5 * np.abs(expected).max())
+
+
+def test_signal_mask_keeps_pixels_above_a_fraction_of_the_bright_level() -> None:
+    norms = torch.linspace(0.0, 1.0, 101)
+    images = torch.stack([norms * 0.6, norms * 0.8j]).reshape(2, 1, 101)
+    mask = signal_mask(images, 0.1)
+    bright = float(np.percentile(norms.numpy(), 99))
+    np.testing.assert_array_equal(mask[0].numpy(), norms.numpy() > 0.1 * bright)
+    with pytest.raises(ValueError, match="threshold must be at least 0"):
+        signal_mask(images, -0.1)
 
 
 @pytest.mark.cuda

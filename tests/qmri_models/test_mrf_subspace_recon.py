@@ -4,10 +4,13 @@ import numpy as np
 import pytest
 import torch
 
+from qmri_models.mrf.matching import project_onto_dictionary
 from qmri_models.mrf.subspace_recon import (
     SubspaceAccumulator,
     SubspaceGridding,
     SubspaceOperator,
+    conjugate_gradient,
+    dictionary_admm,
     low_rank_cg,
     subspace_sensitivities,
     svdmrf,
@@ -38,9 +41,12 @@ def _coefficients() -> np.ndarray:
     return np.asarray(images, dtype=np.complex64)
 
 
-def _scan(ordering: str, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, list, np.ndarray]:
+def _scan(
+    ordering: str, rng: np.random.Generator, truth: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray, list, np.ndarray]:
     """Return (basis, sens, readouts as (frame, coord, data), true coefficients) of a small noise-free scan."""
-    basis, truth = _basis(rng), _coefficients()
+    basis = _basis(rng)
+    truth = _coefficients() if truth is None else truth
     sens = coil_sensitivities(N_COILS, MATRIX, rng)
     design = SpiralDesign(matrix=MATRIX, n_interleaves=8, fov_mm=200.0)
     rotations = frame_rotations(N_FRAMES, design.n_interleaves, ordering)  # type: ignore[arg-type]
@@ -122,11 +128,63 @@ def test_low_rank_cg_recovers_the_coefficients_svdmrf_cannot(ordering: str) -> N
     assert error(svdmrf(operator, kspace)) > 4 * error(cg)
 
 
-def test_sensitivities_from_the_data_match_the_coils() -> None:
-    """ESPIRiT on the gridded first coefficient finds the simulated coils (up to one common phase).
+def test_dictionary_admm_removes_the_bias_of_a_prior_centred_on_zero() -> None:
+    """Pixels made of three atoms: a strong zero-centred prior shrinks them; ADMM's dictionary prior does not."""
+    rng = np.random.default_rng(5)
+    atoms = np.linalg.qr(rng.standard_normal((RANK, RANK)) + 1j * rng.standard_normal((RANK, RANK)))[0].T
+    atoms = (atoms * [[1.0], [0.8], [0.6]]).astype(np.complex64)
+    y, x = np.mgrid[-1 : 1 : MATRIX * 1j, -1 : 1 : MATRIX * 1j]
+    labels = np.where(x**2 + y**2 < 0.7, 1 + (x > 0.1) + (y > 0.3), 0)
+    pd = np.where(labels > 0, 1.0 + 0.3 * y, 0.0)
+    truth = np.zeros((RANK, MATRIX, MATRIX), np.complex64)
+    for label in (1, 2, 3):
+        truth[:, labels == label] = atoms[label - 1][:, None] * pd[labels == label]
+    basis, sens, readouts, truth = _scan("fixed", rng, truth)
+    kspace = _accumulate(basis, readouts).result()
+    operator = SubspaceOperator(SubspaceGridding(kspace, (MATRIX, MATRIX), device="cpu"), kspace, sens)
+    inside = labels > 0
 
-    Measured median overlap 0.88 at 32^2 (8 interleaves leave aliasing in the calibration image), 0.95 at 64^2; a
-    transposed or mis-centred calibration gives about 0.5.
+    def error(estimate: torch.Tensor) -> float:
+        return float(np.linalg.norm((estimate.numpy() - truth)[:, inside]) / np.linalg.norm(truth[:, inside]))
+
+    start = low_rank_cg(operator, kspace, iterations=30, regularisation=0.5)
+    atoms_t = torch.from_numpy(atoms)
+    rounds: list[int] = []
+    admm = dictionary_admm(
+        operator,
+        kspace,
+        start,
+        lambda c: project_onto_dictionary(c, atoms_t),
+        rounds=10,
+        regularisation=0.5,
+        on_round=rounds.append,
+    )
+    assert rounds == list(range(1, 11))
+    assert error(start) > 0.1
+    assert error(admm) < 0.2 * error(start)
+    with pytest.raises(ValueError, match="rounds must be at least 1"):
+        dictionary_admm(operator, kspace, start, lambda c: c, rounds=0)
+
+
+def test_conjugate_gradient_solves_a_small_system_like_numpy() -> None:
+    rng = np.random.default_rng(6)
+    m = rng.standard_normal((6, 6)) + 1j * rng.standard_normal((6, 6))
+    matrix = torch.from_numpy((m @ m.conj().T + 6 * np.eye(6)).astype(np.complex64))
+    rhs = torch.from_numpy((rng.standard_normal(6) + 1j).astype(np.complex64))
+    expected = np.linalg.solve(matrix.numpy(), rhs.numpy())
+    for start in (torch.zeros(6, dtype=torch.complex64), torch.from_numpy(expected + 0.5)):
+        solved = conjugate_gradient(lambda v: matrix @ v, rhs, start, 6).numpy()
+        np.testing.assert_allclose(solved, expected, rtol=1e-4, atol=1e-5)
+    with pytest.raises(ValueError, match="iterations must be at least 1"):
+        conjugate_gradient(lambda v: matrix @ v, rhs, rhs, 0)
+
+
+def test_sensitivities_from_the_data_match_the_coils() -> None:
+    """ESPIRiT on the per-coil subspace reconstruction finds the simulated coils (up to one common phase).
+
+    Measured median overlap 0.9998 (3 seeds, smallest pixel 0.997); ESPIRiT on the gridded first coefficient, as
+    before, gave 0.88 (8 interleaves leave aliasing and each interleaf its own mix of coefficients); a transposed or
+    mis-centred calibration gives about 0.5.
     """
     rng = np.random.default_rng(3)
     basis, sens, readouts, truth = _scan("fixed", rng)
@@ -134,7 +192,8 @@ def test_sensitivities_from_the_data_match_the_coils() -> None:
     estimated = subspace_sensitivities(SubspaceGridding(kspace, (MATRIX, MATRIX), device="cpu"), kspace)
     inside = np.abs(truth[0]) > 0
     overlap = np.abs(np.sum(estimated.conj() * sens, axis=0))[inside]
-    assert np.median(overlap) > 0.85
+    assert np.median(overlap) > 0.995
+    assert overlap.min() > 0.98
 
 
 def test_accumulator_errors_name_the_problem() -> None:
