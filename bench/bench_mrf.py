@@ -17,9 +17,10 @@ interleaves x 2101 samples = 100,848 samples, the first 200 of 1000 FISP frames,
    the default grid (17,553 atoms) and, with ``--paper-dictionary``, the ``PAPER_STEP_PERCENT`` grid (95,333 atoms);
    one timed run each after an untimed build of a small grid.
 5. Streaming reconstruction, the gadget's path: every readout, with its trajectory in the ISMRMRD ``traj`` layout,
-   goes into a ``SubspaceAccumulator`` one at a time. The state's ``nbytes`` is set against the raw frames and the K
-   coil images; the peak memory of accumulation comes from ``tracemalloc`` (numpy's buffers, which numpy reports to
-   it; torch's are not seen) and from the process's maximum RSS (a high-water mark since the process started). The
+   goes into a ``SubspaceAccumulator`` one at a time. The state's ``nbytes`` is set against the raw frames, the K
+   coil images and the previous design's K projected copies of the trajectory's k-space; the peak memory of
+   accumulation comes from the process's resident set (``/proc/self/statm``, sampled every millisecond by a thread:
+   everything, torch's tensors and the NUFFT's plans included) and from ``tracemalloc`` (numpy's buffers only). The
    accumulation is timed in a separate pass without tracing. Then, one run each as a slice costs in the gadget:
    the ``SubspaceGridding`` (NUFFT, density compensation), ESPIRiT sensitivities from the data, SVDMRF,
    ``low_rank_cg`` (``--iterations``, ``--regularisation``, weighted by the dictionary's component energy) and
@@ -41,10 +42,11 @@ import gc
 import importlib.metadata
 import importlib.util
 import os
-import resource
 import sys
+import threading
 import tracemalloc
 from functools import partial
+from pathlib import Path
 
 import finufft
 import numpy as np
@@ -225,8 +227,30 @@ def feed(accumulator: SubspaceAccumulator, traj: np.ndarray, readouts: np.ndarra
         accumulator.add(frame, coord_from_ismrmrd_traj(traj[frame], matrix), readouts[frame])
 
 
-def max_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / MB  # kB on Linux
+def rss_bytes() -> int:
+    """Return the process's resident set size now, in bytes (Linux)."""
+    return int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+class PeakRss:
+    """Samples the resident set size every millisecond in a thread while the ``with`` block runs."""
+
+    def __enter__(self) -> "PeakRss":
+        self.before = self.peak = rss_bytes()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def _sample(self) -> None:
+        while not self._stop.wait(0.001):
+            self.peak = max(self.peak, rss_bytes())
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.after = rss_bytes()
+        self.peak = max(self.peak, self.after)
 
 
 def streaming_recon(
@@ -244,45 +268,43 @@ def streaming_recon(
     traj = ismrmrd_traj(scan.coord, matrix)
 
     def new_accumulator() -> SubspaceAccumulator:
-        return SubspaceAccumulator(basis, n_coils=n_coils, n_samples=n_samples)
+        return SubspaceAccumulator(
+            basis, n_coils=n_coils, n_samples=n_samples, image_shape=(matrix, matrix), device=device
+        )
 
     accumulator = new_accumulator()
     feed_s, _ = timed(lambda: feed(accumulator, traj, scan.readouts, matrix), torch.device("cpu"))
     del accumulator
     gc.collect()
-    rss_before = max_rss_mb()
     tracemalloc.start()
-    accumulator = new_accumulator()
-    feed(accumulator, traj, scan.readouts, matrix)
+    with PeakRss() as rss:
+        accumulator = new_accumulator()
+        feed(accumulator, traj, scan.readouts, matrix)
     held, peak = tracemalloc.get_traced_memory()
     tracemalloc.reset_peak()
     kspace = accumulator.result()
     result_peak = tracemalloc.get_traced_memory()[1]
     tracemalloc.stop()
-    rss_after = max_rss_mb()
 
     rank, n_slots, full_frames = basis.shape[1], accumulator.n_slots, settings.n_frames_full
     state, raw = accumulator.nbytes, n_frames * n_coils * n_samples * 8
     coil_images = rank * n_coils * matrix * matrix * 8
+    projected = rank * n_coils * n_slots * n_samples * 8
     print(f"\n## Streaming reconstruction: {n_frames} readouts, one at a time, into a SubspaceAccumulator (K={rank})")
     memory = [
-        (f"accumulator state (nbytes: K x coils x {n_slots} slots x samples x 8, + coords)", state),
+        ("accumulator state (nbytes: K coil images, buffer, per-slot trajectory, weights, Gram, centre z_j)", state),
+        (f"K coil images ({rank} x {n_coils} x {matrix} x {matrix} x 8)", coil_images),
         (f"raw frames ({n_frames} x {n_coils} coils x {n_samples} samples x 8)", raw),
         (f"raw frames of the full schedule ({full_frames} frames)", raw * full_frames // n_frames),
-        (f"K coil images ({rank} x {n_coils} x {matrix} x {matrix} x 8)", coil_images),
+        (f"K projected copies of the trajectory (the previous state: K x coils x {n_slots} slots)", projected),
+        ("resident set: growth over the accumulation, held at its end", rss.after - rss.before),
+        ("resident set: peak growth during the accumulation", rss.peak - rss.before),
         ("tracemalloc: numpy memory held after accumulation", held),
-        ("tracemalloc: peak during accumulation", peak),
-        ("tracemalloc: peak of result() (stacks the slots: a second copy)", result_peak),
+        ("tracemalloc: numpy peak during accumulation", peak),
+        ("tracemalloc: numpy peak of result() (the last batch, the calibration stacked)", result_peak),
     ]
     print_rows(("memory", "MB", "vs state"), [(w, f"{b / MB:.1f}", f"{b / state:.2f}x") for w, b in memory])
-    print(
-        f"max RSS (process high-water mark): {rss_before:.0f} MB before accumulation, {rss_after:.0f} MB after, "
-        f"growth {rss_after - rss_before:.0f} MB (0: the accumulation stayed below the peak the simulation set)"
-    )
-    print(
-        f"the state does not grow with the frames: it equals the raw frames at K x slots = {rank * n_slots} frames "
-        "and is smaller beyond"
-    )
+    print(f"the state does not grow with the frames: {state / coil_images:.2f}x the K coil images")
 
     image_shape = (matrix, matrix)
     gridding_s, gridding = timed(lambda: SubspaceGridding(kspace, image_shape, device=device), device)
@@ -334,10 +356,11 @@ def streaming_recon(
     summary += [
         ("streaming accumulation", f"{n_frames} readouts", f"{1e3 * feed_s / n_frames:.2f} ms/readout", ""),
         (
-            "accumulator state vs raw frames vs K coil images",
+            "accumulator state vs K coil images vs raw frames",
             f"K={rank}, {n_slots} slots",
             "",
-            f"{state / MB:.1f} vs {raw / MB:.1f} vs {coil_images / MB:.1f} MB; tracemalloc peak {peak / MB:.1f} MB",
+            f"{state / MB:.1f} vs {coil_images / MB:.1f} vs {raw / MB:.1f} MB; resident set peak growth "
+            f"{(rss.peak - rss.before) / MB:.1f} MB",
         ),
         ("gridding + sensitivities", f"{matrix}x{matrix}, {n_coils} coils", f"{gridding_s + sens_s:.2f} s", ""),
         ("SVDMRF", f"K={rank}", f"{svdmrf_s:.2f} s", ""),

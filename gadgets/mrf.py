@@ -1,8 +1,8 @@
 """Spiral MR fingerprinting on the stream: subspace reconstruction as the frames arrive, then dictionary matching.
 
 ``MrfReconGadget`` reads the FISP schedule from the header (``qmri_models.mrf.schedule.schedule_from_header``),
-builds (or loads from its disk cache) the dictionary and its rank-K SVD basis, and projects every readout into the
-subspace as it arrives, so a slice holds K projected copies of its trajectory, not its hundreds of frames. At the
+builds (or loads from its disk cache) the dictionary and its rank-K SVD basis, and grids every readout into the
+subspace in small batches as it arrives, so a slice holds K coil images, not its hundreds of frames. At the
 slice's last readout it reconstructs the K coefficient images (SVDMRF gridding, low-rank conjugate gradient, or that
 followed by ADMM rounds towards the dictionary, the default) with coil sensitivities from the data's own spiral
 centre, and sends them on. ``MrfMatchGadget`` matches every pixel to
@@ -119,9 +119,15 @@ def mrf_recon(connection: GadgetConnection) -> None:
         index = int(item.idx.slice)
         state = slices.get(index)
         if state is None:
-            state = slices[index] = _SliceState(
-                SubspaceAccumulator(basis, n_coils=item.active_channels, n_samples=item.number_of_samples), item
+            accumulator = SubspaceAccumulator(
+                basis,
+                n_coils=item.active_channels,
+                n_samples=item.number_of_samples,
+                image_shape=(protocol.matrix, protocol.matrix),
+                backend=config.nufft_backend,
+                device=device,
             )
+            state = slices[index] = _SliceState(accumulator, item)
         state.accumulator.add(int(item.idx.repetition), coord_from_ismrmrd_traj(item.traj, protocol.matrix), item.data)
         if item.is_flag_set(ismrmrd.ACQ_LAST_IN_SLICE):
             connection.send(_reconstruct(slices.pop(index), index, dictionary, protocol, config, device))

@@ -60,8 +60,10 @@ def _scan(
     return basis, sens, readouts, truth
 
 
-def _accumulate(basis: np.ndarray, readouts: list) -> SubspaceAccumulator:
-    accumulator = SubspaceAccumulator(basis, n_coils=N_COILS, n_samples=readouts[0][2].shape[-1])
+def _accumulate(basis: np.ndarray, readouts: list, buffer: int = 6) -> SubspaceAccumulator:
+    accumulator = SubspaceAccumulator(
+        basis, n_coils=N_COILS, n_samples=readouts[0][2].shape[-1], image_shape=(MATRIX, MATRIX), buffer_frames=buffer
+    )
     for frame, coord, data in readouts:
         accumulator.add(frame, coord, data)
     return accumulator
@@ -88,6 +90,24 @@ def test_accumulated_adjoint_equals_gridding_every_frame_then_projecting() -> No
         frames.append((sens.conj() * coil_images).sum(axis=0))
     slow = np.einsum("tk,tyx->kyx", basis.conj(), np.asarray(frames))
     assert np.linalg.norm(fast - slow) / np.linalg.norm(slow) < 1e-4
+
+
+def test_state_is_k_coil_images_whatever_the_buffer_and_the_frames() -> None:
+    """The gridded state does not depend on how readouts are batched, and it does not grow with the frames.
+
+    (At 32^2 the calibration square is the whole k-space; bench/bench_mrf.py shows the state against the K coil
+    images at 256^2.)
+    """
+    rng = np.random.default_rng(7)
+    basis, _, readouts, _ = _scan("fixed", rng)
+    reference = _accumulate(basis, readouts, buffer=1).result().coil_images
+    for buffer in (7, 100):
+        other = _accumulate(basis, readouts, buffer=buffer).result().coil_images
+        assert torch.linalg.vector_norm(other - reference) < 1e-4 * torch.linalg.vector_norm(reference)  # NUFFT eps
+    images = RANK * N_COILS * MATRIX * MATRIX * 8
+    half, whole = _accumulate(basis, readouts[: N_FRAMES // 2], buffer=1), _accumulate(basis, readouts, buffer=1)
+    assert half.nbytes == whole.nbytes  # every slot seen by then: nothing grows with the frames
+    assert whole.nbytes > images
 
 
 def test_normal_operator_is_hermitian_and_positive() -> None:
@@ -199,7 +219,7 @@ def test_sensitivities_from_the_data_match_the_coils() -> None:
 def test_accumulator_errors_name_the_problem() -> None:
     rng = np.random.default_rng(4)
     basis = _basis(rng)
-    accumulator = SubspaceAccumulator(basis, n_coils=2, n_samples=10)
+    accumulator = SubspaceAccumulator(basis, n_coils=2, n_samples=10, image_shape=(16, 16))
     coord = rng.uniform(-8, 8, (10, 2)).astype(np.float32)
     with pytest.raises(ValueError, match="outside the schedule's 40 acquired frames"):
         accumulator.add(40, coord, np.zeros((2, 10), np.complex64))
@@ -211,4 +231,6 @@ def test_accumulator_errors_name_the_problem() -> None:
     with pytest.raises(ValueError, match="share their trajectory's end points"):
         accumulator.add(1, moved, np.ones((2, 10), np.complex64))
     with pytest.raises(ValueError, match="no readouts"):
-        SubspaceAccumulator(basis, n_coils=2, n_samples=10).result()
+        SubspaceAccumulator(basis, n_coils=2, n_samples=10, image_shape=(16, 16)).result()
+    with pytest.raises(ValueError, match="buffer_frames must be at least 1"):
+        SubspaceAccumulator(basis, n_coils=2, n_samples=10, image_shape=(16, 16), buffer_frames=0)
