@@ -19,9 +19,10 @@ interleaves x 2101 samples = 100,848 samples, the first 200 of 1000 FISP frames,
 5. Streaming reconstruction, the gadget's path: every readout, with its trajectory in the ISMRMRD ``traj`` layout,
    goes into a ``SubspaceAccumulator`` one at a time. The state's ``nbytes`` is set against the raw frames, the K
    coil images and the previous design's K projected copies of the trajectory's k-space; the peak memory of
-   accumulation comes from the process's resident set (``/proc/self/statm``, sampled every millisecond by a thread:
-   everything, torch's tensors and the NUFFT's plans included) and from ``tracemalloc`` (numpy's buffers only). The
-   accumulation is timed in a separate pass without tracing. Then, one run each as a slice costs in the gadget:
+   accumulation comes from the process's resident set (``/proc/self/statm``, sampled every millisecond by a thread
+   during the first, timed pass: everything, torch's tensors and the NUFFT's plans included; memory the simulation
+   freed and the allocator kept is reused unseen, so it is a lower bound) and from ``tracemalloc`` (numpy's buffers
+   only, in a second pass). Then, one run each as a slice costs in the gadget:
    the ``SubspaceGridding`` (NUFFT, density compensation), ESPIRiT sensitivities from the data, SVDMRF,
    ``low_rank_cg`` (``--iterations``, ``--regularisation``, weighted by the dictionary's component energy) and
    ``dictionary_admm`` from it (``--admm-rounds``, clustered matching in every round; its index build included).
@@ -272,14 +273,14 @@ def streaming_recon(
             basis, n_coils=n_coils, n_samples=n_samples, image_shape=(matrix, matrix), device=device
         )
 
-    accumulator = new_accumulator()
-    feed_s, _ = timed(lambda: feed(accumulator, traj, scan.readouts, matrix), torch.device("cpu"))
+    with PeakRss() as rss:
+        accumulator = new_accumulator()
+        feed_s, _ = timed(lambda: feed(accumulator, traj, scan.readouts, matrix), torch.device("cpu"))
     del accumulator
     gc.collect()
     tracemalloc.start()
-    with PeakRss() as rss:
-        accumulator = new_accumulator()
-        feed(accumulator, traj, scan.readouts, matrix)
+    accumulator = new_accumulator()
+    feed(accumulator, traj, scan.readouts, matrix)
     held, peak = tracemalloc.get_traced_memory()
     tracemalloc.reset_peak()
     kspace = accumulator.result()
