@@ -94,7 +94,7 @@ class MrfReconConfig(GadgetConfig):
 
 @register("MrfReconGadget", MrfReconConfig)
 def mrf_recon(connection: GadgetConnection) -> None:
-    """Project each spiral readout into the dictionary subspace as it arrives; reconstruct each slice at its end."""
+    """Grid each spiral readout into the dictionary subspace as it arrives; reconstruct each slice at its end."""
     config = MrfReconConfig.from_connection(connection)
     device = torch_device(config.device)
     protocol = _MrfProtocol.from_header(connection.header)
