@@ -68,7 +68,6 @@ from qmri_models.mrf.matching import (
     MASK_THRESHOLD,
     build_match_index,
     match_fingerprints,
-    project_onto_dictionary,
     signal_mask,
 )
 from qmri_models.mrf.subspace import to_subspace
@@ -322,12 +321,12 @@ def streaming_recon(
 
     def admm() -> torch.Tensor:
         atoms = dictionary.compressed.to(device)
-        index = build_match_index(atoms)
         return dictionary_admm(
             operator,
             kspace,
             cg_coefficients,
-            lambda c: project_onto_dictionary(c, atoms, index=index),
+            atoms,
+            index=build_match_index(atoms),
             rounds=args.admm_rounds,
             regularisation=args.regularisation,
             energy=energy,

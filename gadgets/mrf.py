@@ -29,7 +29,6 @@ from qmri_models.mrf.matching import (
     MatchIndex,
     build_match_index,
     match_fingerprints,
-    project_onto_dictionary,
     signal_mask,
 )
 from qmri_models.mrf.schedule import FispSchedule, schedule_from_header
@@ -109,6 +108,10 @@ def mrf_recon(connection: GadgetConnection) -> None:
         dictionary.energy_kept,
     )
     basis = dictionary.basis.cpu().numpy()
+    projection = None
+    if config.method == "low_rank_admm":
+        atoms = dictionary.compressed.to(device)
+        projection = (atoms, build_match_index(atoms))
     slices: dict[int, _SliceState] = {}
     for item in connection:
         if not isinstance(item, ismrmrd.Acquisition):
@@ -130,14 +133,14 @@ def mrf_recon(connection: GadgetConnection) -> None:
             state = slices[index] = _SliceState(accumulator, item)
         state.accumulator.add(int(item.idx.repetition), coord_from_ismrmrd_traj(item.traj, protocol.matrix), item.data)
         if item.is_flag_set(ismrmrd.ACQ_LAST_IN_SLICE):
-            connection.send(_reconstruct(slices.pop(index), index, dictionary, protocol, config, device))
+            connection.send(_reconstruct(slices.pop(index), index, dictionary, protocol, config, device, projection))
     for index, state in sorted(slices.items()):
         log.warning(
             "slice %d: the stream ended before its last readout; reconstructing the %d frames that arrived",
             index,
             state.accumulator.n_frames,
         )
-        connection.send(_reconstruct(state, index, dictionary, protocol, config, device))
+        connection.send(_reconstruct(state, index, dictionary, protocol, config, device, projection))
 
 
 @dataclass(frozen=True)
@@ -272,8 +275,12 @@ def _reconstruct(
     protocol: _MrfProtocol,
     config: MrfReconConfig,
     device: torch.device,
+    projection: tuple[torch.Tensor, MatchIndex] | None,
 ) -> SubspaceImages:
-    """Return the coefficient images of one slice from its accumulated subspace k-space."""
+    """Return the coefficient images of one slice from its accumulated subspace k-space.
+
+    ``projection`` is the compressed atoms on ``device`` and their match index, for ``low_rank_admm``.
+    """
     start = time.perf_counter()
     kspace = state.accumulator.result()
     image_shape = (protocol.matrix, protocol.matrix)
@@ -291,14 +298,14 @@ def _reconstruct(
             energy=energy,
             on_iteration=lambda i, r: log.debug("slice %d: CG iteration %d, relative residual %.3g", index, i, r),
         )
-        if config.method == "low_rank_admm":
-            atoms = dictionary.compressed.to(device)
-            match_index = build_match_index(atoms)
+        if projection is not None:
+            atoms, match_index = projection
             coefficients = dictionary_admm(
                 operator,
                 kspace,
                 coefficients,
-                lambda c: project_onto_dictionary(c, atoms, index=match_index),
+                atoms,
+                index=match_index,
                 rounds=config.admm_rounds,
                 regularisation=config.regularisation,
                 energy=energy,

@@ -38,6 +38,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from qmri_models.mrf.matching import MatchIndex, project_onto_dictionary
 from qmri_models.recon.cartesian import centered_fft2, espirit_sensitivities
 from qmri_models.recon.nufft import Backend, NufftOp, density_compensation
 
@@ -501,8 +502,9 @@ def dictionary_admm(
     operator: SubspaceOperator,
     kspace: SubspaceKspace,
     start: torch.Tensor,
-    project: Callable[[torch.Tensor], torch.Tensor],
+    atoms: torch.Tensor,
     *,
+    index: MatchIndex | None = None,
     rounds: int = DEFAULT_ADMM_ROUNDS,
     iterations: int = ADMM_ROUND_ITERATIONS,
     regularisation: float = DEFAULT_REGULARISATION,
@@ -515,7 +517,7 @@ def dictionary_admm(
 
     - ``c <- argmin ||W^(1/2) (A c - y)||^2 + ||Lambda^(1/2) (c - z + u)||^2``, i.e. ``iterations`` of conjugate
       gradient on ``(A^H W A + Lambda) c = A^H W y + Lambda (z - u)``, warm-started;
-    - ``z <- project(c + u)``, every pixel's best atom scaled to it (``matching.project_onto_dictionary``);
+    - ``z <- P(c + u)``, every pixel's best atom scaled to it (``matching.project_onto_dictionary``);
     - ``u <- u + c - z``.
 
     A prior centred on zero shrinks the weak components and so bends the fingerprints: measured at 256^2, white
@@ -526,7 +528,9 @@ def dictionary_admm(
     operator : The slice's subspace operator.
     kspace : The slice's accumulated subspace k-space.
     start : First estimate, the low-rank CG reconstruction (``low_rank_cg``). Shape `(K, y, x)`.
-    project : The dictionary projection of coefficient images `(K, y, x)`, same shape out.
+    atoms : Compressed dictionary the pixels are projected on, on the operator's device. Shape `(atoms, K)`.
+    index : ``matching.build_match_index(atoms)`` for the clustered search (built once per dictionary by the caller);
+        None searches exhaustively.
     rounds : ADMM rounds, at least 1.
     iterations : Conjugate-gradient iterations per round.
     regularisation : Prior weight on the strongest component (``prior_weights``).
@@ -542,7 +546,7 @@ def dictionary_admm(
     rhs = svdmrf(operator, kspace)
     weights = prior_weights(regularisation, energy, rhs.shape[0]).to(rhs.device)
     coefficients = start
-    target = project(coefficients)
+    target = project_onto_dictionary(coefficients, atoms, index=index)
     scaled_dual = torch.zeros_like(coefficients)
     for round_number in range(1, rounds + 1):
         coefficients = conjugate_gradient(
@@ -551,7 +555,7 @@ def dictionary_admm(
             coefficients,
             iterations,
         )
-        target = project(coefficients + scaled_dual)
+        target = project_onto_dictionary(coefficients + scaled_dual, atoms, index=index)
         scaled_dual = scaled_dual + coefficients - target
         if on_round is not None:
             on_round(round_number)
