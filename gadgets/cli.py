@@ -6,6 +6,7 @@ import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from gadgets.runtime.chain import ChainError, load_chain, resolve_chain, shipped_chains
 from gadgets.runtime.pipeline import StreamError
@@ -163,21 +164,25 @@ def _stage_bars(prefix: str, *, quiet: bool) -> Iterator[Callable[[str, int, int
             bar.close()
 
 
+def _stage_one_fields(args: argparse.Namespace) -> dict[str, Any]:
+    """Return the ``StageOneData`` fields (the stage-1 data recipe) that ``puq-fit`` and ``puq-error-head`` share."""
+    return {
+        "map_name": args.map,
+        "recon_weights": str(args.recon_weights or args.map),
+        "n_train": args.n_train,
+        "n_val": args.n_val,
+        "matrix": args.matrix,
+        "accelerations": tuple(args.accelerations),
+        "mc_samples": args.mc_samples,
+        "seed": args.seed,
+    }
+
+
 def _train_puq_fit(args: argparse.Namespace) -> int:
     from qmri_models.device import torch_device
     from qmri_models.training.train_fit import FitTrainingConfig, train_fit
 
-    config = FitTrainingConfig(
-        map_name=args.map,
-        recon_weights=str(args.recon_weights or args.map),
-        n_train=args.n_train,
-        n_val=args.n_val,
-        matrix=args.matrix,
-        accelerations=tuple(args.accelerations),
-        mc_samples=args.mc_samples,
-        epochs=args.epochs,
-        seed=args.seed,
-    )
+    config = FitTrainingConfig(**_stage_one_fields(args), epochs=args.epochs)
     with _stage_bars(f"puq-fit {args.map}", quiet=args.quiet) as on_progress:
         history = train_fit(config, args.out, device=torch_device(args.device), on_progress=on_progress)
     print(
@@ -192,18 +197,7 @@ def _train_puq_error_head(args: argparse.Namespace) -> int:
     from qmri_models.device import torch_device
     from qmri_models.training.train_error_head import ErrorHeadTrainingConfig, train_error_head
 
-    config = ErrorHeadTrainingConfig(
-        map_name=args.map,
-        recon_weights=str(args.recon_weights or args.map),
-        n_train=args.n_train,
-        n_val=args.n_val,
-        matrix=args.matrix,
-        accelerations=tuple(args.accelerations),
-        mc_samples=args.mc_samples,
-        hidden=args.hidden,
-        steps=args.steps,
-        seed=args.seed,
-    )
+    config = ErrorHeadTrainingConfig(**_stage_one_fields(args), hidden=args.hidden, steps=args.steps)
     with _stage_bars(f"puq-error-head {args.map}", quiet=args.quiet) as on_progress:
         history = train_error_head(config, args.out, device=torch_device(args.device), on_progress=on_progress)
     print(

@@ -2,6 +2,7 @@
 
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -112,15 +113,22 @@ def tiny_recon_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out / "weights.pt"
 
 
+def _tiny_stage_one(recon_weights: Path) -> dict[str, Any]:
+    """``StageOneData`` fields of a few small MOLLI slices through the tiny network (the trainers' shared recipe)."""
+    return {
+        "map_name": "t1",
+        "recon_weights": str(recon_weights),
+        "n_train": 2,
+        "n_val": 1,
+        "matrix": 96,
+        "n_coils": 4,
+        "accelerations": (4,),
+    }
+
+
 def test_train_puq_fit_learns_resumes_and_loads(tmp_path: Path, tiny_recon_weights: Path) -> None:
     config = FitTrainingConfig(
-        map_name="t1",
-        recon_weights=str(tiny_recon_weights),
-        n_train=2,
-        n_val=1,
-        matrix=96,
-        n_coils=4,
-        accelerations=(4,),
+        **_tiny_stage_one(tiny_recon_weights),
         mc_samples=3,
         epochs=3,
         batch_size=256,
@@ -144,13 +152,7 @@ def test_train_puq_fit_learns_resumes_and_loads(tmp_path: Path, tiny_recon_weigh
 
 def test_train_error_head_resumes_and_ships_the_network_with_its_head(tmp_path: Path, tiny_recon_weights: Path) -> None:
     config = ErrorHeadTrainingConfig(
-        map_name="t1",
-        recon_weights=str(tiny_recon_weights),
-        n_train=2,
-        n_val=1,
-        matrix=96,
-        n_coils=4,
-        accelerations=(4,),
+        **_tiny_stage_one(tiny_recon_weights),
         mc_samples=2,
         hidden=4,
         steps=30,
