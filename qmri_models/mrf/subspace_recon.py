@@ -99,7 +99,7 @@ class _Slot:
     coord: np.ndarray
     dcf: np.ndarray
     calibration: np.ndarray
-    """Indices of the samples within the calibration radius."""
+    """Indices of the samples inside the centred ``CALIBRATION_MATRIX``-square."""
     gram: np.ndarray
     calibration_data: np.ndarray
 
@@ -154,12 +154,13 @@ class SubspaceAccumulator:
 
     @property
     def nbytes(self) -> int:
-        """Memory held by the accumulated state in bytes."""
-        slots = sum(
-            a.nbytes
+        """Memory held by the accumulated state in bytes (weights that rotated slots share are counted once)."""
+        arrays = {
+            id(a): a.nbytes
             for slot in self._slots.values()
             for a in (slot.coord, slot.dcf, slot.calibration, slot.gram, slot.calibration_data)
-        )
+        }
+        slots = sum(arrays.values())
         pending = sum(readout.nbytes for _, _, readout in self._pending)
         return self._coil_images.element_size() * self._coil_images.nelement() + slots + pending
 
@@ -238,9 +239,10 @@ class SubspaceAccumulator:
         )
         dcf = torch.from_numpy(np.stack([slot.dcf for slot in slots])).to(self.device)
         readouts = torch.from_numpy(np.stack([readout for _, _, readout in self._pending], axis=1)).to(self.device)
+        compensated = dcf * readouts
         weights = torch.from_numpy(self.basis[frames].conj()).to(self.device)
         for k in range(self.basis.shape[1]):
-            self._coil_images[k] += nufft.adjoint(weights[:, k, None] * dcf * readouts)
+            self._coil_images[k] += nufft.adjoint(weights[:, k, None] * compensated)
         self._pending.clear()
 
     def result(self) -> SubspaceKspace:
