@@ -298,7 +298,7 @@ class SubspaceGridding:
 
 
 class SubspaceOperator:
-    """The subspace encoding operator of one slice: its adjoint ``A^H W`` and normal operator ``A^H W A``.
+    """The subspace encoding operator of one slice: its sensitivity combination ``S^H`` and normal operator ``A^H W A``.
 
     Parameters
     ----------
@@ -319,9 +319,25 @@ class SubspaceOperator:
 
     def normal(self, coefficients: torch.Tensor) -> torch.Tensor:
         """Return ``A^H W A c``. ``coefficients`` `(K, y, x)`; returns the same shape."""
-        samples = self.gridding.nufft.forward(coefficients[:, None] * self.sens)
-        weighted = self.gridding.dcf * torch.einsum("jkl,lcjs->kcjs", self.gram, samples)
-        return self.combine(self.gridding.nufft.adjoint(weighted))
+        coil_images = coefficients[:, None] * self.sens
+        return self.combine(slot_normal(self.gridding.nufft, self.gridding.dcf, self.gram, coil_images))
+
+
+def slot_normal(nufft: NufftOp, weights: torch.Tensor, gram: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
+    """Return ``sum_j F_j^H W_j G_j F_j`` of coil images, the normal operator without sensitivities.
+
+    Parameters
+    ----------
+    nufft : NUFFT of every slot's samples, `(slots, samples)`.
+    weights : ``W`` of every sample. Shape `(slots, samples)`.
+    gram : Temporal Gram matrices ``G_j``. Shape `(slots, K, K)`.
+    images : Coil images of every coefficient. Shape `(K, coils, y, x)`.
+
+    Returns
+    -------
+    The same shape as ``images``.
+    """
+    return nufft.adjoint(weights * torch.einsum("jkl,lcjs->kcjs", gram, nufft.forward(images)))
 
 
 def subspace_sensitivities(
@@ -360,12 +376,14 @@ def subspace_sensitivities(
     weights = torch.from_numpy(np.where(inside, kspace.calibration_dcf, 0)).to(gridding.device)
     gram = torch.from_numpy(kspace.gram).to(gridding.device)
     data = torch.from_numpy(kspace.calibration_data).to(gridding.device)
-
-    def normal(images: torch.Tensor) -> torch.Tensor:
-        return nufft.adjoint(weights * torch.einsum("jkl,lcjs->kcjs", gram, nufft.forward(images)))
-
     rhs = nufft.adjoint(weights * data)
-    coil_images = conjugate_gradient(normal, rhs, torch.zeros_like(rhs), iterations)[0].cpu().numpy()
+    coil_images = (
+        conjugate_gradient(
+            lambda images: slot_normal(nufft, weights, gram, images), rhs, torch.zeros_like(rhs), iterations
+        )[0]
+        .cpu()
+        .numpy()
+    )
     calibration = np.zeros((coil_images.shape[0], *image_shape), np.complex64)
     top, left = image_shape[0] // 2 - side // 2, image_shape[1] // 2 - side // 2
     calibration[:, top : top + side, left : left + side] = centered_fft2(coil_images)
