@@ -15,6 +15,7 @@ import ismrmrd
 from gadgets.dicom.files import DicomSeriesWriter
 from gadgets.dicom.store import DicomNode, Outbox
 from gadgets.runtime.config import GadgetConfig, PropertyError, prop
+from gadgets.runtime.output_folder import inside
 from gadgets.runtime.registry import GadgetConnection, register
 
 log = logging.getLogger(__name__)
@@ -27,13 +28,17 @@ FLUSH_EVERY_FILES = 32
 class DicomOutputConfig(GadgetConfig):
     """Properties of DicomOutputGadget."""
 
-    folder: str = prop("dicom", "folder for the DICOM files, relative to the output folder (replay --out, --output)")
-    node_host: str = prop("", "host of a DICOM node to C-STORE every file to; empty: write files only")
-    node_port: int = prop(104, "DICOM port of the node", minimum=1, maximum=65535)
-    called_ae: str = prop(DicomNode.called_ae, "AE title of the node")
-    calling_ae: str = prop(DicomNode.calling_ae, "our AE title, as the node knows us")
+    folder: str = prop(
+        "dicom", "folder for the DICOM files, inside the output folder (replay --out, serve --output)", site=True
+    )
+    node_host: str = prop("", "host of a DICOM node to C-STORE every file to; empty: write files only", site=True)
+    node_port: int = prop(104, "DICOM port of the node", minimum=1, maximum=65535, site=True)
+    called_ae: str = prop(DicomNode.called_ae, "AE title of the node", site=True)
+    calling_ae: str = prop(DicomNode.calling_ae, "our AE title, as the node knows us", site=True)
     outbox: str = prop(
-        "dicom_outbox", "folder of files waiting for the node, relative to the output folder (qmri dicom-flush)"
+        "dicom_outbox",
+        "folder of files waiting for the node, inside the output folder (qmri dicom-flush)",
+        site=True,
     )
 
     def __post_init__(self) -> None:
@@ -55,9 +60,9 @@ def dicom_output(connection: GadgetConnection) -> None:
     """Write every MRD image as DICOM (MR images; maps as Parametric Maps) and pass it on; C-STORE to a node if set."""
     config = DicomOutputConfig.from_connection(connection)
     output_dir = Path(getattr(connection, "output_dir", None) or Path.cwd())
-    writer = DicomSeriesWriter(connection.header, output_dir / config.folder)
+    writer = DicomSeriesWriter(connection.header, inside(output_dir, config.folder, "folder"))
     node = config.node()
-    sender = _NodeSender(node, Outbox(output_dir / config.outbox)) if node is not None else None
+    sender = _NodeSender(node, Outbox(inside(output_dir, config.outbox, "outbox"))) if node is not None else None
     n_files = 0
     for item in connection:
         if isinstance(item, ismrmrd.Image):

@@ -14,8 +14,9 @@ from gadgets.runtime.config import prop
 from gadgets.runtime.registry import GadgetConnection, register
 from qmri_models.device import torch_device
 from qmri_models.fitting.guided import fit_guided_maps
+from qmri_models.fitting.plausibility import describe_rejections
 from qmri_models.networks.fit_mlp import FitMlp
-from qmri_models.pretrained import load_fit_mlp
+from qmri_models.pretrained import MAP_NAMES, load_fit_mlp
 from qmri_models.signal_models import signal_model
 
 log = logging.getLogger(__name__)
@@ -31,7 +32,12 @@ class PuqFitConfig(ParameterFitConfig):
         "learned", "learned: the PUQ paper's pixelwise MLP; model_based: Levenberg-Marquardt weighted by 1/SD^2"
     )
     guided: bool = prop(True, "use the per-phase uncertainty (false: equal weights / the unguided MLP, the ablation)")
-    fit_weights: str = prop("t1", "learned fit: t1 or t2 shipped weights, or a fit_weights.pt from qmri train")
+    fit_weights: str = prop(
+        "t1",
+        "learned fit: t1 or t2 shipped weights, or (site chains only) a fit_weights.pt from qmri train",
+        site=True,
+        client_choices=MAP_NAMES,
+    )
 
 
 @register("PuqFitGadget", PuqFitConfig)
@@ -75,6 +81,8 @@ def fit_puq_slice(item: PhaseImages, config: PuqFitConfig, *, mlp: FitMlp | None
         guided=config.guided,
         mlp=mlp,
         mask_threshold=config.mask_threshold,
+        min_island_pixels=config.min_island_pixels,
+        maxima=config.maxima,
         device=device,
         max_iterations=config.max_iterations,
     )
@@ -89,6 +97,7 @@ def fit_puq_slice(item: PhaseImages, config: PuqFitConfig, *, mlp: FitMlp | None
         time.perf_counter() - start,
         device,
     )
+    log.info("slice %d: %s", item.slice, describe_rejections(maps))
     return MapImages(
         maps=maps,
         primary_map=model.primary_map,

@@ -27,7 +27,7 @@ class CartesianReconConfig(GadgetConfig):
         "espirit", "espirit maps from the ACS (complex images) or sum of squares (zero_filled only, magnitude)"
     )
     cg_iterations: int = prop(
-        10, "conjugate-gradient iterations of CG-SENSE (few: early stopping regularises)", minimum=1, maximum=1000
+        10, "conjugate-gradient iterations of CG-SENSE (few: early stopping regularises)", minimum=1, maximum=100
     )
     cg_lambda: float = prop(0.0, "Tikhonov (L2) regularisation weight of CG-SENSE", minimum=0.0)
 

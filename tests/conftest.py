@@ -12,6 +12,7 @@ import pytest
 
 from gadgets.runtime.protocol import parse_header
 from gadgets.runtime.server import MrdServer
+from gadgets.runtime.session import SiteSettings
 from qmri_models.simulation.raw_writer import write_raw
 from qmri_models.simulation.scan import ScanSettings, simulate_scan
 
@@ -56,7 +57,7 @@ def raw_header_and_items(raw: Path) -> tuple[object, list[object]]:
 @pytest.fixture
 def server(tmp_path: Path) -> Iterator[MrdServer]:
     """A running MRD server on a free loopback port, journaling to tmp_path/journal; shut down afterwards."""
-    srv = MrdServer("127.0.0.1", 0, journal_dir=tmp_path / "journal")
+    srv = MrdServer("127.0.0.1", 0, site=SiteSettings(journal_dir=tmp_path / "journal"))
     srv.start_in_background()
     yield srv
     srv.shutdown()

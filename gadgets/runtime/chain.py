@@ -14,9 +14,11 @@ Accepted::
       </stream>
     </configuration>
 
-Chains arrive from the network as CONFIG_TEXT, so the XML is parsed with defusedxml (no entities, no DTDs).
-Every problem (malformed XML, unknown gadget, unknown property, wrong type) is a :class:`ChainError` that names the
-file, the gadget and the property.
+Chains arrive from the network as CONFIG_TEXT, so the XML is parsed with defusedxml (no entities, no DTDs), and
+such a client's chain may not set site properties (paths, hosts, ports, model files: ``prop(..., site=True)``).
+Chain files on the server's disk (shipped, the site's folder, a file named on the command line) are the site's and
+may. Every problem (malformed XML, unknown gadget, unknown property, wrong type, a site property from a client) is a
+:class:`ChainError` that names the file, the gadget and the property.
 """
 
 import xml.etree.ElementTree as ET
@@ -60,7 +62,7 @@ class Chain:
     stages: tuple[Stage, ...]
 
 
-def parse_chain(text: str, *, source: str = "config text", name: str | None = None) -> Chain:
+def parse_chain(text: str, *, source: str = "config text", name: str | None = None, site: bool = False) -> Chain:
     """Return the validated chain described by Gadgetron v2 XML text.
 
     Parameters
@@ -68,6 +70,8 @@ def parse_chain(text: str, *, source: str = "config text", name: str | None = No
     text : The XML.
     source : Where it came from, for error messages (a path, or ``config text``).
     name : The chain's name; defaults to the source's file stem.
+    site : The text is the site's (a file on the server's disk), so it may set site properties; False for a
+        client's CONFIG_TEXT, which may not.
 
     Returns
     -------
@@ -76,7 +80,8 @@ def parse_chain(text: str, *, source: str = "config text", name: str | None = No
     Raises
     ------
     ChainError
-        For malformed XML, a wrong root or version, an unsupported element, an unknown gadget or a bad property.
+        For malformed XML, a wrong root or version, an unsupported element, an unknown gadget, a bad property, or a
+        site property in a client's chain.
     """
     parser = DefusedXMLParser(target=ET.TreeBuilder(insert_comments=True))
     try:
@@ -104,7 +109,7 @@ def parse_chain(text: str, *, source: str = "config text", name: str | None = No
             raise ChainError(f"{source}: <{node.tag}> is not supported; list our gadgets directly in <stream>")
         if node.tag != "gadget":
             raise ChainError(f"{source}: unexpected element <{node.tag}> in <stream>")
-        stages.append(_stage(node, gadgets, source))
+        stages.append(_stage(node, gadgets, source, site=site))
     if not stages:
         raise ChainError(f"{source}: <stream> holds no <gadget>")
     names = [s.name for s in stages]
@@ -118,8 +123,8 @@ def parse_chain(text: str, *, source: str = "config text", name: str | None = No
     )
 
 
-def _stage(node: ET.Element, gadgets: dict[str, GadgetSpec], source: str) -> Stage:
-    """Return one validated stage from a ``<gadget>`` element."""
+def _stage(node: ET.Element, gadgets: dict[str, GadgetSpec], source: str, *, site: bool) -> Stage:
+    """Return one validated stage from a ``<gadget>`` element (a client's may not set site properties)."""
     classname = (node.findtext("classname") or "").strip()
     name = (node.findtext("name") or "").strip() or classname
     where = f"{source}: gadget '{name}'"
@@ -133,6 +138,13 @@ def _stage(node: ET.Element, gadgets: dict[str, GadgetSpec], source: str) -> Sta
         config = spec.config.from_properties(properties)
     except PropertyError as exc:
         raise ChainError(f"{where} ({classname}): {exc}") from exc
+    refused = [] if site else config.client_violations()
+    if refused:
+        raise ChainError(
+            f"{where} ({classname}): property '{refused[0]}' is a site setting (a path, host, port or model file) "
+            "that a client's chain cannot set; use a chain the server offers by name (CONFIG_FILE), or ask the site "
+            "to add one to its chain folder (qmri serve --site-chains)"
+        )
     return Stage(name=name, spec=spec, properties=properties, config=config)
 
 
@@ -165,12 +177,25 @@ def load_chain(path: Path) -> Chain:
         text = path.read_text()
     except (OSError, UnicodeDecodeError) as exc:
         raise ChainError(f"{path}: cannot read chain: {exc}") from exc
-    return parse_chain(text, source=str(path), name=path.stem)
+    return parse_chain(text, source=str(path), name=path.stem, site=True)
 
 
 def shipped_chains() -> dict[str, Path]:
     """Return the shipped chain files by name (file stem)."""
     return {p.stem: p for p in sorted(CHAINS_DIR.glob("*.xml"))}
+
+
+def chains_for_clients(site_chains: Path | None = None) -> dict[str, Path]:
+    """Return the chain files a client may name by CONFIG_FILE, by name: the shipped ones and the site's, which win.
+
+    Parameters
+    ----------
+    site_chains : The site's chain folder (``qmri serve --site-chains``), or None.
+    """
+    chains = shipped_chains()
+    if site_chains is not None:
+        chains.update({p.stem: p for p in sorted(Path(site_chains).glob("*.xml"))})
+    return chains
 
 
 def resolve_chain(name_or_file: str) -> Chain:

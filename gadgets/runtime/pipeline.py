@@ -1,25 +1,35 @@
 """Run a chain: one thread per gadget, bounded queues between them, clean stop on any failure.
 
-Backpressure comes from the bounded queues: a slow gadget blocks its upstream, and finally the reader of the
-socket or file, so memory stays bounded on a long scan. When a gadget raises, the stream is cancelled: every
-thread gives up at its next queue operation, the failure is reported to the caller, and nothing is left running.
+Backpressure comes from the bounded queues (bounded in items and in bytes): a slow gadget blocks its upstream, and
+finally the reader of the socket or file, so memory stays bounded on a long scan. When a gadget raises, or the
+client goes, the stream is cancelled: every thread gives up at its next queue operation, and a gadget deep in a
+computation stops at its next ``qmri_models.interrupt.check_interrupt`` (CG and LM iterations, MC samples); the
+failure is reported to the caller, and nothing is left running.
 """
 
+import dataclasses
 import logging
-import queue
 import threading
 import xml.etree.ElementTree as ET
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+import ismrmrd
+import numpy as np
+
 from gadgets.runtime.chain import Chain
+from qmri_models.interrupt import Interrupted, interruptible
 
 log = logging.getLogger(__name__)
 
 _END = object()
 _POLL_S = 0.05
+QUEUE_BYTES = 128 << 20
+"""Bytes of arrays a queue between two gadgets holds before its producer waits (an item larger than this passes
+alone): with slices of tens of MB, a count limit alone would let one stream queue gigabytes."""
 
 
 class StreamCancelledError(Exception):
@@ -27,23 +37,30 @@ class StreamCancelledError(Exception):
 
 
 class Channel:
-    """A bounded FIFO between two stages whose operations give up when the stream is cancelled."""
+    """A FIFO between two stages, bounded in items and bytes, whose operations give up when the stream is cancelled."""
 
-    def __init__(self, size: int, cancelled: threading.Event) -> None:
-        self._queue: queue.Queue[Any] = queue.Queue(maxsize=size)
+    def __init__(self, size: int, cancelled: threading.Event, *, max_bytes: int = QUEUE_BYTES) -> None:
+        self._items: deque[tuple[Any, int]] = deque()
+        self._size = size
+        self._max_bytes = max_bytes
+        self._bytes = 0
+        self._changed = threading.Condition()
         self._cancelled = cancelled
         self._ended = False
 
     def put(self, item: Any) -> None:
         """Append an item, waiting while the channel is full; raise StreamCancelledError if the stream ends."""
-        while True:
+        n_bytes = 0 if item is _END else item_nbytes(item)
+        with self._changed:
+            while self._items and (len(self._items) >= self._size or self._bytes + n_bytes > self._max_bytes):
+                if self._cancelled.is_set():
+                    raise StreamCancelledError
+                self._changed.wait(_POLL_S)
             if self._cancelled.is_set():
                 raise StreamCancelledError
-            try:
-                self._queue.put(item, timeout=_POLL_S)
-            except queue.Full:
-                continue
-            return
+            self._items.append((item, n_bytes))
+            self._bytes += n_bytes
+            self._changed.notify_all()
 
     def close(self) -> None:
         """Mark the end of the items."""
@@ -51,16 +68,35 @@ class Channel:
 
     def __iter__(self) -> Iterator[Any]:
         while not self._ended:
-            try:
-                item = self._queue.get(timeout=_POLL_S)
-            except queue.Empty:
-                if self._cancelled.is_set():
-                    return
-                continue
+            with self._changed:
+                while not self._items:
+                    if self._cancelled.is_set():
+                        return
+                    self._changed.wait(_POLL_S)
+                item, n_bytes = self._items.popleft()
+                self._bytes -= n_bytes
+                self._changed.notify_all()
             if item is _END:
                 self._ended = True
                 return
             yield item
+
+
+def item_nbytes(item: Any) -> int:
+    """Return the bytes of the arrays an item holds (readout data and trajectory, image data, dataclass fields)."""
+    if isinstance(item, np.ndarray):
+        return int(item.nbytes)
+    if isinstance(item, ismrmrd.Acquisition):
+        return int(item.data.nbytes + item.traj.nbytes)
+    if isinstance(item, ismrmrd.Image | ismrmrd.Waveform):
+        return int(item.data.nbytes)
+    if dataclasses.is_dataclass(item):
+        return sum(
+            int(value.nbytes)
+            for value in (getattr(item, f.name) for f in dataclasses.fields(item))
+            if isinstance(value, np.ndarray)
+        )
+    return 0
 
 
 class Connection:
@@ -149,12 +185,15 @@ class _Input:
         self._items = iter(items)
         self._cancelled = cancelled
         self._fail = fail
+        self.exhausted = threading.Event()
+        """Set once the last item has been read (the client sent CLOSE)."""
 
     def __iter__(self) -> Iterator[Any]:
         while not self._cancelled.is_set():
             try:
                 item = next(self._items)
             except StopIteration:
+                self.exhausted.set()
                 return
             except Exception as exc:  # any input error ends the stream and is reported as the input's
                 self._fail("input", exc)
@@ -194,6 +233,7 @@ def run_chain(
     stream: str = "stream",
     queue_size: int = 64,
     output_dir: Path | None = None,
+    client_gone: Callable[[], bool] | None = None,
 ) -> None:
     """Run ``items`` through the chain, handing everything the last gadget sends to ``sink``.
 
@@ -209,13 +249,16 @@ def run_chain(
     stream : Name of the stream for logs.
     queue_size : Items each queue between two gadgets holds before its producer waits.
     output_dir : Folder for files that gadgets write (``connection.output_dir``); the working directory if None.
+    client_gone : Polled every 50 ms once the input has ended: True when the client has gone, which cancels the
+        stream (its gadgets stop within an iteration) and raises ConnectionResetError.
 
     Raises
     ------
     StreamError
         If a gadget or the input failed; the stream was stopped and every thread has ended.
     OSError
-        What ``sink`` raised when the client or the output file went away, after every thread has ended.
+        What ``sink`` raised when the client or the output file went away, or ConnectionResetError when
+        ``client_gone`` said so, after every thread has ended.
     """
     cancelled = threading.Event()
     failures: list[Failure] = []
@@ -226,7 +269,8 @@ def run_chain(
 
     n = len(chain.stages)
     output = _Sink(sink, cancelled)
-    inboxes: list[Iterable[Any]] = [_Input(items, cancelled, fail)]
+    source = _Input(items, cancelled, fail)
+    inboxes: list[Iterable[Any]] = [source]
     outboxes: list[Outbox] = []
     for _ in range(n - 1):
         channel = Channel(queue_size, cancelled)
@@ -241,11 +285,12 @@ def run_chain(
             inbox, outbox, header, stage.properties, stream=stream, output_dir=output_dir or Path.cwd()
         )
         try:
-            stage.spec.gadget(connection)
+            with interruptible(cancelled):
+                stage.spec.gadget(connection)
             for leftover in inbox:
                 outbox.put(leftover)
             outbox.close()
-        except StreamCancelledError:
+        except (StreamCancelledError, Interrupted):
             return
         except Exception as exc:  # a gadget's error ends its stream, never the process (logged with traceback)
             log.exception("%s: gadget '%s' (%s) failed", stream, stage.name, stage.spec.classname)
@@ -257,9 +302,14 @@ def run_chain(
     ]
     for worker in workers:
         worker.start()
+    gone = False
     try:
         while not cancelled.is_set() and any(worker.is_alive() for worker in workers):
             workers[-1].join(timeout=_POLL_S)
+            if client_gone is not None and source.exhausted.is_set() and client_gone():
+                log.warning("%s: the client has gone; stopping the stream's work", stream)
+                gone = True
+                break
     finally:
         cancelled.set()
         for worker in workers[1:]:
@@ -269,5 +319,7 @@ def run_chain(
         workers[0].join(timeout=_POLL_S)
     if output.error is not None:
         raise output.error
+    if gone:
+        raise ConnectionResetError(f"{stream}: the client went away while its stream was being processed")
     if failures:
         raise StreamError(failures[0])

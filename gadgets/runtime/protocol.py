@@ -1,121 +1,225 @@
-"""The MRD streaming protocol as Gadgetron speaks it, on top of ismrmrd's serialization module.
+"""The MRD streaming protocol as Gadgetron speaks it, on top of ismrmrd's types and serializer.
 
 What ismrmrd's ``ProtocolDeserializer`` does not do and real clients need: config text, header and text messages
-that are NUL-terminated (the length counts the NUL); a JSON TEXT message between the header and the data; bounded
-reads, so garbage that decodes as a 4 GB length fails instead of allocating it; protocol errors as one exception
-type with a message a client can act on.
+that are NUL-terminated (the length counts the NUL); a JSON TEXT message between the header and the data; every
+declared size checked before anything is allocated, so a client cannot make the server allocate what it does not
+send (:class:`MrdReader`); the header XML parsed without DTDs or entities; protocol errors as one exception type
+with a message a client can act on.
 """
 
 import ctypes
 import json
 import logging
+import struct
 import threading
-from collections.abc import Generator, Iterator
+import xml.etree.ElementTree as ET
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO
 
 import ismrmrd
+import ismrmrd.image
 import ismrmrd.xsd
 import numpy as np
+from defusedxml import DefusedXmlException
+from defusedxml.ElementTree import fromstring as defused_fromstring
 from ismrmrd.acquisition import AcquisitionHeader
-from ismrmrd.serialization import ConfigFile, ConfigText, ISMRMRDMessageID, ProtocolDeserializer, ProtocolSerializer
+from ismrmrd.image import ImageHeader
+from ismrmrd.serialization import ConfigFile, ConfigText, ISMRMRDMessageID, ProtocolSerializer
+from ismrmrd.waveform import WaveformHeader
 
 log = logging.getLogger(__name__)
 
-MAX_MESSAGE_BYTES = 1 << 30
-"""Largest single read a message may ask for (1 GiB); larger is treated as a corrupt stream."""
-
+TEXT_LIMIT_BYTES = 4 << 20
+"""Largest config text, header or TEXT message (4 MiB; a scanner's header is tens of kB)."""
+MAX_DIMENSIONS = 8
+"""Most dimensions an NDArray message may declare."""
 _READ_CHUNK = 1 << 20
+"""Bytes read at a time: memory grows with what arrives, never with what a length field declares."""
 
 
 class ProtocolError(ValueError):
     """The byte stream does not follow the MRD protocol: says what was expected and what came."""
 
 
-class _BoundedReader:
-    """A binary stream whose ``read`` refuses absurd lengths and reads large messages in chunks."""
+@dataclass(frozen=True)
+class MessageLimits:
+    """What one message may declare, checked before anything is allocated.
 
-    def __init__(self, stream: BinaryIO) -> None:
-        self._stream = stream
-
-    def readinto(self, buffer: memoryview) -> int:
-        if len(buffer) > MAX_MESSAGE_BYTES:
-            raise ProtocolError(f"a message asks for {len(buffer)} bytes (limit {MAX_MESSAGE_BYTES}); corrupt stream")
-        return self._stream.readinto(buffer)  # type: ignore[attr-defined]
-
-    def read(self, n: int) -> bytes:
-        if n > MAX_MESSAGE_BYTES:
-            raise ProtocolError(f"a message asks for {n} bytes (limit {MAX_MESSAGE_BYTES}); the stream is corrupt")
-        if n <= _READ_CHUNK:
-            return self._stream.read(n)
-        parts = []
-        remaining = n
-        while remaining:
-            part = self._stream.read(min(remaining, _READ_CHUNK))
-            if not part:
-                break
-            parts.append(part)
-            remaining -= len(part)
-        return b"".join(parts)
-
-
-class MrdDeserializer(ProtocolDeserializer):
-    """ismrmrd's deserializer, tolerant of NUL-terminated strings, strict about lengths, fast on acquisitions.
-
-    Acquisitions, nearly all of a raw stream, are read straight into their arrays (ismrmrd's reader allocates zeroed
-    arrays and copies into them, which halves the throughput); every other message goes through ismrmrd's code.
+    Parameters
+    ----------
+    max_data_bytes : Largest payload of one readout, image, waveform or array message (bytes).
+    max_channels : Most channels a readout may declare (the header's ``receiverChannels`` once it has arrived).
     """
 
-    def __init__(self, stream: BinaryIO) -> None:
-        super().__init__(_BoundedReader(stream))  # type: ignore[arg-type]
+    max_data_bytes: int = 64 << 20
+    max_channels: int = 1024
 
-    def deserialize(self) -> Generator[Any, None, None]:
-        """Yield the messages up to CLOSE (see ``ProtocolDeserializer.deserialize``)."""
+    def for_header(self, header: ismrmrd.xsd.ismrmrdHeader) -> "MessageLimits":
+        """Return these limits narrowed by what the stream's header says (its receiver channels)."""
+        system = header.acquisitionSystemInformation
+        channels = getattr(system, "receiverChannels", None) if system is not None else None
+        if channels is None or not 0 < int(channels) <= self.max_channels:
+            return self
+        return MessageLimits(max_data_bytes=self.max_data_bytes, max_channels=int(channels))
+
+
+class MrdReader:
+    """Reads MRD messages from a byte stream, every declared size checked against :class:`MessageLimits` first.
+
+    ismrmrd's ``ProtocolDeserializer`` allocates what a length field declares (an image or waveform header builds
+    its zeroed array before a byte of data arrives), so a 340-byte readout header could cost hundreds of MB. Here
+    each message's sizes are checked before any allocation, payloads are read in chunks as they arrive, and the
+    objects are built with ismrmrd's own types. Config, header and TEXT strings may be NUL-terminated (real clients
+    send them so; the length counts the NUL).
+
+    Parameters
+    ----------
+    stream : Binary input (socket file, stdin, file).
+    limits : Size limits; :meth:`expect` narrows them once the header is known.
+    """
+
+    def __init__(self, stream: BinaryIO, limits: MessageLimits | None = None) -> None:
+        self._stream = stream
+        self.limits = limits or MessageLimits()
+
+    def expect(self, header: ismrmrd.xsd.ismrmrdHeader) -> None:
+        """Narrow the limits by the stream's header (called once it has arrived)."""
+        self.limits = self.limits.for_header(header)
+
+    def messages(self) -> Iterator[Any]:
+        """Yield every message up to CLOSE.
+
+        Raises
+        ------
+        ProtocolError
+            For an unknown message id, a size over the limits or a malformed message.
+        EOFError
+            When the stream ends inside a message or before CLOSE.
+        """
+        readers = {
+            ISMRMRDMessageID.CONFIG_FILE: self._config_file,
+            ISMRMRDMessageID.CONFIG_TEXT: lambda: ConfigText(self._text("CONFIG_TEXT")),
+            ISMRMRDMessageID.HEADER: lambda: parse_header(self._text("HEADER")),
+            ISMRMRDMessageID.TEXT: lambda: self._text("TEXT"),
+            ISMRMRDMessageID.ACQUISITION: self._acquisition,
+            ISMRMRDMessageID.IMAGE: self._image,
+            ISMRMRDMessageID.WAVEFORM: self._waveform,
+            ISMRMRDMessageID.NDARRAY: self._ndarray,
+        }
         while True:
-            if self.peek() == ISMRMRDMessageID.ACQUISITION:
-                self._peeked_id = ISMRMRDMessageID.UNPEEKED  # consumed here, not by ismrmrd's reader
-                yield _read_acquisition(self._stream)  # type: ignore[arg-type]
-                continue
-            one = super().deserialize()
-            try:
-                yield next(one)
-            except StopIteration:
+            (message_id,) = struct.unpack("<H", self._read(2))
+            if message_id == ISMRMRDMessageID.CLOSE:
                 return
-            finally:
-                one.close()
+            reader = readers.get(message_id)
+            if reader is None:
+                raise ProtocolError(f"unknown message id {message_id}; the stream is not MRD or is corrupt")
+            yield reader()
 
-    def _deserialize_ismrmrd_header(self) -> ismrmrd.xsd.ismrmrdHeader:
-        text = self._deserialize_text()
-        return parse_header(text)
+    def _read(self, n: int) -> bytes:
+        """Return exactly ``n`` bytes (already checked against the limits), read in chunks; EOFError if short."""
+        if n <= _READ_CHUNK:
+            data = self._stream.read(n)
+            if len(data) < n:
+                raise EOFError(f"the stream ended {n - len(data)} bytes short inside a message")
+            return data
+        buffer = bytearray()
+        while len(buffer) < n:
+            part = self._stream.read(min(n - len(buffer), _READ_CHUNK))
+            if not part:
+                raise EOFError(f"the stream ended {n - len(buffer)} bytes short inside a message")
+            buffer += part
+        return bytes(buffer)
 
-    def _deserialize_text(self) -> str:
-        text = super()._deserialize_text()
-        return text.rstrip("\x00")
+    def _check(self, what: str, n_bytes: int) -> None:
+        """Raise ProtocolError when a declared payload is over the data limit."""
+        if n_bytes > self.limits.max_data_bytes:
+            raise ProtocolError(
+                f"{what} declares {n_bytes} bytes of data, over the limit of {self.limits.max_data_bytes} "
+                "(the server's --max-message-mb); refused before reading it"
+            )
+
+    def _data(self, what: str, n_bytes: int) -> bytes:
+        """Return a payload of ``n_bytes``, refused before reading when over the data limit."""
+        self._check(what, n_bytes)
+        return self._read(n_bytes)
+
+    def _text(self, what: str) -> str:
+        (length,) = struct.unpack("<I", self._read(4))
+        if length > TEXT_LIMIT_BYTES:
+            raise ProtocolError(f"a {what} message declares {length} bytes, over the limit of {TEXT_LIMIT_BYTES}")
+        return _utf8(self._read(length), what).rstrip("\x00")
+
+    def _config_file(self) -> ConfigFile:
+        return ConfigFile(_utf8(self._read(_CONFIG_FILE_BYTES).split(b"\x00", 1)[0], "CONFIG_FILE").strip())
+
+    def _acquisition(self) -> ismrmrd.Acquisition:
+        head = AcquisitionHeader.from_buffer_copy(self._read(_ACQUISITION_HEADER_BYTES))
+        n_samples, n_coils, n_dims = head.number_of_samples, head.active_channels, head.trajectory_dimensions
+        if not 0 < n_coils <= self.limits.max_channels:
+            raise ProtocolError(
+                f"readout {head.scan_counter} declares {n_coils} channels; this stream allows 1 to "
+                f"{self.limits.max_channels} (the header's receiverChannels)"
+            )
+        if n_dims > 3:
+            raise ProtocolError(f"readout {head.scan_counter} declares a {n_dims}-D trajectory (ISMRMRD: 2-D, 3-D)")
+        what = f"readout {head.scan_counter}"
+        traj = np.frombuffer(self._data(what, n_samples * n_dims * 4), np.float32)
+        data = np.frombuffer(self._data(what, n_samples * n_coils * 8), np.complex64)
+        return ismrmrd.Acquisition(head, data.reshape(n_coils, n_samples), traj.reshape(n_samples, n_dims))
+
+    def _image(self) -> ismrmrd.Image:
+        head_bytes = self._read(_IMAGE_HEADER_BYTES)
+        head = ImageHeader.from_buffer_copy(head_bytes)
+        dtype = _IMAGE_DTYPES.get(head.data_type)
+        if dtype is None:
+            raise ProtocolError(f"image {head.image_index} has an unknown data type {head.data_type}")
+        (n_attribute,) = struct.unpack("<Q", self._read(8))
+        if n_attribute > TEXT_LIMIT_BYTES:
+            raise ProtocolError(
+                f"image {head.image_index} declares {n_attribute} bytes of meta (limit {TEXT_LIMIT_BYTES})"
+            )
+        what = f"image {head.image_index} of series {head.image_series_index}"
+        n_bytes = int(np.prod([int(v) for v in head.matrix_size], dtype=object)) * int(head.channels) * dtype.itemsize
+        self._check(what, n_bytes)  # before ismrmrd.Image allocates the declared array
+        attributes = _utf8(self._read(n_attribute), "image meta").rstrip("\x00")
+        data = self._data(what, n_bytes)
+        image = ismrmrd.Image(head_bytes, attributes)
+        image.data.ravel()[:] = np.frombuffer(data, dtype=dtype)
+        return image
+
+    def _waveform(self) -> ismrmrd.Waveform:
+        head_bytes = self._read(_WAVEFORM_HEADER_BYTES)
+        head = WaveformHeader.from_buffer_copy(head_bytes)
+        n_bytes = int(head.channels) * int(head.number_of_samples) * 4
+        data = self._data(f"waveform {head.scan_counter}", n_bytes)  # before ismrmrd.Waveform allocates it
+        waveform = ismrmrd.Waveform(head_bytes)
+        waveform.data.ravel()[:] = np.frombuffer(data, dtype=np.uint32)
+        return waveform
+
+    def _ndarray(self) -> np.ndarray:
+        data_type, _version, n_dims = struct.unpack("<HHH", self._read(6))
+        dtype = _IMAGE_DTYPES.get(data_type)
+        if dtype is None or n_dims > MAX_DIMENSIONS:
+            raise ProtocolError(f"an array message declares data type {data_type} and {n_dims} dimensions")
+        dims = struct.unpack(f"<{n_dims}Q", self._read(8 * n_dims))
+        n_bytes = int(np.prod([int(d) for d in dims], dtype=object)) * dtype.itemsize
+        return np.frombuffer(self._data("an array message", n_bytes), dtype=dtype).reshape(dims)
 
 
+def _utf8(data: bytes, what: str) -> str:
+    """Return ``data`` decoded as UTF-8, or raise ProtocolError naming the message."""
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ProtocolError(f"the {what} message is not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+
+
+_CONFIG_FILE_BYTES = 1024
 _ACQUISITION_HEADER_BYTES = ctypes.sizeof(AcquisitionHeader)
-
-
-def _read_exactly(stream: "_BoundedReader", n: int) -> bytearray:
-    """Return exactly ``n`` bytes in a new writable buffer, or raise EOFError."""
-    buffer = bytearray(n)
-    view = memoryview(buffer)
-    got = 0
-    while got < n:
-        count = stream.readinto(view[got:])
-        if not count:
-            raise EOFError(f"the stream ended {n - got} bytes short inside a message")
-        got += count
-    return buffer
-
-
-def _read_acquisition(stream: "_BoundedReader") -> ismrmrd.Acquisition:
-    """Return one acquisition read from ``stream`` (after its message id), arrays built on the bytes read."""
-    head = AcquisitionHeader.from_buffer_copy(_read_exactly(stream, _ACQUISITION_HEADER_BYTES))
-    n_samples, n_coils, n_dims = head.number_of_samples, head.active_channels, head.trajectory_dimensions
-    traj = np.frombuffer(_read_exactly(stream, n_samples * n_dims * 4), np.float32)
-    data = np.frombuffer(_read_exactly(stream, n_samples * n_coils * 8), np.complex64)
-    return ismrmrd.Acquisition(head, data.reshape(n_coils, n_samples), traj.reshape(n_samples, n_dims))
+_IMAGE_HEADER_BYTES = ctypes.sizeof(ImageHeader)
+_WAVEFORM_HEADER_BYTES = ctypes.sizeof(WaveformHeader)
+_IMAGE_DTYPES: dict[int, np.dtype] = {k: np.dtype(v) for k, v in ismrmrd.image.dtype_mapping.items()}
 
 
 def parse_header(text: str) -> ismrmrd.xsd.ismrmrdHeader:
@@ -129,10 +233,12 @@ def parse_header(text: str) -> ismrmrd.xsd.ismrmrdHeader:
     -------
     The header.
     """
+    document = text.rstrip("\x00").encode()
     try:
-        return ismrmrd.xsd.CreateFromDocument(text.rstrip("\x00").encode())
-    except (ValueError, TypeError) as exc:
-        raise ProtocolError(f"the ISMRMRD header does not parse: {exc}") from exc
+        defused_fromstring(document, forbid_dtd=True)  # no DTDs, entities or external references reach xsdata
+        return ismrmrd.xsd.CreateFromDocument(document)
+    except (ET.ParseError, DefusedXmlException, ValueError, TypeError) as exc:
+        raise ProtocolError(f"the ISMRMRD header does not parse: {str(exc)[:300]}") from exc
 
 
 @dataclass
@@ -147,13 +253,22 @@ class StreamStart:
     """The first data message, read while looking for optional JSON text (None if the stream ended)."""
 
 
-def read_stream_start(messages: Iterator[Any], *, require_config: bool = True) -> StreamStart:
+def read_stream_start(
+    messages: Iterator[Any],
+    *,
+    require_config: bool = True,
+    on_config: Callable[[str | None, str | None], None] | None = None,
+    on_header: Callable[[ismrmrd.xsd.ismrmrdHeader], None] | None = None,
+) -> StreamStart:
     """Return the config, header and optional JSON settings at the head of a stream.
 
     Parameters
     ----------
     messages : The deserialized messages (from :func:`read_messages`).
     require_config : Whether the stream must open with a config message (stream mode with ``--chain`` need not).
+    on_config : Called with ``(config_file, config_text)`` as soon as the config message is read, before the header:
+        a chain the server refuses is refused before any more of the stream is read.
+    on_header : Called with the header as soon as it is read, before the data (validation, limits, timeouts).
 
     Returns
     -------
@@ -170,12 +285,17 @@ def read_stream_start(messages: Iterator[Any], *, require_config: bool = True) -
     elif isinstance(first, ConfigText):
         config_file, config_text = None, str(first).rstrip("\x00")
     elif not require_config and isinstance(first, ismrmrd.xsd.ismrmrdHeader):
-        return _after_header(StreamStart(config_file=None, config_text=None, header=first), messages)
+        config_file, config_text, header = None, None, first
     else:
         raise ProtocolError(f"expected a CONFIG_FILE or CONFIG_TEXT message first, got {_kind(first)}")
-    header = _next(messages, "the ISMRMRD HEADER message")
-    if not isinstance(header, ismrmrd.xsd.ismrmrdHeader):
-        raise ProtocolError(f"expected the ISMRMRD HEADER message after the config, got {_kind(header)}")
+    if config_file is not None or config_text is not None:
+        if on_config is not None:
+            on_config(config_file, config_text)
+        header = _next(messages, "the ISMRMRD HEADER message")
+        if not isinstance(header, ismrmrd.xsd.ismrmrdHeader):
+            raise ProtocolError(f"expected the ISMRMRD HEADER message after the config, got {_kind(header)}")
+    if on_header is not None:
+        on_header(header)
     return _after_header(StreamStart(config_file=config_file, config_text=config_text, header=header), messages)
 
 
@@ -246,23 +366,25 @@ def _chain_first(first: Any, rest: Iterator[Any]) -> Iterator[Any]:
     yield from rest
 
 
-def read_messages(stream: BinaryIO) -> Iterator[Any]:
+def read_messages(stream: BinaryIO | MrdReader) -> Iterator[Any]:
     """Yield every message of an MRD byte stream up to CLOSE, with protocol errors as ProtocolError.
 
     Parameters
     ----------
-    stream : Binary input (socket file, stdin, file).
+    stream : Binary input (socket file, stdin, file), or a reader with its limits.
 
     Yields
     ------
-    Config, header, text, acquisitions, waveforms, images.
+    Config, header, text, acquisitions, waveforms, images, arrays.
 
     Raises
     ------
     ProtocolError
-        For an unknown message id, a truncated message, or a stream that ends without CLOSE.
+        For an unknown message id, a size over the limits, a truncated message, a stream that ends without CLOSE,
+        or a client silent for longer than the server's timeout.
     """
-    messages = MrdDeserializer(stream).deserialize()
+    reader = stream if isinstance(stream, MrdReader) else MrdReader(stream)
+    messages = reader.messages()
     while True:
         try:
             message = next(messages)
@@ -270,9 +392,11 @@ def read_messages(stream: BinaryIO) -> Iterator[Any]:
             return
         except EOFError as exc:
             raise ProtocolError(f"the stream ended in the middle of a message or without CLOSE ({exc})") from exc
+        except TimeoutError as exc:
+            raise ProtocolError(f"{exc}; closing the connection") from exc
         except ProtocolError:
             raise
-        except ValueError as exc:
+        except (ValueError, TypeError) as exc:
             raise ProtocolError(f"unreadable message: {exc}") from exc
         yield message
 

@@ -1,6 +1,12 @@
-"""The MRD TCP server: one thread and one pipeline per connection; no bad stream stops it."""
+"""The MRD TCP server: one thread and one pipeline per connection; no bad stream stops it, no client holds it.
+
+Every client is untrusted (anyone on the scanner network): the server caps the connections it serves at once,
+times out a client that does not start its stream or falls silent, bounds every message before reading it
+(``ServerLimits``), and stops a stream's work when its client resets the connection.
+"""
 
 import contextlib
+import errno
 import io
 import itertools
 import logging
@@ -8,27 +14,71 @@ import select
 import socket
 import socketserver
 import threading
+import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO, cast
 
-from gadgets.runtime.session import serve_stream
+from gadgets.runtime.protocol import MessageLimits, ReplyWriter
+from gadgets.runtime.session import SiteSettings, serve_stream
 
 log = logging.getLogger(__name__)
 
 DEFAULT_PORT = 9002
+REFUSED_DRAIN_S = 2.0
+"""Seconds a refused connection's input is read and dropped so that its ERROR reaches the client."""
 
 
-class _PauseAwareSocketReader(io.RawIOBase):
-    """Socket input that calls ``before_blocking_read`` (the reply's flush) when the client has paused.
+@dataclass(frozen=True)
+class ServerLimits:
+    """What one client may cost the server; each is a ``qmri serve`` option.
 
-    Replies are written through a buffer; flushing whenever no input is waiting sends them as soon as the scanner
-    pauses, and costs one flush per burst instead of one per item at full rate.
+    Parameters
+    ----------
+    max_connections : Streams served at once; a client beyond them gets ERROR and CLOSE at once.
+    start_timeout_s : Seconds a new connection has to send its config and header (s).
+    idle_timeout_s : Seconds a client may stay silent between messages, or leave our replies unread, before the
+        stream is ended with an ERROR (s); generous, as scans pause for breath-holds.
+    max_message_mb : Largest readout, image, waveform or array message, in MiB; larger is refused unread.
     """
 
-    def __init__(self, sock: socket.socket) -> None:
+    max_connections: int = 8
+    start_timeout_s: float = 30.0
+    idle_timeout_s: float = 300.0
+    max_message_mb: float = 64.0
+
+    def __post_init__(self) -> None:
+        if self.max_connections < 1:
+            raise ValueError(f"max_connections must be at least 1, got {self.max_connections}")
+        for name in ("start_timeout_s", "idle_timeout_s", "max_message_mb"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+
+    @property
+    def message_limits(self) -> MessageLimits:
+        """The per-message size limits."""
+        return MessageLimits(max_data_bytes=int(self.max_message_mb * (1 << 20)))
+
+
+class _SocketReader(io.RawIOBase):
+    """Socket input with the server's timeouts that calls ``before_blocking_read`` (the reply's flush) on a pause.
+
+    Replies are written through a buffer; flushing whenever no input is waiting sends them as soon as the scanner
+    pauses, and costs one flush per burst instead of one per item at full rate. Until ``started`` is called every
+    read must finish before the start deadline (a client that trickles bytes cannot hold the connection); after it,
+    each read may wait ``idle_timeout_s``.
+    """
+
+    def __init__(self, sock: socket.socket, limits: ServerLimits) -> None:
         self._sock = sock
+        self._limits = limits
+        self._deadline: float | None = time.monotonic() + limits.start_timeout_s
         self.before_blocking_read: Callable[[], None] | None = None
+
+    def started(self) -> None:
+        """Relax the start deadline: config and header have arrived, from now on only the idle timeout applies."""
+        self._deadline = None
 
     def readable(self) -> bool:
         return True
@@ -36,6 +86,13 @@ class _PauseAwareSocketReader(io.RawIOBase):
     def readinto(self, buffer: Any) -> int:
         if self.before_blocking_read is not None and not select.select([self._sock], [], [], 0)[0]:
             self.before_blocking_read()
+        if self._deadline is None:
+            wait, what = self._limits.idle_timeout_s, f"no data from the client for {self._limits.idle_timeout_s:g} s"
+        else:
+            wait = self._deadline - time.monotonic()
+            what = f"the client did not send its config and header within {self._limits.start_timeout_s:g} s"
+        if wait <= 0 or not select.select([self._sock], [], [], wait)[0]:
+            raise TimeoutError(what)
         return self._sock.recv_into(buffer)
 
 
@@ -49,18 +106,71 @@ class _Handler(socketserver.StreamRequestHandler):
     def setup(self) -> None:
         super().setup()
         self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self.rfile = io.BufferedReader(_PauseAwareSocketReader(self.connection), self.rbufsize)
+        self.connection.settimeout(self.server.limits.idle_timeout_s)  # a client that stops reading our replies
+        self.reader = _SocketReader(self.connection, self.server.limits)
+        self.rfile = io.BufferedReader(self.reader, self.rbufsize)
 
     def handle(self) -> None:
         stream = f"client {self.client_address[0]}:{self.client_address[1]} #{next(self.server.counter)}"
-        log.info("%s: connected", stream)
-        rfile, wfile = cast(BinaryIO, self.rfile), cast(BinaryIO, self.wfile)
-        serve_stream(
-            rfile, wfile, stream=stream, journal_dir=self.server.journal_dir, output_dir=self.server.output_dir
-        )
+        if not self.server.slots.acquire(blocking=False):
+            self._refuse(stream)
+            return
+        try:
+            log.info("%s: connected", stream)
+            serve_stream(
+                cast(BinaryIO, self.rfile),
+                cast(BinaryIO, self.wfile),
+                stream=stream,
+                site=self.server.site,
+                on_started=self.reader.started,
+                client_gone=self._client_reset,
+            )
+        finally:
+            self.server.slots.release()
         with contextlib.suppress(OSError):  # wakes a gadget thread still blocked reading a failed stream
             self.connection.shutdown(socket.SHUT_RDWR)
         log.info("%s: closed", stream)
+
+    def _refuse(self, stream: str) -> None:
+        """Tell a client beyond the connection limit so (ERROR, CLOSE) without reading its stream."""
+        limit = self.server.limits.max_connections
+        log.warning("%s: refused, %d streams are being served (--max-connections %d)", stream, limit, limit)
+        reply = ReplyWriter(cast(BinaryIO, self.wfile))
+        with contextlib.suppress(OSError):
+            reply.text(
+                f"ERROR the server is busy: it serves at most {limit} streams at once (--max-connections); "
+                "send the scan again when one has finished"
+            )
+            reply.close()
+            self.connection.shutdown(socket.SHUT_WR)
+            self._drain(REFUSED_DRAIN_S)
+
+    def _drain(self, seconds: float) -> None:
+        """Read and drop what the client sends for up to ``seconds`` or until it closes.
+
+        Closing a socket with unread input makes the kernel send RST, which can destroy the ERROR the client has
+        not read yet.
+        """
+        deadline = time.monotonic() + seconds
+        while (left := deadline - time.monotonic()) > 0 and select.select([self.connection], [], [], left)[0]:
+            if not self.connection.recv(1 << 16):
+                return
+
+    def _client_reset(self) -> bool:
+        """Return True when the client has reset the connection (RST); read nothing.
+
+        Called once the stream's input has ended (CLOSE read). A clean end of the client's sending side (FIN) is not
+        taken as gone: clients such as Gadgetron's shut their sending side and wait for the images.
+        """
+        try:
+            if not select.select([self.connection], [], [], 0)[0]:  # recv would wait the socket's timeout first
+                return False
+            self.connection.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            return False
+        except OSError as exc:
+            return exc.errno in (errno.ECONNRESET, errno.EPIPE, errno.ENOTCONN, errno.EBADF)
+        return False
 
     def finish(self) -> None:
         try:
@@ -72,7 +182,15 @@ class _Handler(socketserver.StreamRequestHandler):
 
 
 class MrdServer(socketserver.ThreadingTCPServer):
-    """A threaded MRD server; ``serve_forever`` until ``shutdown``."""
+    """A threaded MRD server; ``serve_forever`` until ``shutdown``.
+
+    Parameters
+    ----------
+    host : Address to listen on (``127.0.0.1`` by default: only this machine; ``0.0.0.0`` for the network).
+    port : Port; 0 picks a free one (see ``port``).
+    site : The site's settings for every stream (output and journal folders, site chains).
+    limits : What one client may cost the server.
+    """
 
     daemon_threads = True
     allow_reuse_address = True
@@ -82,15 +200,27 @@ class MrdServer(socketserver.ThreadingTCPServer):
         host: str = "127.0.0.1",
         port: int = DEFAULT_PORT,
         *,
-        journal_dir: Path | None = None,
-        output_dir: Path | None = None,
+        site: SiteSettings | None = None,
+        limits: ServerLimits | None = None,
     ) -> None:
-        self.journal_dir = journal_dir
-        self.output_dir = output_dir
+        self.limits = limits or ServerLimits()
+        site = site or SiteSettings()
+        self.site = SiteSettings(
+            output_dir=site.output_dir,
+            journal_dir=site.journal_dir,
+            site_chains=site.site_chains,
+            message_limits=self.limits.message_limits,
+        )
+        self.slots = threading.BoundedSemaphore(self.limits.max_connections)
         self.counter = itertools.count(1)
         if ":" in host:
             self.address_family = socket.AF_INET6
         super().__init__((host, port), _Handler)
+
+    @property
+    def journal_dir(self) -> Path | None:
+        """Where every incoming stream is journaled, if anywhere."""
+        return self.site.journal_dir
 
     @property
     def port(self) -> int:

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
+from qmri_models.interrupt import check_interrupt
 from qmri_models.networks.unrolled import UnrolledRecon, sens_reduce
 
 CUDA_FREE_FRACTION = 0.5
@@ -114,8 +115,11 @@ def mc_sample(
     batch_size: int | None = None,
     on_batch: Callable[[int], None] | None = None,
     keep_samples: bool = False,
+    seed: int | None = None,
 ) -> McEstimate:
     """Return the mean and SD of ``n_samples`` MC-dropout reconstructions of one slice.
+
+    Stops between batches (``qmri_models.interrupt.check_interrupt``) when its caller asks.
 
     Parameters
     ----------
@@ -128,6 +132,8 @@ def mc_sample(
         1 runs the paper's T sequential passes.
     on_batch : Called with the number of samples done after every batch (progress).
     keep_samples : Also return every sample (memory: ``n_samples`` times the slice's images).
+    seed : Seed of the dropout masks (a generator of the slice's own, on its device): the same seed gives the same
+        samples bit for bit on the same device and thread count; None draws from torch's global generator.
 
     Returns
     -------
@@ -141,12 +147,15 @@ def mc_sample(
     was_training, was_sampling = network.training, network.mc_dropout
     network.eval()
     network.mc_dropout = True
+    if seed is not None:
+        network.draw_dropout_from(torch.Generator(device=kdata.device).manual_seed(seed))
     moments = RunningMoments()
     kept: list[torch.Tensor] = []
     try:
         with torch.inference_mode():
             done = 0
             while done < n_samples:
+                check_interrupt()
                 b = min(per_batch, n_samples - done)
                 images = network(
                     kdata.unsqueeze(0).expand(b, -1, -1, -1, -1),
@@ -162,6 +171,7 @@ def mc_sample(
     finally:
         network.train(was_training)
         network.mc_dropout = was_sampling
+        network.draw_dropout_from(None)
     if moments.mean is None:
         raise ValueError("no samples were drawn")
     samples = torch.cat(kept) if keep_samples else None

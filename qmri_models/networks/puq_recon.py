@@ -21,6 +21,7 @@ def puq_reconstruct(
     batch_size: int | None = None,
     keep_samples: bool = False,
     on_batch: Callable[[int], None] | None = None,
+    seed: int | None = None,
 ) -> McEstimate:
     """Return the MC-dropout mean, per-phase SD (and samples) of one slice, in the units of ``kdata``.
 
@@ -38,6 +39,7 @@ def puq_reconstruct(
     batch_size : Samples per forward pass (None: memory-sized on CUDA, 1 on the CPU; 1 is the paper's way).
     keep_samples : Also return every sample.
     on_batch : Progress callback, as ``mc_sample``'s.
+    seed : Seed of the dropout masks, as ``mc_sample``'s (None: torch's global generator).
 
     Returns
     -------
@@ -46,7 +48,15 @@ def puq_reconstruct(
     """
     k, lines, s, scale = _inputs(kdata, sampled, sens, device)
     estimate = mc_sample(
-        network, k, lines, s, n_samples=n_samples, batch_size=batch_size, keep_samples=keep_samples, on_batch=on_batch
+        network,
+        k,
+        lines,
+        s,
+        n_samples=n_samples,
+        batch_size=batch_size,
+        keep_samples=keep_samples,
+        on_batch=on_batch,
+        seed=seed,
     )
     return estimate.scaled(scale)
 

@@ -42,13 +42,21 @@ def sens_reduce(kdata: torch.Tensor, sens: torch.Tensor) -> torch.Tensor:
 
 
 class McDropout(nn.Dropout):
-    """Dropout that also drops at inference while ``mc`` is set: the sampling of MC dropout."""
+    """Dropout that also drops at inference while ``mc`` is set: the sampling of MC dropout.
+
+    With a ``generator`` set, the masks are drawn from it instead of torch's global generator, so a seeded sampling
+    run is reproducible whatever else runs in the process.
+    """
 
     mc: bool = False
+    generator: torch.Generator | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Return ``x`` with activations dropped (and the rest scaled) when training or sampling."""
-        return functional.dropout(x, self.p, training=self.training or self.mc, inplace=False)
+        if self.generator is None or not self.mc or self.training:
+            return functional.dropout(x, self.p, training=self.training or self.mc, inplace=False)
+        keep = torch.empty_like(x).bernoulli_(1.0 - self.p, generator=self.generator)
+        return x * keep / (1.0 - self.p)
 
 
 class CnnDenoiser(nn.Module):
@@ -161,6 +169,12 @@ class UnrolledRecon(nn.Module):
         for module in self.modules():
             if isinstance(module, McDropout):
                 module.mc = active
+
+    def draw_dropout_from(self, generator: torch.Generator | None) -> None:
+        """Draw the MC-dropout masks from ``generator`` (None: torch's global generator)."""
+        for module in self.modules():
+            if isinstance(module, McDropout):
+                module.generator = generator
 
     def forward(self, kdata: torch.Tensor, sampled: torch.Tensor, sens: torch.Tensor) -> torch.Tensor:
         """Return the reconstructed images of every phase.

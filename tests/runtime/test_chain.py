@@ -80,7 +80,7 @@ def test_cartesian_multiphase_chain_matches_its_documented_order() -> None:
         ),
         (
             chain_xml(gadget(properties='<property name="cg_iterations" value="0"/>')),
-            r"property 'cg_iterations': must be in \[1, 1000\]",
+            r"property 'cg_iterations': must be in \[1, 100\]",
         ),
         (
             chain_xml(gadget(properties='<property name="method" value="grappa"/>')),

@@ -20,6 +20,7 @@ from ismrmrd.serialization import ConfigFile, ConfigText, ProtocolSerializer
 
 from gadgets.runtime.protocol import read_messages
 from gadgets.runtime.server import MrdServer
+from gadgets.runtime.session import SiteSettings
 from tests.conftest import raw_header_and_items
 
 TIMEOUT_S = 30.0
@@ -301,15 +302,17 @@ def _invalid_utf8_text(header: Any, items: list) -> bytes:
 @pytest.mark.parametrize(
     ("build", "expected"),
     [
-        pytest.param(_garbage, ("ERROR unreadable message: Unknown MessageID: 1997",), id="garbage"),
-        pytest.param(_unknown_id, ("ERROR unreadable message: Unknown MessageID: 999",), id="unknown-id"),
+        pytest.param(_garbage, ("ERROR unknown message id 1997; the stream is not MRD",), id="garbage"),
+        pytest.param(_unknown_id, ("ERROR unknown message id 999;",), id="unknown-id"),
         pytest.param(
             _truncated,
             ("ERROR unreadable message", "ERROR the stream ended in the middle of a message"),
             id="truncated-acquisition",
         ),
         pytest.param(_broken_header, ("ERROR the ISMRMRD header does not parse",), id="broken-header"),
-        pytest.param(_huge_length, ("ERROR a message asks for 4294967295 bytes",), id="4GB-length"),
+        pytest.param(
+            _huge_length, ("ERROR a CONFIG_TEXT message declares 4294967295 bytes, over the limit",), id="4GB-length"
+        ),
         pytest.param(
             _no_close,
             ("ERROR input failed: ProtocolError: the stream ended in the middle of a message or without CLOSE",),
@@ -322,7 +325,7 @@ def _invalid_utf8_text(header: Any, items: list) -> bytes:
             ("ERROR expected a CONFIG_FILE or CONFIG_TEXT message first, got ismrmrdHeader",),
             id="header-before-config",
         ),
-        pytest.param(_invalid_utf8_text, ("ERROR unreadable message",), id="invalid-utf8-text"),
+        pytest.param(_invalid_utf8_text, ("ERROR the TEXT message is not UTF-8 text",), id="invalid-utf8-text"),
     ],
 )
 def test_bad_stream_gets_error_then_close_and_server_survives(
@@ -481,7 +484,7 @@ def test_journal_that_cannot_be_written_is_not_a_silent_empty_reply(tmp_path: Pa
     header, items = scan
     not_a_dir = tmp_path / "journal"
     not_a_dir.write_text("a file where the journal directory should be")
-    server = MrdServer("127.0.0.1", 0, journal_dir=not_a_dir)
+    server = MrdServer("127.0.0.1", 0, site=SiteSettings(journal_dir=not_a_dir))
     server.start_in_background()
     try:
         reply = exchange(server.port, serialize(ConfigFile("passthrough"), header, *items[:20]))
