@@ -33,6 +33,7 @@ from typing import Literal
 import torch
 
 from qmri_models.device import torch_device
+from qmri_models.interrupt import check_interrupt
 
 CPU_CHUNK_BYTES = 8 * 2**20
 """Memory of a chunk's score block on the CPU, sized to the caches. Exhaustive search of 8192 pixels against 95k
@@ -316,6 +317,7 @@ def _exhaustive(pixels: torch.Tensor, columns: torch.Tensor, chunk: int) -> torc
     """
     found = torch.empty(pixels.shape[0], dtype=torch.int64, device=pixels.device)
     for start in range(0, pixels.shape[0], chunk):
+        check_interrupt()
         found[start : start + chunk] = _squared_scores(pixels[start : start + chunk], columns).argmax(1)
     return found
 
@@ -369,7 +371,10 @@ class _Clustered:
         Pixels go in blocks of ``_PAIR_BUDGET / probe``, so that their probe pairs fit in the budget.
         """
         block = max(1, _PAIR_BUDGET // probe)
-        found = [self._search_block(pixels[s : s + block], probe) for s in range(0, pixels.shape[0], block)]
+        found = []
+        for start in range(0, pixels.shape[0], block):
+            check_interrupt()
+            found.append(self._search_block(pixels[start : start + block], probe))
         return torch.cat(found) if found else torch.empty(0, dtype=torch.int64, device=pixels.device)
 
     def _search_block(self, pixels: torch.Tensor, probe: int) -> torch.Tensor:

@@ -38,6 +38,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from qmri_models.interrupt import check_interrupt
 from qmri_models.mrf.matching import MatchIndex, project_onto_dictionary
 from qmri_models.recon.cartesian import centered_fft2, espirit_sensitivities
 from qmri_models.recon.nufft import Backend, NufftOp, density_compensation
@@ -472,6 +473,7 @@ def conjugate_gradient(
     rhs_norm = float(torch.linalg.vector_norm(rhs)) or 1.0
     residual_energy = torch.vdot(residual.flatten(), residual.flatten()).real
     for iteration in range(1, iterations + 1):
+        check_interrupt()
         product = apply(direction)
         step = residual_energy / torch.vdot(direction.flatten(), product.flatten()).real
         solution = solution + step * direction
@@ -569,6 +571,7 @@ def dictionary_admm(
     target = project_onto_dictionary(coefficients, atoms, index=index)
     scaled_dual = torch.zeros_like(coefficients)
     for round_number in range(1, rounds + 1):
+        check_interrupt()
         coefficients = conjugate_gradient(
             lambda c: operator.normal(c) + weights * c,
             rhs + weights * (target - scaled_dual),
