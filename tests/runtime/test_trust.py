@@ -17,6 +17,7 @@ from defusedxml.ElementTree import fromstring
 from ismrmrd.serialization import ConfigFile, ConfigText, ProtocolSerializer
 
 from gadgets.dicom_output import DicomOutputConfig
+from gadgets.recon import CartesianReconConfig
 from gadgets.runtime.chain import ChainError, load_chain, parse_chain, resolve_chain
 from gadgets.runtime.client import send_stream
 from gadgets.runtime.config import MAX_TEXT_CHARS
@@ -184,7 +185,7 @@ def test_site_property_docs_and_text_limits() -> None:
     docs = {doc.name: doc for doc in DicomOutputConfig.describe()}
     assert docs["node_host"].site
     assert docs["folder"].site
-    assert not docs["mc_seed"].site if "mc_seed" in docs else not docs["node_host"].default
+    assert not any(doc.site for doc in CartesianReconConfig.describe())
     with pytest.raises(ChainError, match=f"at most {MAX_TEXT_CHARS} are allowed"):
         parse_chain(with_properties(chain_text("t1_molli"), "PhaseImages", {"data_role": "x" * 10_000}))
     with pytest.raises(ChainError, match="expects a finite number"):
