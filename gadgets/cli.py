@@ -310,17 +310,51 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 
 def _dicom_flush(args: argparse.Namespace) -> int:
-    from gadgets.dicom.store import DicomNode, Outbox
+    from gadgets.dicom.store import DicomNode, NotAnOutboxError, Outbox
 
-    if not args.dir.is_dir():
-        raise ValueError(f"outbox {args.dir} is not a folder")
+    try:
+        outbox = Outbox(args.dir, create=False)  # writes nothing; refuses a folder without the outbox marker
+    except NotAnOutboxError as exc:
+        send = f"qmri dicom-send {args.dir} --host {args.host} --port {args.port}"
+        send += f" --called-ae {args.called_ae}" if args.called_ae else ""
+        send += f" --calling-ae {args.calling_ae}" if args.calling_ae else ""
+        raise ValueError(
+            f"{exc}; dicom-flush deletes every file the node stores, so it flushes only outboxes. "
+            f"To send results (a replay's dicom/ folder) and keep them: {send}"
+        ) from exc
     names = {"called_ae": args.called_ae, "calling_ae": args.calling_ae}
     node = DicomNode(args.host, args.port, **{k: v for k, v in names.items() if v is not None})
-    result = Outbox(args.dir).flush(node)
-    for error in result.errors:
+    result = outbox.flush(node)
+    for outcome in result.files:
+        why = f": {outcome.reason}" if outcome.reason else ""
+        print(f"{'stored' if outcome.stored else 'kept':<7} {outcome.path.name}{why}")
+    for error in result.node_errors:
         print(f"error: {error}")
     print(f"{node}: sent {result.sent}, kept {result.kept} in {args.dir}")
     return 0 if result.kept == 0 else 1
+
+
+def _dicom_send(args: argparse.Namespace) -> int:
+    from gadgets.dicom.store import DicomNode, send_folder
+
+    names = {"called_ae": args.called_ae, "calling_ae": args.calling_ae}
+    node = DicomNode(args.host, args.port, **{k: v for k, v in names.items() if v is not None})
+    result = send_folder(args.dir, node)
+    lines = [(o.path, "skipped", o.reason) for o in result.skipped]
+    lines += [(o.path, "stored" if o.stored else "failed", o.reason) for o in result.files]
+    for path, word, reason in sorted(lines):
+        why = f": {reason}" if reason else ""
+        print(f"{word:<7} {path.relative_to(args.dir)}{why}")
+    for error in result.node_errors:
+        print(f"error: {error}")
+    if not result.files:
+        print(f"{node}: no DICOM files under {args.dir} ({len(result.skipped)} other entries skipped); nothing sent")
+        return 1
+    print(
+        f"{node}: stored {result.stored} of {len(result.files)} DICOM file(s) under {args.dir}, "
+        f"{len(result.skipped)} other entries skipped; no file moved or deleted"
+    )
+    return 0 if result.stored == len(result.files) else 1
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -468,13 +502,27 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(run=_evaluate)
 
-    p = sub.add_parser("dicom-flush", help="send a DICOM outbox to a DICOM node (C-STORE); stored files leave it")
-    p.add_argument("dir", type=Path, help="the outbox folder")
-    p.add_argument("--host", required=True, help="the node's host name or address")
-    p.add_argument("--port", type=int, required=True, help="the node's DICOM port")
-    p.add_argument("--called-ae", help="the node's AE title (default ANY-SCP)")
-    p.add_argument("--calling-ae", help="our AE title as the node knows us (default QMRI)")
-    p.set_defaults(run=_dicom_flush)
+    for command, run, about, folder in (
+        (
+            "dicom-flush",
+            _dicom_flush,
+            "send a qmri DICOM outbox to a DICOM node (C-STORE); stored files leave it; refuses other folders",
+            "the outbox folder (it holds a .qmri-outbox marker)",
+        ),
+        (
+            "dicom-send",
+            _dicom_send,
+            "send every DICOM file under a folder (a replay's dicom/) to a DICOM node (C-STORE); files stay",
+            "the folder of results; its subfolders are sent too",
+        ),
+    ):
+        p = sub.add_parser(command, help=about)
+        p.add_argument("dir", type=Path, help=folder)
+        p.add_argument("--host", required=True, help="the node's host name or address")
+        p.add_argument("--port", type=int, required=True, help="the node's DICOM port")
+        p.add_argument("--called-ae", help="the node's AE title (default ANY-SCP)")
+        p.add_argument("--calling-ae", help="our AE title as the node knows us (default QMRI)")
+        p.set_defaults(run=run)
     return parser
 
 

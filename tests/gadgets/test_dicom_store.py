@@ -11,9 +11,11 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from io import BytesIO
 from pathlib import Path
 
+import defusedxml.ElementTree as DefusedET
 import h5py
 import highdicom as hd
 import numpy as np
@@ -22,12 +24,12 @@ import pytest
 from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sr.codedict import codes
-from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
-from pynetdicom import AE, evt
+from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, MRImageStorage, generate_uid
+from pynetdicom import AE, AllStoragePresentationContexts, evt
 from pynetdicom.sop_class import Verification
 
 import gadgets.dicom.store as store
-from gadgets.dicom.store import DicomNode, FlushResult, Outbox
+from gadgets.dicom.store import OUTBOX_MARKER, DicomNode, FlushResult, NotAnOutboxError, Outbox
 from gadgets.runtime.chain import CHAINS_DIR, load_chain
 from gadgets.runtime.replay import replay
 from tests.conftest import ensure_debian_tool, free_port, make_raw, pynetdicom_refused_socket
@@ -405,17 +407,45 @@ def test_replay_with_the_node_down_keeps_files_in_the_outbox(
     assert len(orthanc_down.instances()) == 8
 
 
+@dataclass
+class StatusScp:
+    """What the status node answers to every C-STORE, and what it has seen since the test began."""
+
+    status: int = 0x0000
+    received: list[str] = field(default_factory=list)
+    """SOP Instance UIDs of the C-STOREs, in order."""
+    associations: int = 0
+
+
 @pytest.fixture(scope="module")
-def status_node() -> Iterator[tuple[DicomNode, dict[str, int]]]:
-    """A pynetdicom SCP that answers every C-STORE with the status in the returned dict (the node is not Orthanc)."""
-    answer = {"status": 0x0000}
+def status_server() -> Iterator[tuple[DicomNode, StatusScp]]:
+    """A pynetdicom storage SCP for every storage SOP class that answers each C-STORE with ``StatusScp.status``."""
+    seen = StatusScp()
+
+    def store(event: evt.Event) -> int:
+        seen.received.append(str(event.request.AffectedSOPInstanceUID))
+        return seen.status
+
+    def accepted(_: evt.Event) -> None:
+        seen.associations += 1
+
     scp = AE(ae_title="STATUS")
-    scp.add_supported_context(MRImageStorage, [ExplicitVRLittleEndian])
+    for context in AllStoragePresentationContexts:
+        scp.add_supported_context(context.abstract_syntax, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
     scp.add_supported_context(Verification)
-    handlers = [(evt.EVT_C_STORE, lambda _: answer["status"])]
+    handlers = [(evt.EVT_C_STORE, store), (evt.EVT_ACCEPTED, accepted)]
     server = scp.start_server(("127.0.0.1", 0), block=False, evt_handlers=handlers)
-    yield DicomNode("127.0.0.1", server.server_address[1], called_ae="STATUS"), answer
+    yield DicomNode("127.0.0.1", server.server_address[1], called_ae="STATUS"), seen
     server.shutdown()
+
+
+@pytest.fixture
+def status_node(status_server: tuple[DicomNode, StatusScp]) -> tuple[DicomNode, StatusScp]:
+    """The status node, answering success and with nothing seen yet."""
+    node, seen = status_server
+    seen.status, seen.associations = 0x0000, 0
+    seen.received.clear()
+    return node, seen
 
 
 @pytest.mark.parametrize(
@@ -423,10 +453,10 @@ def status_node() -> Iterator[tuple[DicomNode, dict[str, int]]]:
     [(0x0000, True), (0xB000, True), (0xB007, True), (0xB006, False), (0xA700, False), (0xC000, False)],
 )
 def test_status_decides_whether_a_file_leaves(
-    status: int, removed: bool, status_node: tuple[DicomNode, dict[str, int]], tmp_path: Path
+    status: int, removed: bool, status_node: tuple[DicomNode, StatusScp], tmp_path: Path
 ) -> None:
-    node, answer = status_node
-    answer["status"] = status
+    node, scp = status_node
+    scp.status = status
     write_instances(tmp_path / "written", n_mr=1, n_maps=0)
     outbox = Outbox(tmp_path / "outbox")
     fill(outbox, tmp_path / "written")
@@ -483,3 +513,291 @@ def test_dicom_flush_of_a_missing_folder_is_an_error(tmp_path: Path) -> None:
     assert cli.returncode == 2
     assert "nowhere is not a folder" in cli.stderr
     assert not (tmp_path / "nowhere").exists()
+
+
+# --- results are not an outbox: dicom-flush refuses them, dicom-send sends them and leaves them ---------------------
+
+
+def qmri(*args: str | Path) -> subprocess.CompletedProcess[str]:
+    """Run the ``qmri`` command as people do, in its own process."""
+    command = [sys.executable, "-m", "gadgets", *map(str, args)]
+    return subprocess.run(command, capture_output=True, text=True, check=False, timeout=120)
+
+
+def node_options(node: DicomNode) -> list[str]:
+    return ["--host", node.host, "--port", str(node.port), "--called-ae", node.called_ae, "--calling-ae", "QMRI"]
+
+
+def snapshot(folder: Path) -> dict[str, bytes | str]:
+    """Every file under ``folder``, hidden ones too, as relative path -> bytes (links: -> their target)."""
+    found: dict[str, bytes | str] = {}
+    for path in sorted(folder.rglob("*")):
+        if path.is_symlink():
+            found[str(path.relative_to(folder))] = str(path.readlink())
+        elif path.is_file():
+            found[str(path.relative_to(folder))] = path.read_bytes()
+    return found
+
+
+def per_file(stdout: str, word: str) -> list[str]:
+    """The per-file lines of a dicom-flush or dicom-send that start with ``word`` (stored, kept, failed, skipped)."""
+    return [line for line in stdout.splitlines() if line.split(" ", 1)[0] == word]
+
+
+@pytest.fixture(scope="module")
+def replayed(molli_r1: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A replay of the shipped t1_molli chain with its phase images on: dicom/ holds series 1 (8 MR images), 11 and
+    12 (T1 and T1 SD Parametric Maps), one subfolder each, as a new user finds it."""
+    root = DefusedET.parse(CHAINS_DIR / "t1_molli.xml").getroot()
+    for element in root.iter("property"):
+        if element.get("name") == "send_phase_images":
+            element.set("value", "true")
+    folder = tmp_path_factory.mktemp("replay")
+    chain = folder / "t1_molli_phases.xml"  # a site's chain file: the parser reads it as the shipped ones
+    chain.write_text(DefusedET.tostring(root, encoding="unicode"))
+    replay(molli_r1, load_chain(chain), folder / "out", progress=False)
+    return folder / "out"
+
+
+@pytest.fixture
+def results(replayed: Path, tmp_path: Path) -> Path:
+    """This test's own copy of the replay's output folder (images.h5, dicom/<scan>/series_NNNN/*.dcm)."""
+    return Path(shutil.copytree(replayed, tmp_path / "out", symlinks=True))
+
+
+def replay_dicom_files(results: Path) -> dict[str, str]:
+    """Path relative to ``results/dicom`` -> SOP Instance UID, for every DICOM file the replay wrote."""
+    dicom = results / "dicom"
+    return {str(p.relative_to(dicom)): str(pydicom.dcmread(p).SOPInstanceUID) for p in sorted(dicom.rglob("*.dcm"))}
+
+
+def test_the_replay_fixture_is_what_a_user_finds(results: Path) -> None:
+    files = replay_dicom_files(results)
+    assert len(files) == 10
+    assert {Path(name).parent.name for name in files} == {"series_0001", "series_0011", "series_0012"}
+    assert [p for p in (results / "dicom").iterdir() if p.is_file()] == []  # only series subfolders
+
+
+def test_an_outbox_is_marked_and_the_marker_is_never_sent(
+    status_node: tuple[DicomNode, StatusScp], tmp_path: Path
+) -> None:
+    node, scp = status_node
+    sent = write_instances(tmp_path / "written", n_mr=1, n_maps=1)
+    outbox = Outbox(tmp_path / "outbox")
+    marker = outbox.folder / OUTBOX_MARKER
+    assert "qmri DICOM outbox" in marker.read_text()
+    assert "qmri dicom-send" in marker.read_text()
+    fill(outbox, tmp_path / "written")
+    assert marker not in outbox.pending()
+    assert len(outbox.pending()) == 2
+
+    result = outbox.flush(node)
+
+    assert result == FlushResult(sent=2, kept=0, errors=[])
+    assert [outcome.stored for outcome in result.files] == [True, True]
+    assert sorted(scp.received) == sorted(sent)
+    assert marker.is_file()
+    assert Outbox(outbox.folder, create=False).pending() == []
+
+
+def test_an_outbox_whose_marker_is_gone_is_not_flushed(
+    status_node: tuple[DicomNode, StatusScp], tmp_path: Path
+) -> None:
+    node, scp = status_node
+    outbox = Outbox(tmp_path / "outbox")
+    added = outbox.add(Path(get_testdata_file("MR_small.dcm")))
+    (outbox.folder / OUTBOX_MARKER).unlink()
+
+    result = outbox.flush(node)
+
+    assert (result.sent, result.kept) == (0, 1)
+    assert "not a qmri DICOM outbox" in result.errors[0]
+    assert added.is_file()
+    assert scp.received == []
+    with pytest.raises(NotAnOutboxError, match=r"outbox.* is not a qmri DICOM outbox"):
+        Outbox(outbox.folder, create=False)
+
+
+@pytest.mark.parametrize("where", ["dicom", "series"])
+def test_dicom_flush_refuses_results_and_touches_nothing(
+    where: str, results: Path, status_node: tuple[DicomNode, StatusScp]
+) -> None:
+    node, scp = status_node
+    target = results / "dicom"
+    if where == "series":
+        (target,) = (p / "series_0001" for p in target.iterdir())
+    before = snapshot(results)
+
+    cli = qmri("dicom-flush", target, "--host", node.host, "--port", node.port, "--called-ae", "STATUS")
+
+    assert cli.returncode == 2
+    assert cli.stdout == ""
+    (line,) = cli.stderr.splitlines()
+    assert f"{target} is not a qmri DICOM outbox" in line
+    assert f"qmri dicom-send {target} --host 127.0.0.1 --port {node.port} --called-ae STATUS" in line
+    assert snapshot(results) == before  # nothing deleted, no lock or marker written
+    assert scp.received == []
+
+
+@pynetdicom_refused_socket
+def test_dicom_flush_sends_the_outbox_a_replay_left_and_keeps_the_marker(
+    molli_r1: Path, status_node: tuple[DicomNode, StatusScp], tmp_path: Path
+) -> None:
+    node, scp = status_node
+    down = DicomNode("127.0.0.1", free_port(), called_ae="STATUS")
+    out = tmp_path / "out"
+    replay(molli_r1, load_chain(chain_to(down, tmp_path)), out, progress=False)  # DicomOutputGadget made the outbox
+    outbox = out / "dicom_outbox"
+    assert (outbox / OUTBOX_MARKER).is_file()
+    pending = Outbox(outbox, create=False).pending()
+    assert len(pending) == 8
+
+    still_down = qmri("dicom-flush", outbox, *node_options(down))
+
+    assert still_down.returncode == 1
+    assert "Traceback" not in still_down.stderr
+    assert per_file(still_down.stdout, "kept") == [
+        f"kept    {p.name}: not sent: no association with {down}" for p in pending
+    ]
+    (error,) = [line for line in still_down.stdout.splitlines() if line.startswith("error:")]
+    assert f"cannot reach STATUS@127.0.0.1:{down.port}" in error
+    assert "refused" in error.lower()
+    assert "is the node running" in error
+    assert still_down.stdout.splitlines()[-1] == f"{down}: sent 0, kept 8 in {outbox}"
+    assert Outbox(outbox, create=False).pending() == pending
+
+    cli = qmri("dicom-flush", outbox, *node_options(node))
+
+    assert cli.returncode == 0, cli.stdout + cli.stderr
+    assert per_file(cli.stdout, "stored") == [f"stored  {p.name}" for p in pending]
+    assert cli.stdout.splitlines()[-1] == f"{node}: sent 8, kept 0 in {outbox}"
+    assert Outbox(outbox, create=False).pending() == []
+    assert (outbox / OUTBOX_MARKER).is_file()
+    assert sorted(scp.received) == sorted(str(pydicom.dcmread(p).SOPInstanceUID) for p in written_dicom(out))
+
+
+def test_dicom_send_stores_a_replay_in_orthanc_and_leaves_every_file(orthanc: Orthanc, results: Path) -> None:
+    dicom = results / "dicom"
+    files = replay_dicom_files(results)
+    before = snapshot(results)
+
+    cli = qmri("dicom-send", dicom, *node_options(orthanc.node()))
+
+    assert cli.returncode == 0, cli.stdout + cli.stderr
+    assert per_file(cli.stdout, "stored") == [f"stored  {name}" for name in files]
+    assert cli.stdout.splitlines()[-1] == (
+        f"{orthanc.node()}: stored 10 of 10 DICOM file(s) under {dicom}, 0 other entries skipped; "
+        "no file moved or deleted"
+    )
+    assert snapshot(results) == before
+    stored = orthanc.instances()
+    assert set(stored) == set(files.values())
+    for name, uid in files.items():
+        np.testing.assert_array_equal(stored[uid].pixel_array, pydicom.dcmread(dicom / name).pixel_array, strict=True)
+
+
+def test_dicom_send_uses_one_association_and_skips_what_is_not_dicom_or_a_link(
+    results: Path, status_node: tuple[DicomNode, StatusScp], tmp_path: Path
+) -> None:
+    node, scp = status_node
+    dicom = results / "dicom"
+    files = replay_dicom_files(results)
+    outside = write_instances(tmp_path / "outside", n_mr=1, n_maps=0)  # DICOM that must not leave through a link
+    (dicom / "notes.txt").write_text("scan notes")
+    (dicom / "outside.dcm").symlink_to(tmp_path / "outside" / "mr_0.dcm")
+    (dicom / "outside_series").symlink_to(tmp_path / "outside", target_is_directory=True)
+    before = snapshot(results)
+
+    cli = qmri("dicom-send", dicom, *node_options(node))
+
+    assert cli.returncode == 0, cli.stdout + cli.stderr  # the skipped entries are reported, not fatal
+    assert scp.associations == 1  # MR images and Parametric Maps: two contexts, one association
+    assert sorted(scp.received) == sorted(files.values())
+    assert not set(scp.received) & set(outside)
+    assert per_file(cli.stdout, "stored") == [f"stored  {name}" for name in files]
+    notes, link, linked_folder = per_file(cli.stdout, "skipped")
+    assert notes.startswith("skipped notes.txt: not a readable DICOM file")
+    assert (
+        link
+        == f"skipped outside.dcm: symbolic link to {tmp_path / 'outside' / 'mr_0.dcm'} (out of {dicom}): not followed"
+    )
+    assert linked_folder.startswith(f"skipped outside_series: symbolic link to {tmp_path / 'outside'} (out of")
+    assert "stored 10 of 10 DICOM file(s)" in cli.stdout
+    assert "3 other entries skipped" in cli.stdout
+    assert snapshot(results) == before
+
+
+@pytest.mark.parametrize(
+    ("status", "word", "reason", "returncode"),
+    [
+        (0x0000, "stored", "", 0),
+        (0xB000, "stored", ": warning 0xB000 (Coercion of Data Elements)", 0),
+        (
+            0xA700,
+            "failed",
+            ": C-STORE status 0xA700 from STATUS@127.0.0.1:{port} (Failure: Refused: Out of Resources)",
+            1,
+        ),
+    ],
+)
+def test_dicom_send_prints_what_the_node_answered_for_every_file(
+    status: int,
+    word: str,
+    reason: str,
+    returncode: int,
+    status_node: tuple[DicomNode, StatusScp],
+    tmp_path: Path,
+) -> None:
+    node, scp = status_node
+    scp.status = status
+    results = tmp_path / "results"
+    write_instances(results / "a", n_mr=2, n_maps=1, seed=1)
+    write_instances(results / "b", n_mr=1, n_maps=1, seed=2)
+    names = sorted(str(p.relative_to(results)) for p in results.rglob("*.dcm"))
+    before = snapshot(results)
+
+    cli = qmri("dicom-send", results, *node_options(node))
+
+    assert cli.returncode == returncode, cli.stdout + cli.stderr
+    expected = [f"{word:<7} {name}{reason.format(port=node.port)}" for name in names]
+    assert cli.stdout.splitlines()[:-1] == expected
+    assert f"stored {len(names) if word == 'stored' else 0} of {len(names)} DICOM file(s)" in cli.stdout
+    assert len(scp.received) == len(names) == 5
+    assert snapshot(results) == before
+
+
+def test_dicom_send_with_the_node_down_says_so_once_and_keeps_every_file(results: Path) -> None:
+    dicom = results / "dicom"
+    files = replay_dicom_files(results)
+    down = DicomNode("127.0.0.1", free_port(), called_ae="PACS")
+    before = snapshot(results)
+
+    cli = qmri("dicom-send", dicom, *node_options(down))
+
+    assert cli.returncode == 1
+    assert "Traceback" not in cli.stderr
+    assert per_file(cli.stdout, "failed") == [
+        f"failed  {name}: not sent: no association with PACS@127.0.0.1:{down.port}" for name in files
+    ]
+    (error,) = [line for line in cli.stdout.splitlines() if line.startswith("error:")]
+    assert error.startswith(f"error: cannot reach PACS@127.0.0.1:{down.port} (")
+    assert "refused" in error.lower()
+    assert "is the node running" in error
+    assert error.endswith("; 10 file(s) not sent")
+    assert cli.stdout.splitlines()[-1].startswith(f"{down}: stored 0 of 10 DICOM file(s)")
+    assert snapshot(results) == before
+
+
+def test_dicom_send_of_a_folder_without_dicom_files_fails(tmp_path: Path) -> None:
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "notes.txt").write_text("scan notes")
+
+    cli = qmri("dicom-send", tmp_path / "notes", "--host", "127.0.0.1", "--port", free_port())
+
+    assert cli.returncode == 1
+    assert per_file(cli.stdout, "skipped")[0].startswith("skipped notes.txt: not a readable DICOM file")
+    assert "no DICOM files under" in cli.stdout.splitlines()[-1]
+
+    missing = qmri("dicom-send", tmp_path / "nowhere", "--host", "127.0.0.1", "--port", 104)
+    assert missing.returncode == 2
+    assert "nowhere is not a folder" in missing.stderr
