@@ -37,11 +37,12 @@ RECON_XML = """<?xml version="1.0" encoding="utf-8"?>
 
 
 def dicom_chain(**properties: object):
-    """A chain of DicomOutputGadget alone, with the given properties."""
+    """A site chain (its properties name folders and nodes) of DicomOutputGadget alone, with the given properties."""
     props = "".join(f'<property name="{name}" value="{value}"/>' for name, value in properties.items())
     return parse_chain(
         "<configuration><version>2</version><stream><gadget><name>Dicom</name><dll>qmri</dll>"
-        f"<classname>DicomOutputGadget</classname>{props}</gadget></stream></configuration>"
+        f"<classname>DicomOutputGadget</classname>{props}</gadget></stream></configuration>",
+        site=True,
     )
 
 
