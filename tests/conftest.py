@@ -56,8 +56,8 @@ def raw_header_and_items(raw: Path) -> tuple[object, list[object]]:
 
 @pytest.fixture
 def server(tmp_path: Path) -> Iterator[MrdServer]:
-    """A running MRD server on a free loopback port, journaling to tmp_path/journal; shut down afterwards."""
-    srv = MrdServer("127.0.0.1", 0, site=SiteSettings(journal_dir=tmp_path / "journal"))
+    """A running MRD server on a free loopback port, journaling to tmp_path/journal, files in tmp_path/output."""
+    srv = MrdServer("127.0.0.1", 0, site=SiteSettings(output_dir=tmp_path / "output", journal_dir=tmp_path / "journal"))
     srv.start_in_background()
     yield srv
     srv.shutdown()
