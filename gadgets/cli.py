@@ -309,6 +309,14 @@ def _evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _preview(args: argparse.Namespace) -> int:
+    from gadgets.preview import write_preview
+
+    gray = write_preview(args.images, args.series, args.out, slice_index=args.slice, phase=args.phase)
+    print(f"{args.out}: series {args.series}, slice {args.slice}, {gray.shape[1]}x{gray.shape[0]} in its window")
+    return 0
+
+
 def _dicom_flush(args: argparse.Namespace) -> int:
     from gadgets.dicom.store import DicomNode, NotAnOutboxError, Outbox
 
@@ -501,6 +509,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--map-series", type=int, nargs="+", help="series of the T1 or T2 maps (default: every series holding one)"
     )
     p.set_defaults(run=_evaluate)
+
+    p = sub.add_parser("preview", help="one image of a series as an 8-bit grayscale PNG, in its stored window")
+    p.add_argument("images", type=Path, help="MRD images file (images.h5 of qmri replay)")
+    p.add_argument("--series", type=int, required=True, help="image_series_index (11: map, 12: its SD, 1: phases)")
+    p.add_argument("--slice", type=int, default=0, help="the image's slice")
+    p.add_argument("--phase", type=int, help="the image's phase, for phase series (default: the slice's first)")
+    p.add_argument("--out", type=Path, required=True, help="PNG file to write")
+    p.set_defaults(run=_preview)
 
     for command, run, about, folder in (
         (

@@ -2,6 +2,7 @@
 
 import logging
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Literal
 
@@ -11,7 +12,8 @@ from gadgets.items import MapImages, PhaseImages
 from gadgets.runtime.config import GadgetConfig, prop
 from gadgets.runtime.registry import GadgetConnection, register
 from qmri_models.device import torch_device
-from qmri_models.fitting.maps import fit_maps
+from qmri_models.fitting.maps import MASK_THRESHOLD, MIN_ISLAND_PIXELS, fit_maps
+from qmri_models.fitting.plausibility import MAX_T1_MS, MAX_T2_MS, describe_rejections, plausible_maps
 from qmri_models.signal_models import signal_model
 
 log = logging.getLogger(__name__)
@@ -26,14 +28,37 @@ class ParameterFitConfig(GadgetConfig):
 
     model: ModelName = prop("molli", "signal model fitted to every pixel (T1: molli, inversion_recovery; T2: t2prep)")
     mask_threshold: float = prop(
-        0.08,
+        MASK_THRESHOLD,
         "pixels whose brightest phase is below this fraction of the bright level are background",
         minimum=0.0,
         maximum=0.99,
     )
+    min_island_pixels: int = prop(
+        MIN_ISLAND_PIXELS,
+        "islands of the mask smaller than this (pixels, 8-connected) are background, not fitted; 1 keeps all",
+        minimum=1,
+        maximum=1_000_000,
+    )
+    max_t1_ms: float = prop(
+        MAX_T1_MS,
+        "largest plausible T1 (ms): a pixel above it is set to 0, its SD to this value",
+        minimum=1.0,
+        maximum=1e5,
+    )
+    max_t2_ms: float = prop(
+        MAX_T2_MS,
+        "largest plausible T2 (ms): a pixel above it is set to 0, its SD to this value",
+        minimum=1.0,
+        maximum=1e5,
+    )
     max_iterations: int = prop(100, "most Levenberg-Marquardt iterations per pixel", minimum=1, maximum=10000)
     device: str = prop("auto", "auto (CUDA when present), cpu or cuda")
     send_phase_images: bool = prop(False, "also pass the phase images on (an ImageSeriesGadget downstream sends them)")
+
+    @property
+    def maxima(self) -> Mapping[str, float]:
+        """Largest plausible value of every checked map, in ms (``plausible_maps``)."""
+        return {"T1": self.max_t1_ms, "T2": self.max_t2_ms}
 
 
 @register("ParameterFitGadget", ParameterFitConfig)
@@ -62,18 +87,20 @@ def fit_slice(item: PhaseImages, config: ParameterFitConfig, *, device: str = "c
 
     Returns
     -------
-    Maps and SD maps of the model, ready for the output gadgets.
+    Maps and SD maps of the model, implausible pixels rejected (``plausible_maps``), ready for the output gadgets.
     """
     model = signal_model(config.model)
     start = time.perf_counter()
-    maps = fit_maps(
+    fitted = fit_maps(
         model,
         item.images,
         np.asarray(item.prep_times_ms, dtype=np.float64),
         mask_threshold=config.mask_threshold,
+        min_island_pixels=config.min_island_pixels,
         device=device,
         max_iterations=config.max_iterations,
     )
+    maps = plausible_maps(fitted, config.maxima)
     n_fitted = int(maps.mask.sum())
     log.info(
         "slice %d: %s fit of %d pixels in %.2f s on %s, %.1f%% converged",
@@ -84,6 +111,7 @@ def fit_slice(item: PhaseImages, config: ParameterFitConfig, *, device: str = "c
         device,
         100.0 * float(maps.converged[maps.mask].mean()) if n_fitted else 100.0,
     )
+    log.info("slice %d: %s", item.slice, describe_rejections(maps))
     return MapImages(
         maps=maps,
         primary_map=model.primary_map,

@@ -8,6 +8,8 @@ import numpy as np
 from gadgets.items import MapImages, PhaseImages
 from gadgets.runtime.config import GadgetConfig, prop
 from gadgets.runtime.registry import GadgetConnection, register
+from gadgets.windowing import percentile_window
+from qmri_models.fitting.maps import MASK_THRESHOLD, signal_mask
 
 
 @dataclass(frozen=True)
@@ -41,8 +43,9 @@ def phase_images_to_mrd(item: PhaseImages, config: ImageSeriesConfig) -> list[is
     """Return one magnitude ``ismrmrd.Image`` per phase, then (when present and asked) one uncertainty image per phase.
 
     Meta: ``GADGETRON_DataRole`` (the configured role, ``PhaseSD`` for the uncertainty), ``GADGETRON_SeqDescription``,
-    ``GADGETRON_ImageComment``, ``PhaseIndex``, ``PrepTime_ms`` and a window covering the slice
-    (``GADGETRON_WindowCenter``/``GADGETRON_WindowWidth``).
+    ``GADGETRON_ImageComment``, ``PhaseIndex``, ``PrepTime_ms`` and one window per series
+    (``GADGETRON_WindowCenter``/``GADGETRON_WindowWidth``) over the values of the pixels with signal (the fit's
+    default ``signal_mask`` of the magnitude images), not the background.
 
     Parameters
     ----------
@@ -53,24 +56,27 @@ def phase_images_to_mrd(item: PhaseImages, config: ImageSeriesConfig) -> list[is
     -------
     Images in phase order, the uncertainty images after them.
     """
+    magnitude = np.abs(item.images)
+    signal = signal_mask(magnitude, MASK_THRESHOLD)
     images = _phase_series(
-        item, np.abs(item.images), config.series_index, config.data_role, config.sequence_description, "phase"
+        item, magnitude, signal, config.series_index, config.data_role, config.sequence_description, "phase"
     )
     if config.send_uncertainty and item.sd is not None:
         description = f"{config.sequence_description}_sd"
+        label = "uncertainty (SD) of phase"
         images += _phase_series(
-            item, item.sd, config.uncertainty_series_index, UNCERTAINTY_ROLE, description, "uncertainty (SD) of phase"
+            item, item.sd, signal, config.uncertainty_series_index, UNCERTAINTY_ROLE, description, label
         )
     return images
 
 
 def _phase_series(
-    item: PhaseImages, values: np.ndarray, series: int, role: str, description: str, label: str
+    item: PhaseImages, values: np.ndarray, signal: np.ndarray, series: int, role: str, description: str, label: str
 ) -> list[ismrmrd.Image]:
-    """Return one float ``ismrmrd.Image`` per phase of ``values`` `(phases, y, x)` in ``series``."""
+    """Return one float ``ismrmrd.Image`` per phase of ``values`` `(phases, y, x)`, windowed on ``signal`` `(y, x)`."""
     magnitude = np.asarray(values, dtype=np.float32)
     n_phases = magnitude.shape[0]
-    low, high = np.percentile(magnitude, [1, 99])
+    center, width = percentile_window(magnitude[:, signal], minimum=0.0)
     images = []
     for phase in range(n_phases):
         ref = item.references[phase]
@@ -89,8 +95,8 @@ def _phase_series(
                 "GADGETRON_ImageComment": f"{label} {phase} prep {prep_ms:g} ms",
                 "PhaseIndex": phase,
                 "PrepTime_ms": f"{prep_ms:g}",
-                "GADGETRON_WindowCenter": f"{(high + low) / 2:.6g}",
-                "GADGETRON_WindowWidth": f"{max(high - low, 1e-12):.6g}",
+                "GADGETRON_WindowCenter": f"{center:.6g}",
+                "GADGETRON_WindowWidth": f"{width:.6g}",
             }
         )
         image.attribute_string = meta.serialize()
@@ -105,8 +111,8 @@ class MapSeriesConfig(GadgetConfig):
     map_series_index: int = prop(11, "image_series_index of the map (Gadgetron's mapping gadgets use 11)", minimum=0)
     sd_series_index: int = prop(12, "image_series_index of its SD map (Gadgetron's mapping gadgets use 12)", minimum=0)
     send_sd: bool = prop(True, "send the SD map series")
-    window_center: float = prop(0.0, "window centre of the map in its unit (0: from the map's 1st-99th percentile)")
-    window_width: float = prop(0.0, "window width of the map in its unit (0: from the map's 1st-99th percentile)")
+    window_center: float = prop(0.0, "window centre of the map in its unit (0: from the kept pixels' percentiles)")
+    window_width: float = prop(0.0, "window width of the map in its unit (0: the kept pixels' 1st-99th percentile)")
     extra_maps: str = prop("", "further maps to send, comma-separated (e.g. T2,PD,MatchScore for MRF); none if empty")
     extra_series_index: int = prop(13, "image_series_index of the first further map; the others follow", minimum=0)
 
@@ -131,10 +137,13 @@ def map_series(connection: GadgetConnection) -> None:
 def map_images_to_mrd(item: MapImages, config: MapSeriesConfig) -> list[ismrmrd.Image]:
     """Return the map image, (when asked) its SD image, then the further maps of one slice.
 
-    Values are in the map's unit (ms for T1 and T2) as float32, zero outside the fit mask. Meta, as Gadgetron's
-    mapping gadgets: ``GADGETRON_DataRole`` (``T1`` / ``T1SD``), ``GADGETRON_SeqDescription``,
+    Values are in the map's unit (ms for T1 and T2) as float32, zero outside the fit mask and at pixels the
+    plausibility step rejected, whose SD is marked at the quantity's plausible maximum (the comments say so). Meta,
+    as Gadgetron's mapping gadgets: ``GADGETRON_DataRole`` (``T1`` / ``T1SD``), ``GADGETRON_SeqDescription``,
     ``GADGETRON_ImageComment``, ``GADGETRON_WindowCenter`` / ``GADGETRON_WindowWidth``, ``DataRole=Quantitative``
-    (scanner-side converters must not rescale) and ``Units``.
+    (scanner-side converters must not rescale) and ``Units``. Every window (but a fixed one from the properties)
+    spans the 1st to 99th percentile of the kept pixels (fitted, not rejected), clipped into [0, maximum] for a
+    map with a plausible maximum.
 
     Parameters
     ----------
@@ -150,41 +159,52 @@ def map_images_to_mrd(item: MapImages, config: MapSeriesConfig) -> list[ismrmrd.
     ValueError
         If a further map is not among the slice's maps, or the SD is asked for a map without one.
     """
-    name = item.primary_map
-    unit = item.maps.units[name]
-    values, mask = item.maps.values[name], item.maps.mask
-    window = _window(values[mask], config.window_center, config.window_width)
-    images = [_map_image(item, values, config.map_series_index, name, f"{name} map ({unit}), {item.model}", window)]
+    maps, name = item.maps, item.primary_map
+    fixed = (config.window_center, config.window_width) if config.window_width > 0 else None
+    images = [_map_image(item, maps.values[name], config.map_series_index, name, _map_comment(item, name), fixed)]
     if config.send_sd:
-        if name not in item.maps.sds:
+        if name not in maps.sds:
             raise ValueError(f"the {item.model} maps have no {name} SD; set send_sd to false")
-        sds = item.maps.sds[name]
-        comment = f"{name} standard deviation ({unit}) {item.maps.sd_method}"
-        images.append(_map_image(item, sds, config.sd_series_index, f"{name}SD", comment, _window(sds[mask], 0, 0)))
+        images.append(_map_image(item, maps.sds[name], config.sd_series_index, f"{name}SD", _sd_comment(item, name)))
     for offset, extra in enumerate(config.extra_map_names):
-        if extra not in item.maps.values:
-            raise ValueError(f"extra_maps names {extra!r}, but the {item.model} maps are {', '.join(item.maps.values)}")
-        extra_values = item.maps.values[extra]
-        comment = f"{extra} map ({item.maps.units[extra]}), {item.model}"
+        if extra not in maps.values:
+            raise ValueError(f"extra_maps names {extra!r}, but the {item.model} maps are {', '.join(maps.values)}")
         series = config.extra_series_index + offset
-        images.append(_map_image(item, extra_values, series, extra, comment, _window(extra_values[mask], 0, 0)))
+        images.append(_map_image(item, maps.values[extra], series, extra, _map_comment(item, extra)))
     return images
 
 
-def _window(values: np.ndarray, center: float, width: float) -> tuple[float, float]:
-    """Return ``(center, width)``: the given ones, else the 1st to 99th percentile of ``values``."""
-    if width > 0:
-        return center, width
-    if values.size == 0:
-        return 0.0, 1.0
-    low, high = np.percentile(values, [1, 99])
-    return float(high + low) / 2, max(float(high - low), 1e-6)
+def _map_comment(item: MapImages, name: str) -> str:
+    """Return the image comment of a map: what it is and, when checked, what its zeros mean."""
+    unit = item.maps.units[name]
+    comment = f"{name} map ({unit}), {item.model}"
+    if name in item.maps.maxima:
+        comment += f"; 0 where not fitted or implausible (outside 0-{item.maps.maxima[name]:g} {unit} or no fit)"
+    return comment
+
+
+def _sd_comment(item: MapImages, name: str) -> str:
+    """Return the image comment of an SD map: how it was made and, when checked, how it marks rejected pixels."""
+    unit = item.maps.units[name]
+    comment = f"{name} standard deviation ({unit}) {item.maps.sd_method}"
+    if name in item.maps.maxima:
+        maximum = f"{item.maps.maxima[name]:g} {unit}"
+        comment += f"; clamped to 0-{maximum}; {maximum} marks a pixel whose {name} was rejected as implausible"
+    return comment
 
 
 def _map_image(
-    item: MapImages, values: np.ndarray, series: int, role: str, comment: str, window: tuple[float, float]
+    item: MapImages,
+    values: np.ndarray,
+    series: int,
+    role: str,
+    comment: str,
+    window: tuple[float, float] | None = None,
 ) -> ismrmrd.Image:
-    """Return one float map image of the slice with Gadgetron's mapping meta."""
+    """Return one float map image of the slice with Gadgetron's mapping meta; ``window`` None: from the kept pixels."""
+    if window is None:
+        maximum = item.maps.maxima.get(role.removesuffix("SD"))
+        window = percentile_window(values[item.maps.kept], minimum=None if maximum is None else 0.0, maximum=maximum)
     image = ismrmrd.Image.from_array(values.astype(np.float32), acquisition=item.references[0], transpose=False)
     image.image_type = ismrmrd.IMTYPE_MAGNITUDE
     image.image_series_index = series

@@ -58,6 +58,8 @@ from pydicom.sr.coding import Code
 from pydicom.uid import PYDICOM_ROOT_UID, UID, ExplicitVRLittleEndian, MRImageStorage, generate_uid
 from pydicom.valuerep import DSfloat
 
+from gadgets.windowing import percentile_window
+
 log = logging.getLogger(__name__)
 
 QUANTITATIVE = "Quantitative"
@@ -501,7 +503,7 @@ class DicomSeriesWriter:
                 intercept=intercept,
             )
         ]
-        centre, width = meaning.window or _percentile_window(pixels)
+        centre, width = meaning.window or percentile_window(pixels)
         ds.WindowCenter = _ds((centre - intercept) / slope)
         ds.WindowWidth = _ds(max(width / slope, 1.0))
         ds.PixelData = stored.tobytes()
@@ -549,7 +551,7 @@ class DicomSeriesWriter:
             intercept=0.0,
             quantity_definition=codes.DCM.StandardDeviation if meaning.is_uncertainty else _QUANTITIES.get(quantity),
         )
-        centre, width = meaning.window or _percentile_window(finite)
+        centre, width = meaning.window or percentile_window(finite)
         sources = self._sources_on(slice_index, planes)
         template = not sources
         if template:
@@ -646,15 +648,6 @@ def quantise_uint16(values: np.ndarray) -> tuple[np.ndarray, float, float]:
     slope = (high - low) / STORED_MAX if high > low else 1.0
     stored = np.rint((np.nan_to_num(real, nan=low, posinf=high, neginf=low) - low) / slope)
     return np.clip(stored, 0, STORED_MAX).astype(np.uint16), slope, low
-
-
-def _percentile_window(values: np.ndarray) -> tuple[float, float]:
-    """Return a ``(centre, width)`` window over the 1st to 99th percentile of the finite values."""
-    finite = values[np.isfinite(values)]
-    if not finite.size:
-        return 0.0, 1.0
-    low, high = (float(v) for v in np.percentile(finite, [1, 99]))
-    return (high + low) / 2, (high - low if high > low else max(abs(high), 1.0))
 
 
 def _ds(value: float) -> DSfloat:

@@ -11,15 +11,25 @@ Unguided (the ablation): equal weights, or the MLP trained with its uncertainty 
 
 The map SD is not the fitter's: every MC sample is fitted the same way (all samples of the slice in one batched
 fit) and the SD of the map over the samples is reported, so it carries the reconstruction's uncertainty into the
-map.
+map. Each sample's map is clamped into its plausible range first (``plausibility.bounded``: a sample fitted to
+10^8 ms counts at the maximum), then the maps of the mean go through ``plausibility.plausible_maps``.
 """
 
+from collections.abc import Mapping
 from typing import Literal
 
 import numpy as np
 import torch
 
-from qmri_models.fitting.maps import SliceMaps, fit_maps, map_units, signal_mask
+from qmri_models.fitting.maps import (
+    MASK_THRESHOLD,
+    MIN_ISLAND_PIXELS,
+    SliceMaps,
+    fit_maps,
+    fit_mask,
+    map_units,
+)
+from qmri_models.fitting.plausibility import PLAUSIBLE_MAXIMA, bounded, plausible_maps
 from qmri_models.networks.fit_mlp import FitMlp
 from qmri_models.signal_models import SignalModel
 
@@ -56,7 +66,9 @@ def fit_guided_maps(
     fit: FitKind = "model_based",
     guided: bool = True,
     mlp: FitMlp | None = None,
-    mask_threshold: float = 0.08,
+    mask_threshold: float = MASK_THRESHOLD,
+    min_island_pixels: int = MIN_ISLAND_PIXELS,
+    maxima: Mapping[str, float] = PLAUSIBLE_MAXIMA,
     device: str | torch.device = "cpu",
     max_iterations: int = 100,
 ) -> SliceMaps:
@@ -73,18 +85,20 @@ def fit_guided_maps(
     guided : Use the uncertainty (False: the unguided ablation).
     mlp : The learned fit's network (its ``guided`` must match ``guided``); required for ``learned``.
     mask_threshold : Background threshold of ``signal_mask``.
+    min_island_pixels : Smallest island of the mask kept, in pixels (8-connected).
+    maxima : Largest plausible value of every checked map in its unit (``plausible_maps``).
     device : Where to fit.
     max_iterations : Most Levenberg-Marquardt iterations (model-based).
 
     Returns
     -------
-    Maps of the mean images; SDs over the samples (``sd_method`` says so).
+    Maps of the mean images, implausible pixels rejected; SDs over the samples (``sd_method`` says so).
     """
     if samples.ndim != 4 or samples.shape[1:] != mean.shape or samples.shape[0] < 2:
         raise ValueError(f"samples must be (T >= 2, {', '.join(map(str, mean.shape))}), got {samples.shape}")
     if sd.shape != mean.shape:
         raise ValueError(f"sd must have the mean's shape {mean.shape}, got {sd.shape}")
-    mask = signal_mask(mean, mask_threshold)
+    mask = fit_mask(mean, mask_threshold, min_island_pixels)
     if fit == "learned":
         if mlp is None:
             raise ValueError("the learned fit needs its MLP (mlp=...)")
@@ -92,7 +106,7 @@ def fit_guided_maps(
             raise ValueError(f"the MLP fits {mlp.map_name.upper()}, the {model.name} model {model.primary_map}")
         if mlp.guided != guided:
             raise ValueError(f"the MLP was trained {'with' if mlp.guided else 'without'} guidance; guided={guided}")
-        return _learned(model, mlp, mean, sd, samples, mask, device)
+        return plausible_maps(_learned(model, mlp, mean, sd, samples, mask, maxima, device), maxima)
     if fit != "model_based":
         raise ValueError(f"fit must be model_based or learned, got {fit!r}")
     weights = phase_weights(mean, sd) if guided else None
@@ -110,10 +124,10 @@ def fit_guided_maps(
         max_iterations=max_iterations,
     )
     spreads = {
-        name: np.where(mask, values.reshape(ny, n_samples, nx).std(axis=1), 0.0).astype(np.float32)
+        name: _spread(values.reshape(ny, n_samples, nx), 1, mask, maxima.get(name))
         for name, values in per_sample.values.items()
     }
-    return SliceMaps(
+    guided_maps = SliceMaps(
         values=at_mean.values,
         sds=spreads,
         units=at_mean.units,
@@ -121,6 +135,7 @@ def fit_guided_maps(
         converged=at_mean.converged,
         sd_method=SAMPLE_SPREAD,
     )
+    return plausible_maps(guided_maps, maxima)
 
 
 def learned_map(
@@ -159,6 +174,7 @@ def _learned(
     sd: np.ndarray,
     samples: np.ndarray,
     mask: np.ndarray,
+    maxima: Mapping[str, float],
     device: str | torch.device,
 ) -> SliceMaps:
     """Return the MLP's map of the mean images and its SD over the samples' maps."""
@@ -166,12 +182,22 @@ def _learned(
     per_sample = np.stack([learned_map(mlp, sample, sd, mask, device=device) for sample in samples])
     return SliceMaps(
         values={name: learned_map(mlp, mean, sd, mask, device=device)},
-        sds={name: per_sample.std(axis=0).astype(np.float32)},
+        sds={name: _spread(per_sample, 0, mask, maxima.get(name))},
         units={name: map_units(model)[name]},
         mask=mask,
         converged=mask.copy(),
         sd_method=SAMPLE_SPREAD,
     )
+
+
+def _spread(per_sample: np.ndarray, axis: int, mask: np.ndarray, maximum: float | None) -> np.ndarray:
+    """Return the SD of a map over the samples along ``axis``, each clamped into [0, maximum] first (when given).
+
+    ``per_sample`` holds every sample's map of the slice (shape `(y, samples, x)` or `(samples, y, x)`); the result
+    is `(y, x)` float32, zero outside ``mask``.
+    """
+    values = per_sample if maximum is None else bounded(per_sample, maximum)
+    return np.where(mask, values.std(axis=axis), 0.0).astype(np.float32)
 
 
 def _pixels_of(values: np.ndarray, pixels: np.ndarray, n_phases: int, device: str | torch.device) -> torch.Tensor:

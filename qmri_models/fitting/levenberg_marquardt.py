@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 import torch
 
+from qmri_models.interrupt import check_interrupt
 from qmri_models.signal_models import SignalModel
 from qmri_models.small_linalg import invert_small, solve_small
 
@@ -74,6 +75,14 @@ def fit_pixels(
     Returns
     -------
     Parameters, covariance, residual SD and convergence of every pixel.
+
+    Raises
+    ------
+    ValueError
+        If the data, times or weights have the wrong shape, a weight is negative or not finite, or the model has
+        as many parameters as there are phases.
+    qmri_models.interrupt.Interrupted
+        When run inside ``interruptible`` and its event is set (checked once per iteration).
     """
     if data.ndim != 2:
         raise ValueError(f"data must be (pixels, phases), got shape {tuple(data.shape)}")
@@ -102,6 +111,7 @@ def fit_pixels(
     stopped = torch.zeros(n_pixels, dtype=torch.bool, device=data.device)
     iterations = 0
     while iterations < max_iterations and work.numel() > 0:
+        check_interrupt()  # a stream whose client has gone stops here, within one iteration (milliseconds)
         iterations += 1
         jac = model.jacobian(xw, times_ms)
         weighted_jac = jac * ww[..., None]

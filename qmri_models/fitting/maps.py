@@ -1,9 +1,11 @@
 """Whole-slice parametric maps: mask the background, restore polarity, fit every pixel, report maps with SD."""
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+from skimage.measure import label
 
 from qmri_models.fitting.levenberg_marquardt import FitResult, fit_pixels
 from qmri_models.signal_models import SignalModel
@@ -12,6 +14,12 @@ CHUNK_PIXELS = 6144
 """Pixels fitted together. Each Levenberg-Marquardt step streams a few `(pixels, phases, params)` temporaries, so
 chunks that stay in the CPU caches are faster overall: 6144 (12288 with MOLLI's two polarity candidates) fitted a
 160^2 MOLLI slice in 39 ms against 65 ms in one piece (bench/bench_fitting.py's slice, 2 cores)."""
+MASK_THRESHOLD = 0.08
+"""Default background threshold of the fit mask, as a fraction of the bright-pixel level (``signal_mask``)."""
+MIN_ISLAND_PIXELS = 20
+"""Default smallest island (8-connected pixels) the fit mask keeps (``remove_islands``). Picked from the masks of
+simulated CG-SENSE brain slices (64^2 R1 and R4, 160^2 R4, 256^2 R4): the noise islands had 1 to 10 pixels (one of
+52), the smallest tissue island 269 pixels (at 64^2); 20 pixels is 7 mm across at 160^2 (220 mm field of view)."""
 
 
 @dataclass(frozen=True)
@@ -30,6 +38,16 @@ class SliceMaps:
     """Fitted pixels whose fit converged. Shape `(y, x)` bool."""
     sd_method: str = "from the fit residual"
     """How the SDs were made, for people (image comments)."""
+    rejected: np.ndarray | None = field(default=None, repr=False)
+    """Why each fitted pixel was rejected as implausible: ``Rejection`` flags of
+    ``qmri_models.fitting.plausibility`` (0: kept). Shape `(y, x)` uint8; None before the plausibility step."""
+    maxima: Mapping[str, float] = field(default_factory=dict)
+    """Plausible maximum of every checked map in its unit (``T1``, ``T2`` in ms); empty before the plausibility step."""
+
+    @property
+    def kept(self) -> np.ndarray:
+        """Fitted pixels not rejected as implausible. Shape `(y, x)` bool."""
+        return self.mask if self.rejected is None else self.mask & (self.rejected == 0)
 
 
 def signal_mask(images: np.ndarray, threshold: float) -> np.ndarray:
@@ -50,6 +68,42 @@ def signal_mask(images: np.ndarray, threshold: float) -> np.ndarray:
     return brightest > threshold * np.percentile(brightest, 99)
 
 
+def remove_islands(mask: np.ndarray, min_pixels: int) -> np.ndarray:
+    """Return the mask without its islands (8-connected regions) of fewer than ``min_pixels`` pixels.
+
+    Parameters
+    ----------
+    mask : Pixels with signal. Shape `(y, x)` bool.
+    min_pixels : Smallest island kept, in pixels, >= 1 (1 keeps every island).
+
+    Returns
+    -------
+    Mask. Shape `(y, x)` bool.
+    """
+    if min_pixels < 1:
+        raise ValueError(f"min_pixels must be at least 1, got {min_pixels}")
+    islands = label(mask, connectivity=2)
+    big_enough = np.bincount(islands.ravel(), minlength=1) >= min_pixels
+    big_enough[0] = False  # the background
+    return big_enough[islands]
+
+
+def fit_mask(images: np.ndarray, threshold: float, min_island_pixels: int) -> np.ndarray:
+    """Return the pixels to fit: ``signal_mask`` without its islands smaller than ``min_island_pixels``.
+
+    Parameters
+    ----------
+    images : Phase images. Shape `(phases, y, x)`.
+    threshold : Fraction of the bright-pixel level below which a pixel is background, in [0, 1).
+    min_island_pixels : Smallest island kept, in pixels (8-connected), >= 1.
+
+    Returns
+    -------
+    Mask. Shape `(y, x)` bool.
+    """
+    return remove_islands(signal_mask(images, threshold), min_island_pixels)
+
+
 def map_units(model: SignalModel) -> dict[str, str]:
     """Return the unit of every map the model reports (``{"T1": "ms", "A": "a.u.", ...}``)."""
     return {name: output.unit for name, output in model.maps(*_empty(model)).items()}
@@ -63,7 +117,8 @@ def fit_maps(
     mask: np.ndarray | None = None,
     weights: np.ndarray | None = None,
     absolute_weights: bool = False,
-    mask_threshold: float = 0.08,
+    mask_threshold: float = MASK_THRESHOLD,
+    min_island_pixels: int = MIN_ISLAND_PIXELS,
     device: str | torch.device = "cpu",
     max_iterations: int = 100,
 ) -> SliceMaps:
@@ -73,16 +128,20 @@ def fit_maps(
     before the null point (the smallest magnitude) are negated, with and without the null phase itself, and the
     better of the two fits is kept, as in Gadgetron's and Barral et al.'s polarity restoration.
 
+    The maps are the fit's as it ended: ``qmri_models.fitting.plausibility.plausible_maps`` sets implausible pixels
+    to zero and marks their SD.
+
     Parameters
     ----------
     model : Signal model.
     images : Phase images (complex or magnitude; the magnitude is fitted). Shape `(phases, y, x)`.
     times_ms : Preparation time of every phase in ms. Shape `(phases,)`.
-    mask : Pixels to fit, shape `(y, x)` bool; None to fit where ``signal_mask(images, mask_threshold)``.
+    mask : Pixels to fit, shape `(y, x)` bool; None to fit ``fit_mask(images, mask_threshold, min_island_pixels)``.
     weights : Weight of every phase and pixel, shape `(phases, y, x)`, or of every phase, shape `(phases,)`;
         None for equal weights.
     absolute_weights : The weights are inverse noise variances (SD from them, not from the residual).
     mask_threshold : Background threshold when ``mask`` is None.
+    min_island_pixels : Smallest island of the mask kept when ``mask`` is None, in pixels (8-connected).
     device : Where to fit (``cpu``, ``cuda``).
     max_iterations : Most Levenberg-Marquardt iterations.
 
@@ -97,7 +156,7 @@ def fit_maps(
     if times.shape != (n_phases,):
         raise ValueError(f"need one preparation time per phase ({n_phases}), got {times.shape}")
     if mask is None:
-        mask = signal_mask(images, mask_threshold)
+        mask = fit_mask(images, mask_threshold, min_island_pixels)
     elif mask.shape != (ny, nx):
         raise ValueError(f"mask must have shape {(ny, nx)}, got {mask.shape}")
     magnitude = np.abs(images).reshape(n_phases, -1)[:, mask.ravel()].T

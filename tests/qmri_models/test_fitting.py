@@ -1,5 +1,7 @@
 """Signal models and the batched fitter against autograd, scipy's curve_fit and known truth."""
 
+import threading
+
 import numpy as np
 import pytest
 import torch
@@ -8,7 +10,8 @@ from scipy.optimize import curve_fit
 from qmri_models.device import torch_device
 from qmri_models.fitting.levenberg_marquardt import fit_pixels
 from qmri_models.fitting.maps import fit_maps, signal_mask
-from qmri_models.signal_models import IR_TI_MS, MODELS, MOLLI_TI_MS, T2PREP_TE_MS, signal_model
+from qmri_models.interrupt import Interrupted, interruptible
+from qmri_models.signal_models import IR_TI_MS, MODELS, MOLLI_TI_MS, T2PREP_TE_MS, MolliModel, signal_model
 
 SR_TS_MS = (100.0, 300.0, 600.0, 1000.0, 1500.0, 2500.0, 4000.0)
 
@@ -130,6 +133,35 @@ def test_fit_argument_errors(kwargs: dict[str, torch.Tensor], match: str) -> Non
     data = torch.ones((4, 8), dtype=torch.float64)
     with pytest.raises(ValueError, match=match):
         fit_pixels(MODELS["molli"], data, torch.tensor(MOLLI_TI_MS), **kwargs)
+
+
+class StopOnJacobian(MolliModel):
+    """MOLLI that sets a stop event on its n-th Jacobian (one per Levenberg-Marquardt iteration) and counts them."""
+
+    def __init__(self, stop: threading.Event, at_call: int) -> None:
+        self.stop, self.at_call, self.calls = stop, at_call, 0
+
+    def jacobian(self, params: torch.Tensor, times_ms: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        if self.calls == self.at_call:
+            self.stop.set()
+        return super().jacobian(params, times_ms)
+
+
+def test_fit_stops_at_the_next_iteration_once_interrupted() -> None:
+    """The event set during iteration 3 stops the fit before iteration 4: no 4th Jacobian, Interrupted raised."""
+    rng = np.random.default_rng(6)
+    times = torch.tensor(MOLLI_TI_MS, dtype=torch.float64)
+    truth = torch.tensor(random_parameters("molli", 256, rng))
+    data = MODELS["molli"].signal(truth, times) + torch.tensor(rng.normal(0.0, 0.01, (256, len(MOLLI_TI_MS))))
+    stop = threading.Event()
+    model = StopOnJacobian(stop, at_call=3)
+    with interruptible(stop), pytest.raises(Interrupted):
+        fit_pixels(model, data, times, tolerance=0.0, max_iterations=1000)
+    assert model.calls == 3
+    unwatched = StopOnJacobian(threading.Event(), at_call=3)  # outside interruptible the event changes nothing
+    assert fit_pixels(unwatched, data, times).converged.all()
+    assert unwatched.calls > 3
 
 
 def test_fit_needs_more_phases_than_parameters() -> None:
