@@ -1,4 +1,4 @@
-"""The ``qmri`` command: serve, replay, stream, simulate, train, chains, check-chain, gadgets, evaluate, dicom-flush."""
+"""The ``qmri`` command: every way in (serve, replay, stream), simulation, training, chains, evaluation, DICOM."""
 
 import argparse
 import logging
@@ -8,7 +8,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from gadgets.runtime.chain import ChainError, load_chain, resolve_chain, shipped_chains
+from gadgets.runtime.chain import ChainError, chains_for_clients, load_chain, resolve_chain, shipped_chains
 from gadgets.runtime.pipeline import StreamError
 
 log = logging.getLogger("qmri")
@@ -16,15 +16,35 @@ log = logging.getLogger("qmri")
 
 def _serve(args: argparse.Namespace) -> int:
     from gadgets.runtime.registry import registered_gadgets
-    from gadgets.runtime.server import MrdServer
+    from gadgets.runtime.server import MrdServer, ServerLimits
+    from gadgets.runtime.session import SiteSettings
 
     registered_gadgets()  # import the gadgets (sigpy, torch) now, not on the first scanner's connection
     if args.journal is not None:
         args.journal.mkdir(parents=True, exist_ok=True)  # a journal that cannot be written fails here, at start
+    if args.site_chains is not None:
+        for name, path in chains_for_clients(args.site_chains).items():
+            load_chain(path)  # a broken site chain fails here, at start, not on a scanner's connection
+            log.debug("chain '%s' offered from %s", name, path)
     args.output.mkdir(parents=True, exist_ok=True)
-    with MrdServer(args.host, args.port, journal_dir=args.journal, output_dir=args.output) as server:
+    site = SiteSettings(output_dir=args.output, journal_dir=args.journal, site_chains=args.site_chains)
+    limits = ServerLimits(
+        max_connections=args.max_connections,
+        start_timeout_s=args.start_timeout,
+        idle_timeout_s=args.idle_timeout,
+        max_message_mb=args.max_message_mb,
+    )
+    with MrdServer(args.host, args.port, site=site, limits=limits) as server:
         log.info(
-            "serving MRD on %s:%d%s", args.host, server.port, f", journal in {args.journal}" if args.journal else ""
+            "serving MRD on %s:%d (at most %d streams; timeouts %g s to start, %g s idle; messages up to %g MiB)%s%s",
+            args.host,
+            server.port,
+            limits.max_connections,
+            limits.start_timeout_s,
+            limits.idle_timeout_s,
+            limits.max_message_mb,
+            f", journal in {args.journal}" if args.journal else "",
+            f", site chains in {args.site_chains}" if args.site_chains else "",
         )
         try:
             server.serve_forever()
@@ -43,10 +63,11 @@ def _replay(args: argparse.Namespace) -> int:
 
 
 def _stream(args: argparse.Namespace) -> int:
-    from gadgets.runtime.session import serve_stream
+    from gadgets.runtime.session import SiteSettings, serve_stream
 
     chain = resolve_chain(args.chain)
-    ok = serve_stream(sys.stdin.buffer, sys.stdout.buffer, stream="stdin", chain=chain, output_dir=args.output)
+    site = SiteSettings(output_dir=args.output)
+    ok = serve_stream(sys.stdin.buffer, sys.stdout.buffer, stream="stdin", chain=chain, site=site)
     return 0 if ok else 1
 
 
@@ -365,18 +386,84 @@ def _dicom_send(args: argparse.Namespace) -> int:
     return 0 if result.stored == len(result.files) else 1
 
 
+def _port(text: str) -> int:
+    """Return a TCP port number, or raise the error argparse prints for a bad option value."""
+    value = _positive_int(text)
+    if value > 65535:
+        raise argparse.ArgumentTypeError(f"a port is 1 to 65535, got {value}")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a number of at least 1, got {value}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
+    return value
+
+
+def _folder(text: str) -> Path:
+    path = Path(text)
+    if not path.is_dir():
+        raise argparse.ArgumentTypeError(f"{text} is not a folder")
+    return path
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Return the argument parser of the ``qmri`` command."""
+    from gadgets.runtime.server import ServerLimits
+
     parser = argparse.ArgumentParser(prog="qmri", description="Streaming qMRI reconstruction with uncertainty.")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("--debug", action="store_true", help="show the traceback of an error (for bug reports)")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("serve", help="serve the MRD streaming protocol over TCP")
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=9002)
+    limits = ServerLimits()
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on; 0.0.0.0 for the scanner network")
+    p.add_argument("--port", type=_port, default=9002, help="TCP port")
     p.add_argument("--journal", type=Path, help="write every incoming stream to an ISMRMRD file in this directory")
     p.add_argument(
         "--output", type=Path, default=Path("qmri_output"), help="folder for files the chains write (DICOM, outbox)"
+    )
+    p.add_argument(
+        "--site-chains",
+        type=_folder,
+        help="folder of the site's chain XML files, offered to clients by name (CONFIG_FILE); they may set site "
+        "properties (DICOM node, weights files) that a client's own chain text may not",
+    )
+    p.add_argument(
+        "--max-connections", type=_positive_int, default=limits.max_connections, help="streams served at once"
+    )
+    p.add_argument(
+        "--start-timeout",
+        type=_positive_float,
+        default=limits.start_timeout_s,
+        help="seconds a new connection has to send its config and header",
+    )
+    p.add_argument(
+        "--idle-timeout",
+        type=_positive_float,
+        default=limits.idle_timeout_s,
+        help="seconds a client may stay silent mid-stream (breath-holds) or leave replies unread",
+    )
+    p.add_argument(
+        "--max-message-mb",
+        type=_positive_float,
+        default=limits.max_message_mb,
+        help="largest readout, image or array message in MiB (refused unread)",
     )
     p.set_defaults(run=_serve)
 
@@ -554,6 +641,10 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger(library).setLevel(logging.DEBUG if args.verbose else logging.WARNING)
     try:
         return int(args.run(args))
-    except (ChainError, StreamError, ValueError, OSError) as exc:
-        log.error("%s", exc)  # noqa: TRY400 - a message for people, not a traceback
+    except Exception as exc:  # every failure is one line for people; --debug shows the traceback
+        if args.debug:
+            raise
+        known = isinstance(exc, ChainError | StreamError | ValueError | OSError)
+        message = " ".join(str(exc).split()) or type(exc).__name__
+        log.error("qmri %s: %s%s", args.command, "" if known else f"{type(exc).__name__}: ", message)  # noqa: TRY400
         return 2
