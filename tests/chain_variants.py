@@ -1,0 +1,19 @@
+"""Chain variants for tests, built through the chain parser (not by replacing strings in the XML)."""
+
+from pathlib import Path
+from xml.etree.ElementTree import SubElement, tostring
+
+from defusedxml.ElementTree import fromstring
+
+from gadgets.runtime.chain import Chain, parse_chain, resolve_chain
+
+
+def chain_variant(name: str, gadget: str, **properties: object) -> Chain:
+    """Return a shipped chain with some properties of one of its gadgets (by its ``<name>``) set or replaced."""
+    root = fromstring(Path(resolve_chain(name).source).read_text())
+    (node,) = [g for g in root.iter("gadget") if g.findtext("name") == gadget]
+    for key, value in properties.items():
+        for old in [p for p in node.findall("property") if (p.get("name") or p.findtext("name")) == key]:
+            node.remove(old)
+        SubElement(node, "property", name=key, value=str(value))
+    return parse_chain(tostring(root, encoding="unicode"), name=f"{name} variant")
