@@ -52,6 +52,15 @@ log = logging.getLogger(__name__)
 MATCH_MODEL = "FISP-MRF dictionary match"
 """How the maps were made, for image comments."""
 
+MAX_DICTIONARY_ENTRIES = 200_000_000
+"""Most atoms x frames a header's schedule and the dictionary grid may ask to simulate (the default 17,553 atoms x
+200 frames is 3.5 million; 152,895 atoms at dictionary_step_percent 1 x 1000 frames is 153 million)."""
+
+_NEEDS_SPIRAL = (
+    "MrfReconGadget needs spiral readouts that carry their 2-D k-space trajectory in traj; the t1_molli, t2prep, "
+    "t1_ir and cartesian_multiphase chains reconstruct Cartesian data"
+)
+
 
 @dataclass(frozen=True)
 class MrfReconConfig(GadgetConfig):
@@ -63,13 +72,13 @@ class MrfReconConfig(GadgetConfig):
         "low_rank_cg (conjugate gradient on the subspace images) or svdmrf (gridding, McGivney 2014)",
     )
     iterations: int = prop(
-        20, "conjugate-gradient iterations of low_rank_cg (also the start of low_rank_admm)", minimum=1, maximum=500
+        20, "conjugate-gradient iterations of low_rank_cg (also the start of low_rank_admm)", minimum=1, maximum=100
     )
     admm_rounds: int = prop(
         DEFAULT_ADMM_ROUNDS,
         f"ADMM rounds of low_rank_admm, each a dictionary match and {ADMM_ROUND_ITERATIONS} CG iterations",
         minimum=1,
-        maximum=100,
+        maximum=20,
     )
     regularisation: float = prop(
         DEFAULT_REGULARISATION,
@@ -78,11 +87,11 @@ class MrfReconConfig(GadgetConfig):
         "low_rank_admm",
         minimum=0.0,
     )
-    rank: int = prop(5, "rank K of the dictionary's temporal SVD subspace", minimum=1, maximum=50)
+    rank: int = prop(5, "rank K of the dictionary's temporal SVD subspace", minimum=1, maximum=16)
     dictionary_step_percent: float = prop(
         DEFAULT_STEP_PERCENT,
         "relative step of the dictionary's log-spaced T1 and T2 grid in % (3: about 17k atoms, 1.27: about 95k)",
-        minimum=0.5,
+        minimum=1.0,
         maximum=50.0,
     )
     nufft_backend: Literal["auto", "finufft", "cufinufft", "sigpy"] = prop(
@@ -97,9 +106,14 @@ def mrf_recon(connection: GadgetConnection) -> None:
     config = MrfReconConfig.from_connection(connection)
     device = torch_device(config.device)
     protocol = _MrfProtocol.from_header(connection.header)
-    dictionary = build_dictionary(
-        protocol.schedule, grid=t1_t2_grid(config.dictionary_step_percent), rank=config.rank, device=device
-    )
+    grid = t1_t2_grid(config.dictionary_step_percent)
+    entries = grid[0].numel() * protocol.schedule.n_frames
+    if entries > MAX_DICTIONARY_ENTRIES:
+        raise ValueError(
+            f"the dictionary would hold {grid[0].numel()} atoms x {protocol.schedule.n_frames} frames of the header's "
+            f"schedule = {entries:.3g} entries, more than {MAX_DICTIONARY_ENTRIES:.3g}; raise dictionary_step_percent"
+        )
+    dictionary = build_dictionary(protocol.schedule, grid=grid, rank=config.rank, device=device)
     log.info(
         "MRF dictionary: %d atoms x %d frames, rank %d keeps %.4f of its energy",
         dictionary.n_atoms,
@@ -119,9 +133,15 @@ def mrf_recon(connection: GadgetConnection) -> None:
             continue
         if item.is_flag_set(ismrmrd.ACQ_IS_NOISE_MEASUREMENT):
             continue
+        _check_spiral_readout(item)
         index = int(item.idx.slice)
         state = slices.get(index)
         if state is None:
+            if len(slices) >= protocol.n_slices:
+                raise ValueError(
+                    f"readout {item.scan_counter} opens slice {index} while slices {sorted(slices)} are still open; "
+                    f"the header's encodingLimits promise {protocol.n_slices} slice(s)"
+                )
             accumulator = SubspaceAccumulator(
                 basis,
                 n_coils=item.active_channels,
@@ -131,6 +151,12 @@ def mrf_recon(connection: GadgetConnection) -> None:
                 device=device,
             )
             state = slices[index] = _SliceState(accumulator, item)
+        if state.accumulator.n_frames >= protocol.schedule.n_frames:
+            raise ValueError(
+                f"slice {index}: readout {item.scan_counter} (frame {item.idx.repetition}) would be its readout number "
+                f"{state.accumulator.n_frames + 1}, beyond the {protocol.schedule.n_frames} frames of the header's "
+                "schedule (one spiral readout per frame) and no ACQ_LAST_IN_SLICE closed the slice"
+            )
         state.accumulator.add(int(item.idx.repetition), coord_from_ismrmrd_traj(item.traj, protocol.matrix), item.data)
         if item.is_flag_set(ismrmrd.ACQ_LAST_IN_SLICE):
             connection.send(_reconstruct(slices.pop(index), index, dictionary, protocol, config, device, projection))
@@ -248,16 +274,33 @@ class _MrfProtocol:
     matrix: int
     """Reconstructed image size per side in pixels (square)."""
     field_of_view_mm: tuple[float, float, float]
+    n_slices: int
+    """Slices the header's encodingLimits promise (1 without a slice limit): the most open at once."""
 
     @classmethod
     def from_header(cls, header: Any) -> "_MrfProtocol":
         """Return the protocol of a parsed ISMRMRD header, or raise ValueError naming what is missing."""
+        encoding = header.encoding[0]
+        trajectory = getattr(encoding.trajectory, "value", encoding.trajectory)
+        if trajectory in ("cartesian", "epi"):
+            raise ValueError(f"the header's encoding trajectory is {trajectory}; {_NEEDS_SPIRAL}")
         schedule = schedule_from_header(header)
-        recon = header.encoding[0].reconSpace
+        recon = encoding.reconSpace
         if recon.matrixSize.x != recon.matrixSize.y:
             raise ValueError(f"MRF images must be square; the header says {recon.matrixSize.x}x{recon.matrixSize.y}")
         fov = recon.fieldOfView_mm
-        return cls(schedule, int(recon.matrixSize.x), (fov.x, fov.y, fov.z))
+        limits = encoding.encodingLimits
+        n_slices = 1 if limits is None or limits.slice is None else int(limits.slice.maximum) + 1
+        return cls(schedule, int(recon.matrixSize.x), (fov.x, fov.y, fov.z), max(n_slices, 1))
+
+
+def _check_spiral_readout(acq: ismrmrd.Acquisition) -> None:
+    """Raise ValueError unless the readout carries a 2-D k-space trajectory."""
+    dimensions = acq.trajectory_dimensions
+    if dimensions == 0:
+        raise ValueError(f"readout {acq.scan_counter} carries no k-space trajectory (Cartesian data); {_NEEDS_SPIRAL}")
+    if dimensions != 2:
+        raise ValueError(f"readout {acq.scan_counter} carries a {dimensions}-D k-space trajectory; {_NEEDS_SPIRAL}")
 
 
 @dataclass

@@ -1,6 +1,7 @@
 """The mrf_fisp chain end to end: a simulated 5x-truncated spiral FISP-MRF scan -> T1, T2, PD, match score."""
 
 from pathlib import Path
+from typing import Any
 
 import h5py
 import ismrmrd
@@ -8,11 +9,15 @@ import numpy as np
 import pytest
 
 from gadgets.evaluate import map_series_in, read_series, score_maps, series_in
-from gadgets.runtime.chain import parse_chain, resolve_chain
+from gadgets.mrf import MrfReconConfig
+from gadgets.runtime.chain import Chain, parse_chain, resolve_chain
+from gadgets.runtime.config import PropertyError
+from gadgets.runtime.pipeline import StreamError, run_chain
 from gadgets.runtime.replay import replay
 from qmri_models.simulation.mrf_raw_writer import write_mrf_raw
 from qmri_models.simulation.mrf_scan import MrfScanSettings, simulate_mrf_scan
-from tests.conftest import dciodvfy_lines
+from tests.chain_variants import chain_variant
+from tests.conftest import dciodvfy_lines, raw_header_and_items
 
 MATRIX = 128
 """Half the default matrix, to keep the suite fast: the cortex is two pixels thinner, so errors are higher than at
@@ -96,3 +101,99 @@ def test_iterative_subspace_recon_beats_svdmrf_gridding(mrf_raw: Path, admm_out:
     cg, svd = _wm_gm_errors(admm_out, mrf_raw), _wm_gm_errors(svdmrf_out, mrf_raw)
     assert svd["T1", "white_matter"] > 2 * cg["T1", "white_matter"], (svd, cg)
     assert np.mean(list(svd.values())) > 1.5 * np.mean(list(cg.values())), (svd, cg)
+
+
+@pytest.fixture(scope="module")
+def small_mrf_raw(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 32^2, 2-coil spiral MRF scan of 10 frames (50 / 5), 8 interleaves: for the input checks, not the maps."""
+    settings = MrfScanSettings(matrix=32, n_coils=2, n_frames_full=50, truncation=5, n_interleaves=8, seed=1)
+    path = tmp_path_factory.mktemp("mrf_small") / "mrf_small.h5"
+    write_mrf_raw(path, settings, simulate_mrf_scan(settings))
+    return path
+
+
+def _fast_mrf_chain() -> Chain:
+    """mrf_fisp with a coarse dictionary (20% steps), so that a stream reaches its readouts within seconds."""
+    return chain_variant("mrf_fisp", "Recon", dictionary_step_percent=20)
+
+
+def _run(chain: Chain, header: Any, items: list[Any], cache: Path) -> list[Any]:
+    out: list[Any] = []
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("QMRI_CACHE_DIR", str(cache))
+        run_chain(chain, header, items, out.append)
+    return out
+
+
+def _one_line_error(failure: pytest.ExceptionInfo[StreamError]) -> str:
+    message = str(failure.value)
+    assert "\n" not in message
+    return message
+
+
+def test_spiral_data_through_a_cartesian_chain_get_one_line_errors(small_mrf_raw: Path, tmp_path: Path) -> None:
+    header, items = raw_header_and_items(small_mrf_raw)
+    with pytest.raises(StreamError) as failure:
+        replay(small_mrf_raw, resolve_chain("t1_molli"), tmp_path / "header", progress=False)
+    assert _one_line_error(failure).endswith(
+        "the header's encoding trajectory is spiral; AcquisitionBufferGadget needs Cartesian readouts; "
+        "the mrf_fisp chain reconstructs spiral MRF"
+    )
+    # a header that claims Cartesian data does not let the spiral readouts through
+    header.encoding[0].trajectory = ismrmrd.xsd.trajectoryType("cartesian")
+    first = next(a for a in items if not a.is_flag_set(ismrmrd.ACQ_IS_NOISE_MEASUREMENT))
+    with pytest.raises(StreamError) as failure:
+        _run(resolve_chain("t1_molli"), header, items, tmp_path / "cache")
+    assert _one_line_error(failure).endswith(
+        f"readout {first.scan_counter} carries a 2-D k-space trajectory (spiral or radial data); "
+        "AcquisitionBufferGadget needs Cartesian readouts; the mrf_fisp chain reconstructs spiral MRF"
+    )
+
+
+def test_cartesian_data_through_the_mrf_chain_get_one_line_errors(
+    molli_raw: Path, small_mrf_raw: Path, tmp_path: Path
+) -> None:
+    with pytest.raises(StreamError) as failure:
+        replay(molli_raw, _fast_mrf_chain(), tmp_path / "header", progress=False)
+    assert _one_line_error(failure).endswith(
+        "the header's encoding trajectory is cartesian; MrfReconGadget needs spiral readouts that carry their 2-D "
+        "k-space trajectory in traj; the t1_molli, t2prep, t1_ir and cartesian_multiphase chains reconstruct "
+        "Cartesian data"
+    )
+    # Cartesian readouts under a spiral MRF header
+    mrf_header, _ = raw_header_and_items(small_mrf_raw)
+    _, cartesian = raw_header_and_items(molli_raw)
+    first = next(a for a in cartesian if not a.is_flag_set(ismrmrd.ACQ_IS_NOISE_MEASUREMENT))
+    with pytest.raises(StreamError) as failure:
+        _run(_fast_mrf_chain(), mrf_header, cartesian, tmp_path / "cache")
+    assert f"readout {first.scan_counter} carries no k-space trajectory (Cartesian data); MrfReconGadget" in (
+        _one_line_error(failure)
+    )
+
+
+def test_frames_beyond_the_header_schedule_are_refused(small_mrf_raw: Path, tmp_path: Path) -> None:
+    """A slice that never ends (its frames again, unflagged): refused at the 11th readout of a 10-frame schedule."""
+    header, items = raw_header_and_items(small_mrf_raw)
+    frames = [a for a in items if not a.is_flag_set(ismrmrd.ACQ_IS_NOISE_MEASUREMENT)]
+    assert len(frames) == 10
+    for acq in frames:
+        acq.clear_flag(ismrmrd.ACQ_LAST_IN_SLICE)
+        acq.clear_flag(ismrmrd.ACQ_LAST_IN_MEASUREMENT)
+    with pytest.raises(StreamError) as failure:
+        _run(_fast_mrf_chain(), header, frames + frames, tmp_path / "cache")
+    assert (
+        f"slice 0: readout {frames[0].scan_counter} (frame 0) would be its readout number 11, beyond the 10 frames "
+        "of the header's schedule" in _one_line_error(failure)
+    )
+
+
+def test_the_streams_work_is_bounded_by_the_property_maxima() -> None:
+    assert MrfReconConfig.from_properties({"iterations": "100", "admm_rounds": "20", "rank": "16"}).iterations == 100
+    for name, value in (
+        ("iterations", "101"),
+        ("admm_rounds", "21"),
+        ("rank", "17"),
+        ("dictionary_step_percent", "0.9"),
+    ):
+        with pytest.raises(PropertyError, match=name):
+            MrfReconConfig.from_properties({name: value})
