@@ -74,9 +74,14 @@ class AcquisitionBufferConfig(GadgetConfig):
         "partitions x phases x averages x ...; room for separate calibration lines and repeats)",
         minimum=1.0,
         maximum=16.0,
+        site=True,
     )
     open_slice_margin: float = prop(
-        2.0, "cap on the slices open at once, as a multiple of the header's slice count", minimum=1.0, maximum=16.0
+        2.0,
+        "cap on the slices open at once, as a multiple of the header's slice count",
+        minimum=1.0,
+        maximum=16.0,
+        site=True,
     )
     max_buffer_mb: float = prop(
         1024.0,
@@ -84,12 +89,14 @@ class AcquisitionBufferConfig(GadgetConfig):
         "slice fully sampled with 2x readout oversampling holds 268 MB)",
         minimum=1.0,
         maximum=8192.0,
+        site=True,
     )
     max_noise_readouts: int = prop(
         256,
         "noise readouts kept for the reconstruction (the first ones; later ones are dropped)",
         minimum=0,
         maximum=4096,
+        site=True,
     )
 
 

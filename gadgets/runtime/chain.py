@@ -141,9 +141,9 @@ def _stage(node: ET.Element, gadgets: dict[str, GadgetSpec], source: str, *, sit
     refused = [] if site else config.client_violations()
     if refused:
         raise ChainError(
-            f"{where} ({classname}): property '{refused[0]}' is a site setting (a path, host, port or model file) "
-            "that a client's chain cannot set; use a chain the server offers by name (CONFIG_FILE), or ask the site "
-            "to add one to its chain folder (qmri serve --site-chains)"
+            f"{where} ({classname}): property '{refused[0]}' is a site setting (a path, host, port, model file or "
+            "resource cap) that a client's chain cannot set; use a chain the server offers by name (CONFIG_FILE), or "
+            "ask the site to add one to its chain folder (qmri serve --site-chains)"
         )
     return Stage(name=name, spec=spec, properties=properties, config=config)
 

@@ -4,11 +4,11 @@ A field is declared with :func:`prop`, which holds its default and its one-line 
 its type (``int``, ``float``, ``bool``, ``str`` or a ``Literal`` of allowed strings). ``qmri check-chain`` and
 ``qmri gadgets`` read the same declarations, so what a physicist reads is what the code parses.
 
-Trust: a property that names a path, a host, a port, a model file or a cache is a *site setting* (``prop(...,
-site=True)``). Site settings come from the site (shipped chains, the server's site chain folder, server options),
-never from a client: a chain that arrives as a client's CONFIG_TEXT may leave a site setting at its default or pick
-one of its ``client_choices`` (e.g. the shipped weights ``t1``/``t2``), and anything else is refused before any data
-is read (:meth:`GadgetConfig.client_violations`).
+Trust: a property that names a path, a host, a port, a model file or a cache, or that caps what one stream may
+hold, is a *site setting* (``prop(..., site=True)``). Site settings come from the site (shipped chains, the
+server's site chain folder, server options), never from a client: a chain that arrives as a client's CONFIG_TEXT
+may leave a site setting at its default or pick one of its ``client_choices`` (e.g. the shipped weights
+``t1``/``t2``), and anything else is refused before any data is read (:meth:`GadgetConfig.client_violations`).
 """
 
 import dataclasses
@@ -50,7 +50,8 @@ def prop(
     doc : One line for physicists: what it does, with its unit.
     minimum : Smallest allowed value for numbers.
     maximum : Largest allowed value for numbers.
-    site : The property names a path, host, port, model file or cache: only the site may set it (module docstring).
+    site : The property names a path, host, port, model file or cache, or caps a stream's resources: only the site
+        may set it (module docstring).
     client_choices : Values of a site property that a client's chain may pick nevertheless (shipped model names).
 
     Returns

@@ -10,6 +10,7 @@ The PD scale: atoms are stored with unit L2 norm beside ``norms``, the norm of t
 ``PD = |unit^H s| / norm``.
 """
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -32,6 +33,9 @@ from qmri_models.mrf.subspace import svd_basis, to_subspace
 logger = logging.getLogger(__name__)
 
 DICTIONARY_VERSION = 1
+CACHE_MAX_FILES = 16
+"""Dictionaries the disk cache keeps; the least recently used go first (each new schedule in a header would
+otherwise add a file of 14-70 MB for good)."""
 """Version of the simulation and the file layout; part of every cache key, so changing either rebuilds."""
 
 DEFAULT_STEP_PERCENT = 3.0
@@ -186,6 +190,8 @@ def build_dictionary(
     if cache and path.exists():
         loaded = _load(path, key)
         if loaded is not None:
+            with contextlib.suppress(OSError):
+                os.utime(path)  # recently used: the last to be pruned
             logger.info("loaded MRF dictionary %s (%d atoms x %d frames)", path, loaded.n_atoms, schedule.n_frames)
             return loaded.to(target)
     start = time.perf_counter()
@@ -282,6 +288,17 @@ def _save(path: Path, key: str, dictionary: MrfDictionary) -> None:
         partial.replace(path)
     finally:
         partial.unlink(missing_ok=True)
+    _prune(path.parent, CACHE_MAX_FILES)
+
+
+def _prune(folder: Path, keep: int) -> None:
+    """Delete all but the ``keep`` most recently used dictionaries in the cache folder."""
+    files = []
+    for path in folder.glob("fisp_mrf_*.npz"):
+        with contextlib.suppress(OSError):
+            files.append((path.stat().st_mtime_ns, path))
+    for _, path in sorted(files, reverse=True)[keep:]:
+        path.unlink(missing_ok=True)
 
 
 def _load(path: Path, key: str) -> MrfDictionary | None:

@@ -3,6 +3,7 @@
 import json
 import logging
 import math
+import os
 from pathlib import Path
 
 import numpy as np
@@ -273,6 +274,22 @@ def test_stale_cache_file_is_rebuilt(tmp_path: Path, caplog: pytest.LogCaptureFi
         rebuilt = small_build(schedule, tmp_path)
     assert "stale" in caplog.text
     assert rebuilt.schedule == schedule
+
+
+def test_cache_keeps_the_most_recently_used_dictionaries(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A client that sends a new schedule in every header cannot fill the disk: the cache keeps the last few."""
+    monkeypatch.setattr(dictionary_module, "CACHE_MAX_FILES", 2)
+    grid = t1_t2_grid(30.0)
+    schedules = [jiang_schedule(20, seed=seed) for seed in range(3)]
+    build_dictionary(schedules[0], grid=grid, device="cpu", cache_dir=tmp_path)
+    (first,) = tmp_path.glob("*.npz")
+    build_dictionary(schedules[1], grid=grid, device="cpu", cache_dir=tmp_path)
+    os.utime(first, ns=(0, 0))  # the oldest file; loading it makes it the most recently used
+    build_dictionary(schedules[0], grid=grid, device="cpu", cache_dir=tmp_path)
+    build_dictionary(schedules[2], grid=grid, device="cpu", cache_dir=tmp_path)
+    kept = {p.name for p in tmp_path.glob("*.npz")}
+    assert len(kept) == 2
+    assert first.name in kept
 
 
 def test_cache_can_be_switched_off(tmp_path: Path) -> None:

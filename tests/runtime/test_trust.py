@@ -91,6 +91,13 @@ def test_a_client_chain_setting_a_site_property_is_refused_before_its_header(
     assert not Path("/tmp/qmri-escape").exists()
 
 
+@pytest.mark.parametrize("name", ["max_buffer_mb", "slice_readout_margin", "open_slice_margin", "max_noise_readouts"])
+def test_a_client_chain_cannot_raise_the_buffer_caps(site_server: MrdServer, name: str) -> None:
+    text = with_properties(chain_text("t1_molli"), "Buffer", {name: "16"})
+    (error,) = start_only(site_server.port, ConfigText(text))
+    assert error.startswith(f"ERROR config text: gadget 'Buffer' (AcquisitionBufferGadget): property '{name}' is a site")
+
+
 def test_a_client_chain_cannot_make_the_server_connect_anywhere(site_server: MrdServer, molli_raw: Path) -> None:
     """The node a client names is never contacted: a listener on that port sees no connection."""
     listener = socket.create_server(("127.0.0.1", 0))
