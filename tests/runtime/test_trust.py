@@ -95,7 +95,7 @@ def test_a_client_chain_setting_a_site_property_is_refused_before_its_header(
 def test_a_client_chain_cannot_raise_the_buffer_caps(site_server: MrdServer, name: str) -> None:
     text = with_properties(chain_text("t1_molli"), "Buffer", {name: "16"})
     (error,) = start_only(site_server.port, ConfigText(text))
-    assert error.startswith(f"ERROR config text: gadget 'Buffer' (AcquisitionBufferGadget): property '{name}' is a site")
+    assert error.startswith(f"ERROR config text: gadget 'Buffer' (AcquisitionBufferGadget): property '{name}'")
 
 
 def test_a_client_chain_cannot_make_the_server_connect_anywhere(site_server: MrdServer, molli_raw: Path) -> None:
