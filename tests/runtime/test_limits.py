@@ -185,6 +185,44 @@ def test_a_bad_header_is_refused_on_arrival(scan: tuple, edit: Any, expected: st
     assert expected in error
 
 
+def test_a_slice_that_never_closes_gets_error_and_bounded_memory(scan: tuple) -> None:
+    """A stream that never sets ACQ_LAST_IN_SLICE (it sent 203 MB and held 198 of them): the buffer's cap stops it.
+
+    Slice 0's readouts are sent over and over, unflagged, until the server answers; the header promises 64 lines of
+    8 phases, so the buffer holds at most 2 x 512 readouts (2 MB here) before the ERROR.
+    """
+    header, items = scan
+    slice_readouts = [ismrmrd.Acquisition.from_bytes(a.to_bytes()) for a in items if a.idx.slice == 0]
+    for acq in slice_readouts:
+        acq.clear_flag(ismrmrd.ACQ_LAST_IN_SLICE)
+        acq.clear_flag(ismrmrd.ACQ_LAST_IN_MEASUREMENT)
+    block = serialize(*slice_readouts)
+    with running() as server:
+        reply_of(server.port, serialize(ConfigFile("t1_molli"), header, *items, close=True))  # warm up
+        before = rss_mb()
+        with socket.create_connection(("127.0.0.1", server.port), timeout=TIMEOUT_S) as sock:
+            sock.sendall(serialize(ConfigFile("t1_molli"), header))
+            sent = 0
+
+            def send_forever() -> None:
+                nonlocal sent
+                with contextlib.suppress(OSError):
+                    while sent < 400 << 20:  # stops when the server closes, long before this
+                        sock.sendall(block)
+                        sent += len(block)
+
+            sender = threading.Thread(target=send_forever, daemon=True)
+            sender.start()
+            with sock.makefile("rb") as rfile:
+                reply = list(read_messages(rfile))
+            sender.join(TIMEOUT_S)
+        growth = rss_mb() - before
+    (error,) = reply
+    assert "more than the cap of 1024 readouts per slice" in error
+    assert "raise slice_readout_margin" in error
+    assert growth < 20, f"RSS grew by {growth:.1f} MiB while the client sent {sent / 2**20:.0f} MiB"
+
+
 # ---------------------------------------------------------------------------------------------------- connections
 
 
