@@ -51,7 +51,7 @@ class ParameterFitConfig(GadgetConfig):
         minimum=1.0,
         maximum=1e5,
     )
-    max_iterations: int = prop(100, "most Levenberg-Marquardt iterations per pixel", minimum=1, maximum=10000)
+    max_iterations: int = prop(100, "most Levenberg-Marquardt iterations per pixel", minimum=1, maximum=1000)
     device: str = prop("auto", "auto (CUDA when present), cpu or cuda")
     send_phase_images: bool = prop(False, "also pass the phase images on (an ImageSeriesGadget downstream sends them)")
 
