@@ -1,5 +1,6 @@
 """Shared fixtures: small simulated raw files and a live server on a free loopback port."""
 
+import io
 import shutil
 import socket
 import subprocess
@@ -8,9 +9,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import h5py
+import ismrmrd
 import pytest
+from ismrmrd.serialization import ProtocolSerializer
 
-from gadgets.runtime.protocol import parse_header
+from gadgets.runtime.protocol import parse_header, read_messages
 from gadgets.runtime.server import MrdServer
 from gadgets.runtime.session import SiteSettings
 from qmri_models.simulation.raw_writer import write_raw
@@ -52,6 +55,24 @@ def raw_header_and_items(raw: Path) -> tuple[object, list[object]]:
 
     with h5py.File(raw, "r") as f:
         return parse_header(f["dataset"]["xml"][0].decode()), list(raw_items(f["dataset"]))
+
+
+def stream_mode_images(chain: str, header: object, items: list[object], *options: str) -> list[ismrmrd.Image]:
+    """Return the images ``qmri stream --chain CHAIN`` (a subprocess) sends back for a header and its items."""
+    stream_in = io.BytesIO()
+    with ProtocolSerializer(stream_in) as serializer:
+        serializer.serialize(header)
+        for item in items:
+            serializer.serialize(item)
+    result = subprocess.run(
+        [sys.executable, "-m", "gadgets", "stream", "--chain", chain, *options],
+        input=stream_in.getvalue(),
+        capture_output=True,
+        check=False,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr.decode()[-2000:]
+    return [m for m in read_messages(io.BytesIO(result.stdout)) if isinstance(m, ismrmrd.Image)]
 
 
 @pytest.fixture

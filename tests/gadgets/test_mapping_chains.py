@@ -1,10 +1,8 @@
 """The mapping chains end to end: simulated raw file -> replay -> T1/T2 maps and SD maps against the truth."""
 
 import typing
-import xml.etree.ElementTree as ET
 from pathlib import Path
 
-import defusedxml.ElementTree
 import h5py
 import ismrmrd
 import numpy as np
@@ -16,7 +14,7 @@ from gadgets.cli import main
 from gadgets.evaluate import read_series, score_maps
 from gadgets.fitting import ModelName
 from gadgets.preview import to_uint8
-from gadgets.runtime.chain import Chain, parse_chain, resolve_chain
+from gadgets.runtime.chain import parse_chain, resolve_chain
 from gadgets.runtime.client import send_stream
 from gadgets.runtime.replay import replay
 from gadgets.runtime.server import MrdServer
@@ -26,27 +24,12 @@ from qmri_models.fitting.maps import MASK_THRESHOLD, MIN_ISLAND_PIXELS, fit_mask
 from qmri_models.fitting.plausibility import MAX_T1_MS
 from qmri_models.signal_models import MODELS
 from qmri_models.simulation.anatomy import NIST_T1_MS
+from tests.chain_variants import chain_variant, variant_text
 from tests.conftest import dciodvfy_lines, free_port, make_raw, pynetdicom_refused_socket, raw_header_and_items
 
 
 def meta_of(image: ismrmrd.Image) -> dict[str, str]:
     return dict(ismrmrd.Meta.deserialize(image.attribute_string))
-
-
-def chain_xml_with(name: str, classname: str, **properties: str) -> str:
-    """Return a shipped chain's XML with properties of one gadget set (added or replaced)."""
-    root = defusedxml.ElementTree.fromstring(Path(resolve_chain(name).source).read_text())
-    (gadget,) = [g for g in root.iter("gadget") if g.findtext("classname") == classname]
-    for key, value in properties.items():
-        for old in [p for p in gadget.findall("property") if p.get("name") == key]:
-            gadget.remove(old)
-        ET.SubElement(gadget, "property", name=key, value=value)
-    return ET.tostring(root, encoding="unicode")
-
-
-def chain_with(name: str, classname: str, **properties: str) -> Chain:
-    """Return a shipped chain with properties of one gadget set, through the chain parser."""
-    return parse_chain(chain_xml_with(name, classname, **properties), name=name)
 
 
 def edges_of(window: tuple[float, float]) -> tuple[float, float]:
@@ -69,7 +52,7 @@ def window_edges(image: ismrmrd.Image) -> tuple[float, float]:
 def molli_replay(molli_raw: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The 64^2 4x MOLLI scan (two slices) through t1_molli, phase images sent too; the output folder."""
     out = tmp_path_factory.mktemp("molli_replay")
-    replay(molli_raw, chain_with("t1_molli", "ParameterFitGadget", send_phase_images="true"), out, progress=False)
+    replay(molli_raw, chain_variant("t1_molli", "Fit", send_phase_images="true"), out, progress=False)
     return out
 
 
@@ -176,7 +159,7 @@ def test_server_returns_maps_and_sd_while_the_dicom_node_is_down(tmp_path: Path)
     site_chains = tmp_path / "site_chains"  # a DICOM node is the site's to name, in a chain the client names
     site_chains.mkdir()
     node = {"node_host": "127.0.0.1", "node_port": str(free_port())}
-    (site_chains / "t1_molli_node.xml").write_text(chain_xml_with("t1_molli", "DicomOutputGadget", **node))
+    (site_chains / "t1_molli_node.xml").write_text(variant_text("t1_molli", "Dicom", **node))
     output = tmp_path / "server_output"
     server = MrdServer("127.0.0.1", 0, site=SiteSettings(output_dir=output, site_chains=site_chains))
     server.start_in_background()
@@ -297,7 +280,7 @@ def test_demo_like_t1_png_looks_like_the_truth(molli_replay: Path, molli_raw: Pa
 
 
 def test_fit_properties_set_the_maximum_and_the_window_follows(molli_raw: Path, tmp_path: Path) -> None:
-    chain = chain_with("t1_molli", "ParameterFitGadget", max_t1_ms="1500", min_island_pixels="1")
+    chain = chain_variant("t1_molli", "Fit", max_t1_ms="1500", min_island_pixels="1")
     out = tmp_path / "out"
     replay(molli_raw, chain, out, progress=False)
     maps, images = read_series(out / "images.h5", 11)

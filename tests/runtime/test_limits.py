@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from ismrmrd.acquisition import AcquisitionHeader
 from ismrmrd.image import ImageHeader
-from ismrmrd.serialization import ConfigFile, ConfigText, ProtocolSerializer
+from ismrmrd.serialization import ConfigFile, ConfigText
 from ismrmrd.waveform import WaveformHeader
 
 from gadgets.runtime.pipeline import Channel, item_nbytes
@@ -26,6 +26,7 @@ from gadgets.runtime.server import MrdServer, ServerLimits
 from gadgets.runtime.session import SiteSettings
 from qmri_models.interrupt import Interrupted, check_interrupt, interruptible
 from tests.conftest import make_raw, raw_header_and_items
+from tests.runtime.test_server_protocol import serialize
 
 TIMEOUT_S = 30.0
 ACQUISITION, IMAGE, WAVEFORM, NDARRAY = 1008, 1022, 1026, 1030
@@ -37,16 +38,6 @@ def rss_mb() -> float:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024
     raise AssertionError("no VmRSS in /proc/self/status")
-
-
-def serialize(*messages: Any, close: bool = False) -> bytes:
-    with io.BytesIO() as buffer:
-        serializer = ProtocolSerializer(buffer)
-        for message in messages:
-            serializer.serialize(message)
-        if close:
-            serializer.close()
-        return buffer.getvalue()
 
 
 def reply_of(port: int, payload: bytes, *, timeout_s: float = TIMEOUT_S) -> list[Any]:
@@ -123,9 +114,9 @@ def _ndarray_declaring(n: int) -> bytes:
 def test_a_huge_declaration_gets_error_and_close_without_allocating(scan: tuple, message: bytes, expected: str) -> None:
     header, items = scan
     with running(ServerLimits(max_message_mb=1.0)) as server:
-        reply_of(server.port, serialize(ConfigFile("passthrough"), header, *items[:3], close=True))  # warm up
+        reply_of(server.port, serialize(ConfigFile("passthrough"), header, *items[:3]))  # warm up
         before = rss_mb()
-        reply = reply_of(server.port, serialize(ConfigFile("passthrough"), header, *items[:3]) + message)
+        reply = reply_of(server.port, serialize(ConfigFile("passthrough"), header, *items[:3], close=False) + message)
         growth = rss_mb() - before
     assert isinstance(reply[-1], str)
     assert reply[-1].startswith("ERROR ")
@@ -138,9 +129,11 @@ def test_the_first_data_message_may_not_declare_34_gb(scan: tuple) -> None:
     """Today's 34 GB declaration as the first data message raised an uncaught MemoryError; now ERROR, CLOSE."""
     header, items = scan
     with running() as server:
-        reply_of(server.port, serialize(ConfigFile("passthrough"), header, *items[:3], close=True))  # warm up
+        reply_of(server.port, serialize(ConfigFile("passthrough"), header, *items[:3]))  # warm up
         before = rss_mb()
-        (error,) = reply_of(server.port, serialize(ConfigFile("passthrough"), header) + _image_declaring(2048))
+        (error,) = reply_of(
+            server.port, serialize(ConfigFile("passthrough"), header, close=False) + _image_declaring(2048)
+        )
         assert rss_mb() - before < 10
     assert error.startswith("ERROR image 0 of series 0 declares")
 
@@ -160,7 +153,7 @@ def test_the_header_narrows_the_channels_a_readout_may_declare(scan: tuple) -> N
     channels = header.acquisitionSystemInformation.receiverChannels
     too_many = ismrmrd.Acquisition.from_array(np.zeros((channels + 1, 16), np.complex64))
     with running() as server:
-        reply = reply_of(server.port, serialize(ConfigFile("passthrough"), header, items[0], too_many))
+        reply = reply_of(server.port, serialize(ConfigFile("passthrough"), header, items[0], too_many, close=False))
     assert reply[-1].startswith("ERROR input failed: ProtocolError: ")
     assert f"readout 0 declares {channels + 1} channels; this stream allows 1 to {channels}" in reply[-1]
 
@@ -180,7 +173,7 @@ def test_a_bad_header_is_refused_on_arrival(scan: tuple, edit: Any, expected: st
     bad = ismrmrd.xsd.CreateFromDocument(header.toXML())
     edit(bad)
     with running() as server:
-        (error,) = reply_of(server.port, serialize(ConfigFile("t1_molli"), bad, *items[:3], close=True))
+        (error,) = reply_of(server.port, serialize(ConfigFile("t1_molli"), bad, *items[:3]))
     assert error.startswith("ERROR ")
     assert expected in error
 
@@ -196,12 +189,12 @@ def test_a_slice_that_never_closes_gets_error_and_bounded_memory(scan: tuple) ->
     for acq in slice_readouts:
         acq.clear_flag(ismrmrd.ACQ_LAST_IN_SLICE)
         acq.clear_flag(ismrmrd.ACQ_LAST_IN_MEASUREMENT)
-    block = serialize(*slice_readouts)
+    block = serialize(*slice_readouts, close=False)
     with running() as server:
-        reply_of(server.port, serialize(ConfigFile("t1_molli"), header, *items, close=True))  # warm up
+        reply_of(server.port, serialize(ConfigFile("t1_molli"), header, *items))  # warm up
         before = rss_mb()
         with socket.create_connection(("127.0.0.1", server.port), timeout=TIMEOUT_S) as sock:
-            sock.sendall(serialize(ConfigFile("t1_molli"), header))
+            sock.sendall(serialize(ConfigFile("t1_molli"), header, close=False))
             sent = 0
 
             def send_forever() -> None:
@@ -232,17 +225,17 @@ def test_connections_beyond_the_limit_get_error_and_close(scan: tuple) -> None:
         held = [socket.create_connection(("127.0.0.1", server.port), timeout=TIMEOUT_S) for _ in range(2)]
         try:
             for sock in held:  # two streams open, mid-scan
-                sock.sendall(serialize(ConfigFile("passthrough"), header, *items[:2]))
+                sock.sendall(serialize(ConfigFile("passthrough"), header, *items[:2], close=False))
             wait_for(lambda: handler_threads() >= 2)
             start = time.monotonic()
-            (busy,) = reply_of(server.port, serialize(ConfigFile("passthrough"), header, *items[:2], close=True))
+            (busy,) = reply_of(server.port, serialize(ConfigFile("passthrough"), header, *items[:2]))
             assert time.monotonic() - start < 5
             assert busy.startswith("ERROR the server is busy: it serves at most 2 streams at once")
         finally:
             for sock in held:
                 sock.close()
         wait_for(lambda: handler_threads() == 0)
-        reply = reply_of(server.port, serialize(ConfigFile("passthrough"), header, *items[:2], close=True))
+        reply = reply_of(server.port, serialize(ConfigFile("passthrough"), header, *items[:2]))
         assert [type(m) for m in reply] == [ismrmrd.Acquisition, ismrmrd.Acquisition]
 
 
@@ -257,7 +250,7 @@ def test_a_connection_that_sends_nothing_times_out() -> None:
 
 def test_a_client_that_trickles_its_start_times_out(scan: tuple) -> None:
     header, _ = scan
-    payload = serialize(ConfigFile("passthrough"), header)
+    payload = serialize(ConfigFile("passthrough"), header, close=False)
     with running(ServerLimits(start_timeout_s=1.0)) as server:
         with socket.create_connection(("127.0.0.1", server.port), timeout=TIMEOUT_S) as sock:
             start = time.monotonic()
@@ -275,7 +268,7 @@ def test_a_client_silent_mid_stream_times_out(scan: tuple) -> None:
     header, items = scan
     with running(ServerLimits(idle_timeout_s=0.5)) as server:
         start = time.monotonic()
-        reply = reply_of(server.port, serialize(ConfigFile("passthrough"), header, *items[:3]))
+        reply = reply_of(server.port, serialize(ConfigFile("passthrough"), header, *items[:3], close=False))
         assert time.monotonic() - start < 5
         wait_for(lambda: handler_threads() == 0)
     assert [type(m) for m in reply[:3]] == [ismrmrd.Acquisition] * 3
@@ -310,13 +303,11 @@ def test_a_client_that_resets_mid_chain_leaves_no_cpu_use_a_second_later(tmp_pat
     raw = make_raw(tmp_path / "big.h5", contrast="molli", matrix=128, n_coils=8, acceleration=4, n_slices=4)
     header, items = raw_header_and_items(raw)
     with running() as server:
-        sock = socket.create_connection(("127.0.0.1", server.port), timeout=TIMEOUT_S)
-        sock.sendall(serialize(ConfigText(SLOW_CHAIN), header, *items, close=True))
-        busy_from = cpu_seconds()
-        time.sleep(1.5)
-        assert cpu_seconds() - busy_from > 0.8, "the chain is not working yet"
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-        sock.close()  # RST
+        with socket.create_connection(("127.0.0.1", server.port), timeout=TIMEOUT_S) as sock:
+            sock.sendall(serialize(ConfigText(SLOW_CHAIN), header, *items))
+            busy_from = cpu_seconds()
+            wait_for(lambda: cpu_seconds() - busy_from > 1.0)  # the chain is at work
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # close sends RST
         time.sleep(1.0)
         idle_from = cpu_seconds()
         time.sleep(1.0)

@@ -1,23 +1,18 @@
 """PUQ is reproducible: one raw file through replay, the server and stream mode gives bit-identical mean images,
 uncertainty and maps, because the MC-dropout masks are seeded per slice from the stream (``mc_seed``)."""
 
-import io
-import subprocess
-import sys
 from pathlib import Path
 
 import ismrmrd
 import numpy as np
-from ismrmrd.serialization import ProtocolSerializer
 
 from gadgets.evaluate import read_series
 from gadgets.runtime.chain import load_chain
 from gadgets.runtime.client import send_stream
-from gadgets.runtime.protocol import read_messages
 from gadgets.runtime.replay import replay
 from gadgets.runtime.server import MrdServer
-from tests.conftest import make_raw, raw_header_and_items
-from tests.runtime.test_trust import chain_text, with_properties
+from tests.chain_variants import variant_text
+from tests.conftest import make_raw, raw_header_and_items, stream_mode_images
 
 SERIES = (1, 2, 11, 12)  # mean images, their uncertainty, T1 map, its SD
 
@@ -33,7 +28,7 @@ def replayed(raw: Path, chain_file: Path, out: Path) -> dict[int, np.ndarray]:
 
 def test_replay_serve_and_stream_give_bit_identical_puq_maps(tmp_path: Path, server: MrdServer) -> None:
     raw = make_raw(tmp_path / "molli_r8.h5", contrast="molli", acceleration=8, n_coils=8, seed=77)
-    text = with_properties(chain_text("t1_molli_puq"), "Recon", {"mc_samples": "4"})
+    text = variant_text("t1_molli_puq", "Recon", mc_samples="4")
     chain_file = tmp_path / "puq4.xml"
     chain_file.write_text(text)
 
@@ -44,20 +39,7 @@ def test_replay_serve_and_stream_give_bit_identical_puq_maps(tmp_path: Path, ser
     assert not served.errors
     from_server = by_series(served.images)
 
-    stream_in = io.BytesIO()
-    with ProtocolSerializer(stream_in) as serializer:
-        serializer.serialize(header)
-        for item in items:
-            serializer.serialize(item)
-    result = subprocess.run(
-        [sys.executable, "-m", "gadgets", "stream", "--chain", str(chain_file), "--output", str(tmp_path / "stream")],
-        input=stream_in.getvalue(),
-        capture_output=True,
-        check=False,
-        timeout=600,
-    )
-    assert result.returncode == 0, result.stderr.decode()[-2000:]
-    from_stream = by_series([m for m in read_messages(io.BytesIO(result.stdout)) if isinstance(m, ismrmrd.Image)])
+    from_stream = by_series(stream_mode_images(str(chain_file), header, items, "--output", str(tmp_path / "stream")))
 
     for series in SERIES:
         assert from_replay[series].shape[0] == (8 if series in (1, 2) else 1)
@@ -70,7 +52,7 @@ def test_unseeded_mc_dropout_differs_between_replays(tmp_path: Path) -> None:
     """The control: with ``mc_seed=-1`` two replays of one file give different maps, so the test above can fail."""
     raw = make_raw(tmp_path / "molli_r8.h5", contrast="molli", acceleration=8, n_coils=8, seed=77)
     chain_file = tmp_path / "unseeded.xml"
-    chain_file.write_text(with_properties(chain_text("t1_molli_puq"), "Recon", {"mc_samples": "4", "mc_seed": "-1"}))
+    chain_file.write_text(variant_text("t1_molli_puq", "Recon", mc_samples="4", mc_seed="-1"))
     first = replayed(raw, chain_file, tmp_path / "a")
     second = replayed(raw, chain_file, tmp_path / "b")
     assert not np.array_equal(first[2], second[2])

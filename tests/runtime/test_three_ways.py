@@ -1,22 +1,17 @@
 """Three ways in, one engine: replay, the TCP server and stream mode give identical images for one raw file."""
 
-import io
-import subprocess
-import sys
 from pathlib import Path
 
 import ismrmrd
 import numpy as np
 from ismrmrd.image import ImageHeader
-from ismrmrd.serialization import ProtocolSerializer
 
 from gadgets.evaluate import read_series
 from gadgets.runtime.chain import resolve_chain
 from gadgets.runtime.client import send_stream
-from gadgets.runtime.protocol import read_messages
 from gadgets.runtime.replay import replay
 from gadgets.runtime.server import MrdServer
-from tests.conftest import raw_header_and_items
+from tests.conftest import raw_header_and_items, stream_mode_images
 
 
 def header_bytes(image: ismrmrd.Image) -> bytes:
@@ -34,20 +29,7 @@ def test_replay_server_and_stream_give_identical_images(molli_raw: Path, tmp_pat
     served = send_stream("127.0.0.1", server.port, header, items, config_file="cartesian_multiphase.xml")
     assert not served.texts
 
-    stream_in = io.BytesIO()
-    with ProtocolSerializer(stream_in) as serializer:
-        serializer.serialize(header)
-        for item in items:
-            serializer.serialize(item)
-    result = subprocess.run(
-        [sys.executable, "-m", "gadgets", "stream", "--chain", "cartesian_multiphase"],
-        input=stream_in.getvalue(),
-        capture_output=True,
-        check=False,
-        timeout=300,
-    )
-    assert result.returncode == 0, result.stderr.decode()[-2000:]
-    streamed = [m for m in read_messages(io.BytesIO(result.stdout)) if isinstance(m, ismrmrd.Image)]
+    streamed = stream_mode_images("cartesian_multiphase", header, items)
 
     assert len(replayed) == len(served.images) == len(streamed) == 16
     for a, b, c in zip(replayed, served.images, streamed, strict=True):

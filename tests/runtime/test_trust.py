@@ -10,10 +10,8 @@ import socket
 import threading
 from pathlib import Path
 from typing import Any
-from xml.etree.ElementTree import SubElement, tostring
 
 import pytest
-from defusedxml.ElementTree import fromstring
 from ismrmrd.serialization import ConfigFile, ConfigText, ProtocolSerializer
 
 from gadgets.dicom_output import DicomOutputConfig
@@ -25,24 +23,10 @@ from gadgets.runtime.protocol import read_messages
 from gadgets.runtime.replay import replay
 from gadgets.runtime.server import MrdServer
 from gadgets.runtime.session import SiteSettings
+from tests.chain_variants import shipped_text, variant_text
 from tests.conftest import free_port, make_raw, pynetdicom_refused_socket, raw_header_and_items
 
 TIMEOUT_S = 30.0
-
-
-def chain_text(name: str) -> str:
-    return Path(resolve_chain(name).source).read_text()
-
-
-def with_properties(text: str, gadget: str, properties: dict[str, str]) -> str:
-    """Return chain XML with some properties of one gadget (by its ``<name>``) set or replaced."""
-    root = fromstring(text)
-    (node,) = [g for g in root.iter("gadget") if g.findtext("name") == gadget]
-    for key, value in properties.items():
-        for old in [p for p in node.findall("property") if (p.get("name") or p.findtext("name")) == key]:
-            node.remove(old)
-        SubElement(node, "property", name=key, value=value)
-    return tostring(root, encoding="unicode")
 
 
 def start_only(port: int, config: Any) -> list[Any]:
@@ -81,7 +65,7 @@ def site_server(tmp_path: Path) -> Any:
 def test_a_client_chain_setting_a_site_property_is_refused_before_its_header(
     site_server: MrdServer, tmp_path: Path, gadget: str, name: str, value: str
 ) -> None:
-    text = with_properties(chain_text("t1_molli"), gadget, {name: value})
+    text = variant_text("t1_molli", gadget, **{name: value})
     reply = start_only(site_server.port, ConfigText(text))  # nothing but the config was sent: no header, no data
     (error,) = reply
     assert error.startswith(f"ERROR config text: gadget '{gadget}' (DicomOutputGadget): property '{name}'")
@@ -93,7 +77,7 @@ def test_a_client_chain_setting_a_site_property_is_refused_before_its_header(
 
 @pytest.mark.parametrize("name", ["max_buffer_mb", "slice_readout_margin", "open_slice_margin", "max_noise_readouts"])
 def test_a_client_chain_cannot_raise_the_buffer_caps(site_server: MrdServer, name: str) -> None:
-    text = with_properties(chain_text("t1_molli"), "Buffer", {name: "16"})
+    text = variant_text("t1_molli", "Buffer", **{name: "16"})
     (error,) = start_only(site_server.port, ConfigText(text))
     assert error.startswith(f"ERROR config text: gadget 'Buffer' (AcquisitionBufferGadget): property '{name}'")
 
@@ -103,7 +87,7 @@ def test_a_client_chain_cannot_make_the_server_connect_anywhere(site_server: Mrd
     listener = socket.create_server(("127.0.0.1", 0))
     listener.settimeout(0.5)
     node_port = listener.getsockname()[1]
-    text = with_properties(chain_text("t1_molli"), "Dicom", {"node_host": "127.0.0.1", "node_port": str(node_port)})
+    text = variant_text("t1_molli", "Dicom", node_host="127.0.0.1", node_port=str(node_port))
     header, items = raw_header_and_items(molli_raw)
     reply = send_stream("127.0.0.1", site_server.port, header, items, config_text=text)
     assert [t for t in reply.errors if "property 'node_host'" in t]
@@ -119,14 +103,14 @@ def test_weights_paths_from_a_client_are_refused_alike_whether_the_file_exists_o
     secret.write_bytes(b"\x80\x02 not a weights file")
     replies = []
     for path in (secret, tmp_path / "missing.pt"):
-        text = with_properties(chain_text("t1_molli_puq"), "Recon", {"weights": str(path)})
+        text = variant_text("t1_molli_puq", "Recon", weights=str(path))
         (error,) = start_only(site_server.port, ConfigText(text))
         replies.append(error.replace(str(path), "PATH"))
         assert "property 'weights'" in error
     assert replies[0] == replies[1]  # nothing tells the two apart
     assert "128" not in replies[0]  # the unpickler's "Unsupported operand 128" no longer reaches the client
     (fit_error,) = start_only(
-        site_server.port, ConfigText(with_properties(chain_text("t1_molli_puq"), "Fit", {"fit_weights": str(secret)}))
+        site_server.port, ConfigText(variant_text("t1_molli_puq", "Fit", fit_weights=str(secret)))
     )
     assert "property 'fit_weights'" in fit_error
 
@@ -134,13 +118,13 @@ def test_weights_paths_from_a_client_are_refused_alike_whether_the_file_exists_o
 def test_a_client_may_send_a_shipped_chain_text_and_pick_shipped_weights() -> None:
     """Site properties at their defaults, or set to a shipped choice (weights t2), are not site settings."""
     for name in ("t1_molli", "t2prep", "t1_molli_puq", "t2prep_puq", "mrf_fisp"):
-        parse_chain(chain_text(name))  # what the shipped chains write is what a client may write
-    chain = parse_chain(with_properties(chain_text("t2prep_puq"), "Recon", {"weights": "t1"}))
+        parse_chain(shipped_text(name))  # what the shipped chains write is what a client may write
+    chain = parse_chain(variant_text("t2prep_puq", "Recon", weights="t1"))
     assert chain.stages[1].config.weights == "t1"  # type: ignore[attr-defined]
 
 
 def test_config_file_names_are_names_not_paths(site_server: MrdServer, tmp_path: Path) -> None:
-    (tmp_path / "passwd.xml").write_text(chain_text("passthrough"))
+    (tmp_path / "passwd.xml").write_text(shipped_text("passthrough"))
     for name in ("../../passwd.xml", str(tmp_path / "passwd.xml"), "/etc/passwd"):
         (error,) = start_only(site_server.port, ConfigFile(name))
         assert error.startswith("ERROR no chain 'passwd' on this server (chains: ")
@@ -152,9 +136,7 @@ def test_a_site_chain_is_offered_by_name_and_may_set_site_properties(
 ) -> None:
     """The site's folder: a chain with a DICOM node (down here) that a client names by CONFIG_FILE."""
     assert site_server.site.site_chains is not None
-    text = with_properties(
-        chain_text("t1_molli"), "Dicom", {"node_host": "127.0.0.1", "node_port": str(free_port()), "folder": "maps"}
-    )
+    text = variant_text("t1_molli", "Dicom", node_host="127.0.0.1", node_port=str(free_port()), folder="maps")
     (site_server.site.site_chains / "site_molli.xml").write_text(text)
     header, items = raw_header_and_items(molli_raw)
     reply = send_stream("127.0.0.1", site_server.port, header, items, config_file="site_molli")
@@ -169,7 +151,7 @@ def test_a_site_chain_is_offered_by_name_and_may_set_site_properties(
 @pytest.mark.parametrize("folder", ["/tmp/qmri-absolute", "../outside", "sub/../../outside"])
 def test_even_a_site_chain_writes_only_inside_the_output_folder(tmp_path: Path, molli_raw: Path, folder: str) -> None:
     path = tmp_path / "chain.xml"
-    path.write_text(with_properties(chain_text("t1_molli"), "Dicom", {"folder": folder}))
+    path.write_text(variant_text("t1_molli", "Dicom", folder=folder))
     with pytest.raises(Exception, match="must name a folder inside the output folder"):
         replay(molli_raw, load_chain(path), tmp_path / "out", progress=False)
     assert not (tmp_path / "outside").exists()
@@ -194,13 +176,13 @@ def test_site_property_docs_and_text_limits() -> None:
     assert docs["folder"].site
     assert not any(doc.site for doc in CartesianReconConfig.describe())
     with pytest.raises(ChainError, match=f"at most {MAX_TEXT_CHARS} are allowed"):
-        parse_chain(with_properties(chain_text("t1_molli"), "PhaseImages", {"data_role": "x" * 10_000}))
+        parse_chain(variant_text("t1_molli", "PhaseImages", data_role="x" * 10_000))
     with pytest.raises(ChainError, match="expects a finite number"):
-        parse_chain(with_properties(chain_text("t1_molli"), "Recon", {"cg_lambda": "nan"}))
+        parse_chain(variant_text("t1_molli", "Recon", cg_lambda="nan"))
 
 
 def test_concurrent_refusals_leave_no_thread_behind(site_server: MrdServer) -> None:
-    text = with_properties(chain_text("t1_molli"), "Dicom", {"folder": "/etc"})
+    text = variant_text("t1_molli", "Dicom", folder="/etc")
     before = threading.active_count()
     threads = [threading.Thread(target=start_only, args=(site_server.port, ConfigText(text))) for _ in range(8)]
     for thread in threads:
