@@ -6,6 +6,7 @@ import io
 import resource
 import socket
 import struct
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -49,14 +50,16 @@ def reply_of(port: int, payload: bytes, *, timeout_s: float = TIMEOUT_S) -> list
 
 
 @contextlib.contextmanager
-def running(limits: ServerLimits | None = None, **site: Any) -> Iterator[MrdServer]:
-    server = MrdServer("127.0.0.1", 0, site=SiteSettings(**site), limits=limits)
-    server.start_in_background()
-    try:
-        yield server
-    finally:
-        server.shutdown()
-        server.server_close()
+def running(limits: ServerLimits | None = None) -> Iterator[MrdServer]:
+    """A server with these limits, its files (t1_molli's DICOM) in a temporary folder; stopped afterwards."""
+    with tempfile.TemporaryDirectory() as output:
+        server = MrdServer("127.0.0.1", 0, site=SiteSettings(output_dir=Path(output)), limits=limits)
+        server.start_in_background()
+        try:
+            yield server
+        finally:
+            server.shutdown()
+            server.server_close()
 
 
 def handler_threads() -> int:
