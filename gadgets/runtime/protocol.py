@@ -12,6 +12,7 @@ import json
 import logging
 import struct
 import threading
+import warnings
 import xml.etree.ElementTree as ET
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -27,8 +28,11 @@ from ismrmrd.acquisition import AcquisitionHeader
 from ismrmrd.image import ImageHeader
 from ismrmrd.serialization import ConfigFile, ConfigText, ISMRMRDMessageID, ProtocolSerializer
 from ismrmrd.waveform import WaveformHeader
+from xsdata.exceptions import ConverterWarning
 
 log = logging.getLogger(__name__)
+
+warnings.filterwarnings("error", category=ConverterWarning)  # see parse_header
 
 TEXT_LIMIT_BYTES = 4 << 20
 """Largest config text, header or TEXT message (4 MiB; a scanner's header is tens of kB)."""
@@ -225,6 +229,9 @@ _IMAGE_DTYPES: dict[int, np.dtype] = {k: np.dtype(v) for k, v in ismrmrd.image.d
 def parse_header(text: str) -> ismrmrd.xsd.ismrmrdHeader:
     """Return the parsed ISMRMRD header, or raise ProtocolError saying why it does not parse.
 
+    A value that does not fit its type (``<x>22 .0</x>`` for a number) is an error, not a warning: xsdata would keep
+    it as text, and a gadget would fail on it later.
+
     Parameters
     ----------
     text : Header XML, possibly NUL-terminated.
@@ -237,8 +244,8 @@ def parse_header(text: str) -> ismrmrd.xsd.ismrmrdHeader:
     try:
         defused_fromstring(document, forbid_dtd=True)  # no DTDs, entities or external references reach xsdata
         return ismrmrd.xsd.CreateFromDocument(document)
-    except (ET.ParseError, DefusedXmlException, ValueError, TypeError) as exc:
-        raise ProtocolError(f"the ISMRMRD header does not parse: {str(exc)[:300]}") from exc
+    except (ET.ParseError, DefusedXmlException, ConverterWarning, ValueError, TypeError) as exc:
+        raise ProtocolError(f"the ISMRMRD header does not parse: {' '.join(str(exc).split())[:300]}") from exc
 
 
 @dataclass

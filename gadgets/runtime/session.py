@@ -147,6 +147,9 @@ def serve_stream(
         _send_error(reply, stream, str(exc))
     except OSError as exc:
         log.warning("%s: connection lost: %s", stream, exc)
+    except Exception as exc:  # a bug: the client still gets ERROR (and CLOSE), the caller gets the exception
+        _send_error(reply, stream, f"internal error of the server ({type(exc).__name__}); its log has the details")
+        raise
     finally:
         if journal is not None:
             journal.close()

@@ -219,6 +219,21 @@ def test_a_slice_that_never_closes_gets_error_and_bounded_memory(scan: tuple) ->
     assert growth < 20, f"RSS grew by {growth:.1f} MiB while the client sent {sent / 2**20:.0f} MiB"
 
 
+def test_a_header_value_that_is_no_number_is_refused(scan: tuple) -> None:
+    """Found by bench/fuzz_server.py: xsdata kept ``22 .0`` as text, and the header check failed on it."""
+    header, items = scan
+    xml = header.toXML().replace(f"<x>{header.encoding[0].reconSpace.fieldOfView_mm.x}</x>", "<x>22 .0</x>", 1)
+    assert "22 .0" in xml
+    with running() as server:
+        start = serialize(ConfigFile("t1_molli"), close=False) + struct.pack("<HI", 3, len(xml)) + xml.encode()
+        (error,) = reply_of(server.port, start + serialize(*items[:3]))
+        assert server.internal_errors == 0
+    assert error == (
+        "ERROR the ISMRMRD header does not parse: Failed to convert value for `fieldOfViewMm.x` "
+        "`22 .0` is not a valid `float`"
+    )
+
+
 # ---------------------------------------------------------------------------------------------------- connections
 
 
