@@ -297,7 +297,9 @@ def _gadgets(_: argparse.Namespace) -> int:
     for name, spec in sorted(registered_gadgets().items()):
         print(f"{name}: {spec.summary}")
         for doc in spec.config.describe():
-            print(f"    {doc.name} ({doc.type_name}, default {doc.default}): {doc.doc}")
+            site = ", site setting" if doc.site else ""
+            print(f"    {doc.name} ({doc.type_name}, default {doc.default}{site}): {doc.doc}")
+    print("Site settings come from chain files on the server (shipped, --site-chains), never from a client's text.")
     return 0
 
 

@@ -160,3 +160,5 @@ def test_cli_gadgets_documents_every_property() -> None:
     assert result.returncode == 0, result.stderr
     for name in ("method", "coil_combine", "cg_iterations", "phase_dimension", "series_index"):
         assert f"    {name} (" in result.stdout
+    assert "    node_host (text, default , site setting): " in result.stdout
+    assert "    cg_iterations (integer, default 10): " in result.stdout
