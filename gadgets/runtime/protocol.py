@@ -120,20 +120,28 @@ class MrdReader:
                 raise ProtocolError(f"unknown message id {message_id}; the stream is not MRD or is corrupt")
             yield reader()
 
-    def _read(self, n: int) -> bytes:
-        """Return exactly ``n`` bytes (already checked against the limits), read in chunks; EOFError if short."""
+    def _read(self, n: int) -> bytearray:
+        """Return exactly ``n`` bytes (already checked against the limits) in a new writable buffer; EOFError if short.
+
+        Payloads up to one chunk are read into a buffer of their size; larger ones grow chunk by chunk as they arrive.
+        """
         if n <= _READ_CHUNK:
-            data = self._stream.read(n)
-            if len(data) < n:
-                raise EOFError(f"the stream ended {n - len(data)} bytes short inside a message")
-            return data
+            buffer = bytearray(n)
+            view = memoryview(buffer)
+            got = 0
+            while got < n:
+                count = self._stream.readinto(view[got:])  # type: ignore[attr-defined]
+                if not count:
+                    raise EOFError(f"the stream ended {n - got} bytes short inside a message")
+                got += count
+            return buffer
         buffer = bytearray()
         while len(buffer) < n:
             part = self._stream.read(min(n - len(buffer), _READ_CHUNK))
             if not part:
                 raise EOFError(f"the stream ended {n - len(buffer)} bytes short inside a message")
             buffer += part
-        return bytes(buffer)
+        return buffer
 
     def _check(self, what: str, n_bytes: int) -> None:
         """Raise ProtocolError when a declared payload is over the data limit."""
@@ -143,7 +151,7 @@ class MrdReader:
                 "(the server's --max-message-mb); refused before reading it"
             )
 
-    def _data(self, what: str, n_bytes: int) -> bytes:
+    def _data(self, what: str, n_bytes: int) -> bytearray:
         """Return a payload of ``n_bytes``, refused before reading when over the data limit."""
         self._check(what, n_bytes)
         return self._read(n_bytes)
@@ -211,7 +219,7 @@ class MrdReader:
         return np.frombuffer(self._data("an array message", n_bytes), dtype=dtype).reshape(dims)
 
 
-def _utf8(data: bytes, what: str) -> str:
+def _utf8(data: bytes | bytearray, what: str) -> str:
     """Return ``data`` decoded as UTF-8, or raise ProtocolError naming the message."""
     try:
         return data.decode("utf-8")

@@ -151,6 +151,15 @@ def test_a_reader_reads_a_declared_payload_only_as_it_arrives() -> None:
     assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 10_000  # kB
 
 
+def test_readouts_read_from_a_stream_are_writable(scan: tuple) -> None:
+    """Gadgets may work on a readout's arrays in place (e.g. noise prewhitening), as on ismrmrd's own."""
+    _, items = scan
+    (acq,) = read_messages(io.BytesIO(serialize(items[0])))
+    assert acq.data.flags.writeable
+    assert acq.traj.flags.writeable
+    np.testing.assert_array_equal(acq.data, items[0].data)
+
+
 def test_the_header_narrows_the_channels_a_readout_may_declare(scan: tuple) -> None:
     header, items = scan
     channels = header.acquisitionSystemInformation.receiverChannels
