@@ -195,7 +195,7 @@ class MrdReader:
         n_bytes = int(np.prod([int(v) for v in head.matrix_size], dtype=object)) * int(head.channels) * dtype.itemsize
         self._check(what, n_bytes)  # before ismrmrd.Image allocates the declared array
         attributes = _utf8(self._read(n_attribute), "image meta").rstrip("\x00")
-        data = self._data(what, n_bytes)
+        data = self._read(n_bytes)
         image = ismrmrd.Image(head_bytes, attributes)
         image.data.ravel()[:] = np.frombuffer(data, dtype=dtype)
         return image
