@@ -6,10 +6,8 @@ import ismrmrd
 import numpy as np
 from PIL import Image
 
+from gadgets.dicom.files import image_meaning
 from gadgets.windowing import percentile_window
-
-WINDOW_KEYS = ("GADGETRON_WindowCenter", "GADGETRON_WindowWidth")
-"""Meta keys of an image's display window (centre, width) in its pixel unit, as the output gadgets write them."""
 
 
 def to_uint8(values: np.ndarray, center: float, width: float) -> np.ndarray:
@@ -37,28 +35,6 @@ def to_uint8(values: np.ndarray, center: float, width: float) -> np.ndarray:
         raise ValueError(f"window width must be positive, got {width}")
     scaled = (np.asarray(values, dtype=np.float64) - (center - width / 2)) / width * 255.0
     return np.rint(np.clip(np.nan_to_num(scaled, nan=0.0, posinf=255.0, neginf=0.0), 0.0, 255.0)).astype(np.uint8)
-
-
-def image_window(image: ismrmrd.Image) -> tuple[float, float] | None:
-    """Return the ``(center, width)`` window stored in an image's meta, or None when it has none (or width <= 0).
-
-    Raises
-    ------
-    ValueError
-        If a stored window value is not a number.
-    """
-    meta = ismrmrd.Meta.deserialize(image.attribute_string) if image.attribute_string else ismrmrd.Meta()
-    texts = []
-    for key in WINDOW_KEYS:
-        value = meta.get(key)
-        if value is None:
-            return None
-        texts.append(str(value[0] if isinstance(value, list) else value))
-    try:
-        center, width = float(texts[0]), float(texts[1])
-    except ValueError:
-        raise ValueError(f"image meta window (centre, width) {texts} is not a pair of numbers") from None
-    return (center, width) if width > 0 else None
 
 
 def series_image(
@@ -106,9 +82,14 @@ def preview(image: ismrmrd.Image) -> np.ndarray:
     Returns
     -------
     Gray levels, rows along y. Shape `(y, x)` uint8.
+
+    Raises
+    ------
+    ValueError
+        If the stored window is not a pair of numbers.
     """
     values = np.abs(image.data[0, 0]) if np.iscomplexobj(image.data) else image.data[0, 0]
-    center, width = image_window(image) or percentile_window(values)
+    center, width = image_meaning(image).window or percentile_window(values)
     return to_uint8(values, center, width)
 
 

@@ -8,7 +8,8 @@ import pytest
 from PIL import Image
 
 from gadgets.cli import main
-from gadgets.preview import image_window, preview, series_image, to_uint8, write_preview
+from gadgets.dicom.files import image_meaning
+from gadgets.preview import preview, series_image, to_uint8, write_preview
 from gadgets.runtime.output_file import OutputFile
 
 
@@ -51,7 +52,7 @@ def test_png_is_the_slice_in_its_stored_window(images_file: Path, tmp_path: Path
 def test_phase_series_without_a_window_uses_its_percentiles(images_file: Path) -> None:
     image = series_image(images_file, 1, phase=1)
     assert int(image.set) == 1
-    assert image_window(image) is None
+    assert image_meaning(image).window is None
     gray = preview(image)
     assert gray.min() == 0
     assert gray.max() == 255
@@ -77,5 +78,5 @@ def test_preview_command_writes_the_png(images_file: Path, tmp_path: Path, capsy
 
 def test_a_window_that_is_not_a_number_is_an_error() -> None:
     image = mrd_image(np.ones((2, 2)), series=11, slice_index=0, GADGETRON_WindowCenter="x", GADGETRON_WindowWidth="1")
-    with pytest.raises(ValueError, match="not a pair of numbers"):
-        image_window(image)
+    with pytest.raises(ValueError, match="image meta GADGETRON_WindowCenter must be a number; got 'x'"):
+        preview(image)
