@@ -3,7 +3,8 @@
 A model maps per-pixel parameters ``(..., n_params)`` and the phases' preparation times ``(phases,)`` in ms to the
 signal ``(..., phases)``; ``jacobian`` gives ``(..., phases, n_params)``. Models are torch code, so the fitter runs
 every pixel of a slice at once on CPU or CUDA; the simulator calls the same forward model through ``signal_array``,
-so what is simulated is what is fitted. Chains name a model by its ``name`` (``MODELS``).
+so what is simulated is what is fitted (``tissue_parameters`` gives the simulator a tissue's parameters). A protocol
+(``qmri_models.protocols``) names its model by its ``name`` (``MODELS``).
 
 Every model also offers a variable-projection start: a grid over its nonlinear parameters with the amplitude solved
 in closed form at each grid point (``start``), and the maps a clinician reads (``maps``: T1, T2 ... in ms) with
@@ -17,15 +18,6 @@ import numpy as np
 import torch
 
 from qmri_models.small_linalg import solve_small
-
-MOLLI_TI_MS: tuple[float, ...] = (251.0, 400.0, 1251.0, 1400.0, 2251.0, 2400.0, 3251.0, 4251.0)
-"""The 8 inversion times of the PUQ paper's MOLLI data, ms."""
-
-T2PREP_TE_MS: tuple[float, ...] = (0.0, 25.0, 35.0, 45.0, 65.0, 85.0, 105.0, 125.0)
-"""The 8 T2-preparation durations of the PUQ paper's T2 data, ms."""
-
-IR_TI_MS: tuple[float, ...] = (50.0, 100.0, 250.0, 500.0, 850.0, 1500.0, 2500.0)
-"""The 7 inversion times of the qMRI Diffusor paper's IR-FSE protocol, ms."""
 
 _GRID_SIZE = 96
 """Points of the log-spaced grid over a relaxation time in the variable-projection start."""
@@ -152,6 +144,25 @@ class SignalModel(ABC):
         Returns
         -------
         Map name (``T1``, ``T2``, ``PD`` ...) to value and SD, each shape `(pixels,)`.
+        """
+
+    @abstractmethod
+    def tissue_parameters(
+        self, t1_ms: np.ndarray, t2_ms: np.ndarray, pd: np.ndarray, *, inversion_efficiency: float
+    ) -> dict[str, np.ndarray]:
+        """Return the parameters that tissue of known relaxation times and proton density gives (the simulator's truth).
+
+        Parameters
+        ----------
+        t1_ms : T1 in ms, positive. Shape `(...)`.
+        t2_ms : T2 in ms, positive (inf for no decay). Shape `(...)`.
+        pd : Proton density. Shape `(...)`.
+        inversion_efficiency : Fraction of the longitudinal magnetisation an inversion inverts, in (0, 1]; only
+            models of an inversion read it.
+
+        Returns
+        -------
+        One array per parameter name (``signal_array``'s keywords), each shape `(...)`.
         """
 
     @property
@@ -331,6 +342,13 @@ class MolliModel(SignalModel):
             "B": _parameter_map(params, covariance, 1, "a.u."),
         }
 
+    def tissue_parameters(
+        self, t1_ms: np.ndarray, t2_ms: np.ndarray, pd: np.ndarray, *, inversion_efficiency: float
+    ) -> dict[str, np.ndarray]:
+        """Return ``(A, B, T1*)`` whose Look-Locker correction gives back ``t1_ms`` (``molli_parameters_from_t1``)."""
+        a, b, t1_star_ms = molli_parameters_from_t1(t1_ms, pd, inversion_efficiency)
+        return {"a": a, "b": b, "t1_star_ms": t1_star_ms}
+
 
 class T2PrepModel(SignalModel):
     """T2 preparation: ``M0 exp(-TEprep / T2)``."""
@@ -366,6 +384,12 @@ class T2PrepModel(SignalModel):
             "T2": _parameter_map(params, covariance, 1, "ms"),
             "M0": _parameter_map(params, covariance, 0, "a.u."),
         }
+
+    def tissue_parameters(
+        self, t1_ms: np.ndarray, t2_ms: np.ndarray, pd: np.ndarray, *, inversion_efficiency: float
+    ) -> dict[str, np.ndarray]:
+        """Return ``(M0, T2)``: M0 is the proton density."""
+        return {"m0": pd, "t2_ms": t2_ms}
 
 
 class T2PrepOffsetModel(SignalModel):
@@ -408,6 +432,12 @@ class T2PrepOffsetModel(SignalModel):
             "M0": _parameter_map(params, covariance, 0, "a.u."),
             "Offset": _parameter_map(params, covariance, 2, "a.u."),
         }
+
+    def tissue_parameters(
+        self, t1_ms: np.ndarray, t2_ms: np.ndarray, pd: np.ndarray, *, inversion_efficiency: float
+    ) -> dict[str, np.ndarray]:
+        """Return ``(M0, T2, C)`` without an offset: M0 is the proton density, C is 0."""
+        return {"m0": pd, "t2_ms": t2_ms, "offset": np.zeros(np.shape(pd))}
 
 
 class InversionRecoveryModel(SignalModel):
@@ -457,6 +487,12 @@ class InversionRecoveryModel(SignalModel):
             "B": _parameter_map(params, covariance, 1, "1"),
         }
 
+    def tissue_parameters(
+        self, t1_ms: np.ndarray, t2_ms: np.ndarray, pd: np.ndarray, *, inversion_efficiency: float
+    ) -> dict[str, np.ndarray]:
+        """Return ``(PD, B, T1)`` with ``B = 1 + inversion_efficiency`` (2 for a perfect inversion)."""
+        return {"pd": pd, "b": np.full(np.shape(t1_ms), 1.0 + inversion_efficiency), "t1_ms": t1_ms}
+
 
 class SaturationRecoveryModel(SignalModel):
     """Saturation recovery (e.g. SASHA): ``M0 (1 - exp(-TS / T1))`` with TS the saturation delay."""
@@ -492,6 +528,12 @@ class SaturationRecoveryModel(SignalModel):
             "T1": _parameter_map(params, covariance, 1, "ms"),
             "M0": _parameter_map(params, covariance, 0, "a.u."),
         }
+
+    def tissue_parameters(
+        self, t1_ms: np.ndarray, t2_ms: np.ndarray, pd: np.ndarray, *, inversion_efficiency: float
+    ) -> dict[str, np.ndarray]:
+        """Return ``(M0, T1)`` of a perfect saturation: M0 is the proton density."""
+        return {"m0": pd, "t1_ms": t1_ms}
 
 
 MODELS: dict[str, SignalModel] = {

@@ -1,8 +1,9 @@
 """Write simulated scans as ISMRMRD raw files that follow Gadgetron's conventions, truth alongside.
 
-Conventions (DESIGN.md): the phase index is in ``idx.set``; MOLLI TIs are in ``sequenceParameters.TI`` (ms);
-T2-prep durations are a ``userParameterDouble`` list named ``T2PrepDuration_ms`` (one entry per phase, in order);
-every readout also carries its preparation time in ``user_int[7]`` in microseconds; calibration lines are flagged
+Conventions (DESIGN.md): the phase index is in ``idx.set``; preparation times (ms) are where the protocol's
+preparation keeps them (``qmri_models.protocols``): inversion times in ``sequenceParameters.TI``, T2-prep durations
+and saturation times in a ``userParameterDouble`` list (``T2PrepDuration_ms``, ``SaturationTime_ms``), one entry
+per phase in order; each readout also has its preparation time in ``user_int[7]`` (us); calibration lines are flagged
 ``ACQ_IS_PARALLEL_CALIBRATION_AND_IMAGING``; a noise scan comes first; the last readout of a slice is flagged
 ``ACQ_LAST_IN_SLICE``. The truth goes in the HDF5 group ``/truth``, next to the ISMRMRD group.
 """
@@ -19,12 +20,10 @@ import numpy as np
 from xsdata.models.datatype import XmlDate, XmlTime
 
 from qmri_models.ismrmrd_hdf5 import acquisition_rows, append_rows, write_header
+from qmri_models.protocols import protocol_spec
 from qmri_models.simulation.sampling import acs_lines
 from qmri_models.simulation.scan import ScanSettings, SimulatedSlice
 from qmri_models.simulation.tissues import ParameterMaps
-
-T2PREP_USER_PARAMETER = "T2PrepDuration_ms"
-"""Name of the ``userParameterDouble`` list that holds T2-prep durations (ms), one entry per phase."""
 
 TRUTH_GROUP = "truth"
 """HDF5 group of the raw file that holds the simulator's ground truth."""
@@ -68,24 +67,24 @@ def ismrmrd_header(settings: ScanSettings) -> ismrmrd.xsd.ismrmrdHeader:
         trajectory=xsd.trajectoryType("cartesian"),
         parallelImaging=parallel,
     )
-    is_molli = settings.contrast == "molli"
-    has_ti = settings.contrast in ("molli", "ir")
+    spec = protocol_spec(settings.contrast)
+    list_name = spec.preparation.user_parameter
     sequence = xsd.sequenceParametersType(
-        TR=[10000.0 if settings.contrast == "ir" else 2.5],
-        TE=[7.14 if settings.contrast == "ir" else 1.1],
-        TI=list(settings.prep_times) if has_ti else [],
-        flipAngle_deg=[90.0 if settings.contrast == "ir" else 35.0 if is_molli else 12.0],
+        TR=[spec.readout.repetition_time_ms],
+        TE=[spec.readout.echo_time_ms],
+        TI=list(settings.prep_times) if list_name is None else [],
+        flipAngle_deg=[spec.readout.flip_angle_deg],
     )
     user = xsd.userParametersType(
         userParameterDouble=[]
-        if has_ti
-        else [xsd.userParameterDoubleType(name=T2PREP_USER_PARAMETER, value=t) for t in settings.prep_times]
+        if list_name is None
+        else [xsd.userParameterDoubleType(name=list_name, value=t) for t in settings.prep_times]
     )
     return scan_header(
         seed=settings.seed,
         n_coils=settings.n_coils,
         protocol=f"qmri_sim_{settings.contrast}_{settings.phantom}_R{settings.acceleration}",
-        sequence_name={"molli": "molli", "t2prep": "t2prep_bssfp", "ir": "ir_fse"}[settings.contrast],
+        sequence_name=spec.readout.sequence_name,
         body_part="PHANTOM" if settings.phantom == "spheres" else "BRAIN",
         encoding=encoding,
         sequence=sequence,

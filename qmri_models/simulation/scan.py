@@ -6,25 +6,17 @@ from typing import Literal
 import numpy as np
 from scipy.ndimage import gaussian_filter
 
+from qmri_models.protocols import PROTOCOLS, ProtocolName, protocol_spec
 from qmri_models.recon.cartesian import centered_fft2
-from qmri_models.signal_models import (
-    IR_TI_MS,
-    MOLLI_TI_MS,
-    T2PREP_TE_MS,
-    InversionRecoveryModel,
-    MolliModel,
-    T2PrepModel,
-    molli_parameters_from_t1,
-)
+from qmri_models.signal_models import signal_model
 from qmri_models.simulation.anatomy import brain_slice, sphere_phantom
 from qmri_models.simulation.coils import coil_sensitivities
 from qmri_models.simulation.sampling import DEFAULT_ACS_FRACTION, random_line_mask
 from qmri_models.simulation.tissues import ParameterMaps
 
-Contrast = Literal["molli", "t2prep", "ir"]
-CONTRASTS: tuple[str, ...] = ("molli", "t2prep", "ir")
-"""Simulated contrasts: MOLLI T1, T2-prepared T2, inversion-recovery (IR-FSE-like) T1."""
-_DEFAULT_PREP_TIMES_MS = {"molli": MOLLI_TI_MS, "t2prep": T2PREP_TE_MS, "ir": IR_TI_MS}
+Contrast = ProtocolName
+CONTRASTS: tuple[str, ...] = tuple(PROTOCOLS)
+"""Simulated contrasts: the mapping protocols (``qmri_models.protocols``)."""
 Phantom = Literal["brain", "spheres"]
 
 
@@ -63,10 +55,10 @@ class ScanSettings:
 
     @property
     def prep_times(self) -> tuple[float, ...]:
-        """Preparation time of every phase in ms: TIs for MOLLI and IR, T2-prep durations for T2-prep."""
+        """Preparation time of every phase in ms: ``prep_times_ms``, else the protocol's default times."""
         if self.prep_times_ms is not None:
             return tuple(float(t) for t in self.prep_times_ms)
-        return _DEFAULT_PREP_TIMES_MS[self.contrast]
+        return protocol_spec(self.contrast).prep_times_ms
 
     @property
     def acs(self) -> float:
@@ -95,9 +87,10 @@ class SimulatedSlice:
 
 
 def contrast_images(settings: ScanSettings, truth: ParameterMaps) -> np.ndarray:
-    """Return the real-valued signal of every phase for the slice's tissue (signed for MOLLI and IR).
+    """Return the real-valued signal of every phase for the slice's tissue (signed for the signed models).
 
-    The same forward models the fit uses (``qmri_models.signal_models``); IR uses ``B = 1 + inversion_efficiency``.
+    The same forward model the protocol's fit uses (``qmri_models.signal_models``), with the parameters its
+    ``tissue_parameters`` gives the tissue.
 
     Parameters
     ----------
@@ -108,16 +101,11 @@ def contrast_images(settings: ScanSettings, truth: ParameterMaps) -> np.ndarray:
     -------
     Signal. Shape `(phases, y, x)` float64.
     """
-    prep = np.asarray(settings.prep_times)
+    model = signal_model(protocol_spec(settings.contrast).model)
     t1 = np.where(truth.t1_ms > 0, truth.t1_ms, 1.0)
-    if settings.contrast == "molli":
-        a, b, t1_star = molli_parameters_from_t1(t1, truth.pd, settings.inversion_efficiency)
-        return MolliModel().signal_array(prep, a=a, b=b, t1_star_ms=t1_star)
-    if settings.contrast == "ir":
-        b_ir = np.full(t1.shape, 1.0 + settings.inversion_efficiency)
-        return InversionRecoveryModel().signal_array(prep, pd=truth.pd, b=b_ir, t1_ms=t1)
     t2 = np.where(truth.t2_ms > 0, truth.t2_ms, np.inf)
-    return T2PrepModel().signal_array(prep, m0=truth.pd, t2_ms=t2)
+    parameters = model.tissue_parameters(t1, t2, truth.pd, inversion_efficiency=settings.inversion_efficiency)
+    return model.signal_array(np.asarray(settings.prep_times), **parameters)
 
 
 def smooth_phase(matrix: int, rng: np.random.Generator) -> np.ndarray:

@@ -12,7 +12,7 @@ from gadgets.evaluate import read_series, score_phase_images
 from gadgets.runtime.chain import resolve_chain
 from gadgets.runtime.replay import replay
 from qmri_models.metrics import normalised_cross_correlation
-from qmri_models.signal_models import MOLLI_TI_MS, T2PREP_TE_MS
+from qmri_models.protocols import MOLLI_TI_MS, T2PREP_TE_MS
 from tests.chain_variants import chain_variant
 from tests.conftest import ensure_debian_tool
 

@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 
 from qmri_models.fitting.maps import fit_maps
-from qmri_models.signal_models import IR_TI_MS, MODELS, MOLLI_TI_MS, molli_parameters_from_t1
+from qmri_models.protocols import IR_TI_MS, MOLLI_TI_MS
+from qmri_models.signal_models import MODELS, molli_parameters_from_t1
 from qmri_models.simulation.anatomy import NIST_T1_MS, sphere_phantom
 
 N_REALISATIONS = 200

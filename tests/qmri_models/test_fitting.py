@@ -11,7 +11,8 @@ from qmri_models.device import torch_device
 from qmri_models.fitting.levenberg_marquardt import fit_pixels
 from qmri_models.fitting.maps import fit_maps, signal_mask
 from qmri_models.interrupt import Interrupted, interruptible
-from qmri_models.signal_models import IR_TI_MS, MODELS, MOLLI_TI_MS, T2PREP_TE_MS, MolliModel, signal_model
+from qmri_models.protocols import IR_TI_MS, MOLLI_TI_MS, T2PREP_TE_MS
+from qmri_models.signal_models import MODELS, MolliModel, signal_model
 
 SR_TS_MS = (100.0, 300.0, 600.0, 1000.0, 1500.0, 2500.0, 4000.0)
 

@@ -14,7 +14,8 @@ from qmri_models.fitting.plausibility import (
     plausible_maps,
     rejection_counts,
 )
-from qmri_models.signal_models import MODELS, MOLLI_TI_MS, signal_model
+from qmri_models.protocols import MOLLI_TI_MS
+from qmri_models.signal_models import MODELS, signal_model
 
 NAN = np.nan
 

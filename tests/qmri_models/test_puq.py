@@ -12,7 +12,8 @@ from qmri_models.fitting.guided import fit_guided_maps, learned_map, phase_weigh
 from qmri_models.fitting.maps import fit_maps
 from qmri_models.networks.fit_mlp import FitMlp, mlp_features
 from qmri_models.pretrained import load_fit_mlp, load_recon_network, weights_path
-from qmri_models.signal_models import MOLLI_TI_MS, signal_model
+from qmri_models.protocols import MOLLI_TI_MS
+from qmri_models.signal_models import signal_model
 from qmri_models.training.train_error_head import ErrorHeadTrainingConfig, train_error_head
 from qmri_models.training.train_fit import FitTrainingConfig, train_fit
 from qmri_models.training.train_recon import ReconTrainingConfig, train_recon

@@ -7,8 +7,9 @@ import ismrmrd
 import numpy as np
 import pytest
 
+from qmri_models.protocols import MOLLI_TI_MS, T2PREP_TE_MS
 from qmri_models.recon.cartesian import centered_fft2, centered_ifft2
-from qmri_models.signal_models import MOLLI_TI_MS, T2PREP_TE_MS, MolliModel, molli_parameters_from_t1
+from qmri_models.signal_models import MolliModel, molli_parameters_from_t1
 from qmri_models.simulation.sampling import acs_lines, random_line_mask
 from qmri_models.simulation.scan import ScanSettings, simulate_scan
 from tests.conftest import make_raw
