@@ -19,8 +19,9 @@ that names the convention and the trigger that would work, never silently lost d
 
 What the gadget holds is bounded (DESIGN.md, Trust): readouts per slice (``slice_readout_margin`` times what the
 header's encodingLimits promise), open slices (``open_slice_margin`` times the header's slices), bytes held
-(``max_buffer_mb``, since a client can lie in its header) and noise readouts (``max_noise_readouts``, the first ones
-are kept). A cap that is exceeded raises a ValueError naming the data, the cap, its value and the property to raise.
+(``max_buffer_mb``, since a client can lie in its header). A cap that is exceeded raises a ValueError naming the
+data, the cap, its value and the property to raise. Noise readouts are skipped: NoiseAdjustGadget, ahead of the
+buffer, uses them (``gadgets.noise``).
 """
 
 import logging
@@ -85,17 +86,10 @@ class AcquisitionBufferConfig(GadgetConfig):
     )
     max_buffer_mb: float = prop(
         1024.0,
-        "most memory the buffered readouts, noise and one slice's k-space may take, in MB (a 256^2, 32-coil, 8-phase "
+        "most memory the buffered readouts and one slice's k-space may take, in MB (a 256^2, 32-coil, 8-phase "
         "slice fully sampled with 2x readout oversampling holds 268 MB)",
         minimum=1.0,
         maximum=8192.0,
-        site=True,
-    )
-    max_noise_readouts: int = prop(
-        256,
-        "noise readouts kept for the reconstruction (the first ones; later ones are dropped)",
-        minimum=0,
-        maximum=4096,
         site=True,
     )
 
@@ -219,13 +213,11 @@ class SliceBufferBuilder:
         self._last_slice: int | None = None
         self._interleaved = False
         self._flags_seen = False
-        self._noise: list[np.ndarray] = []
-        self._noise_dropped = 0
         self._held = 0
 
     @property
     def nbytes(self) -> int:
-        """Bytes held: the open slices' readouts and the kept noise readouts."""
+        """Bytes held: the open slices' readouts."""
         return self._held
 
     def add(self, acq: ismrmrd.Acquisition) -> list[SliceBuffer]:
@@ -244,10 +236,11 @@ class SliceBufferBuilder:
         ValueError
             For a non-Cartesian readout, a readout of a slice already closed, or a cap exceeded.
         """
-        if acq.is_flag_set(ismrmrd.ACQ_IS_NOISE_MEASUREMENT):
-            self._add_noise(acq)
-            return []
-        if acq.is_flag_set(ismrmrd.ACQ_IS_NAVIGATION_DATA) or acq.is_flag_set(ismrmrd.ACQ_IS_PHASECORR_DATA):
+        if (
+            acq.is_flag_set(ismrmrd.ACQ_IS_NOISE_MEASUREMENT)
+            or acq.is_flag_set(ismrmrd.ACQ_IS_NAVIGATION_DATA)
+            or acq.is_flag_set(ismrmrd.ACQ_IS_PHASECORR_DATA)
+        ):
             return []
         if acq.trajectory_dimensions > 0:
             raise ValueError(
@@ -271,12 +264,6 @@ class SliceBufferBuilder:
 
     def flush(self) -> list[SliceBuffer]:
         """Return the buffers of every slice still open (end of stream), in slice order."""
-        if self._noise_dropped:
-            log.info(
-                "%d noise readouts were dropped beyond the first %d (max_noise_readouts)",
-                self._noise_dropped,
-                self._config.max_noise_readouts,
-            )
         return [self._close(s, "at the end of the stream") for s in sorted(self._open)]
 
     def _log_once(self, message: str, *, key: str | None = None) -> None:
@@ -285,28 +272,6 @@ class SliceBufferBuilder:
         if key not in self._logged:
             self._logged.add(key)
             log.info("AcquisitionBufferGadget: %s", message)
-
-    def _add_noise(self, acq: ismrmrd.Acquisition) -> None:
-        """Keep the first ``max_noise_readouts`` noise readouts; count (and log once) the ones dropped."""
-        limit = self._config.max_noise_readouts
-        if len(self._noise) >= limit:
-            if not self._noise_dropped:
-                log.info(
-                    "noise readout %d and later ones are dropped: the buffer keeps the first %d (max_noise_readouts)",
-                    acq.scan_counter,
-                    limit,
-                )
-            self._noise_dropped += 1
-            return
-        data = np.array(acq.data, dtype=np.complex64)
-        if self._noise and data.shape != self._noise[0].shape:
-            raise ValueError(
-                f"noise readout {acq.scan_counter} has shape {data.shape} (coils, samples), "
-                f"the first one had {self._noise[0].shape}"
-            )
-        self._check_bytes(data.nbytes, f"noise readout {acq.scan_counter}")
-        self._noise.append(data)
-        self._held += data.nbytes
 
     def _on_slice_index(self, index: int, acq: ismrmrd.Acquisition) -> list[SliceBuffer]:
         """Apply the slice-index rules of ``auto`` and ``slice_change``: refuse closed slices, close on a change."""
@@ -400,7 +365,7 @@ class SliceBufferBuilder:
             n_readouts = sum(len(s.readouts) for s in self._open.values())
             raise ValueError(
                 f"{what} would make the buffer hold {(self._held + extra) / _BYTES_PER_MB:.1f} MB "
-                f"({n_readouts} readouts of {len(self._open)} open slices and {len(self._noise)} noise readouts), "
+                f"({n_readouts} readouts of {len(self._open)} open slices), "
                 f"more than max_buffer_mb={self._config.max_buffer_mb:g}; raise max_buffer_mb"
             )
 
@@ -476,7 +441,6 @@ class SliceBufferBuilder:
             references=[references[p] for p in range(n_phases)],
             recon_matrix=(int(recon.matrixSize.y), int(recon.matrixSize.x)),
             field_of_view_mm=(recon.fieldOfView_mm.x, recon.fieldOfView_mm.y, recon.fieldOfView_mm.z),
-            noise=np.stack(self._noise) if self._noise else None,
         )
 
     def _prep_times(self, n_phases: int, references: list[ismrmrd.Acquisition]) -> np.ndarray:

@@ -31,8 +31,6 @@ class SliceBuffer:
     """Reconstructed image size ``(y, x)`` in pixels (readout oversampling removed)."""
     field_of_view_mm: tuple[float, float, float]
     """Reconstructed field of view ``(x, y, z)`` in mm."""
-    noise: np.ndarray | None = field(default=None, repr=False)
-    """Noise-only readouts of the scan. Shape `(readouts, coils, samples)` complex64, or None without a noise scan."""
 
 
 @dataclass

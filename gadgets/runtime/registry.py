@@ -13,6 +13,7 @@ from gadgets.runtime.config import GadgetConfig
 
 GADGET_MODULES = (
     "gadgets.basic",
+    "gadgets.noise",
     "gadgets.buffering",
     "gadgets.recon",
     "gadgets.fitting",

@@ -1,6 +1,7 @@
 """Write simulated spiral MRF scans as ISMRMRD raw files that follow Gadgetron's conventions, truth alongside.
 
-Readouts, in acquisition order: the noise scan (``ACQ_IS_NOISE_MEASUREMENT``), then slice by slice one readout per
+Readouts, in acquisition order: the noise scan (``ACQ_IS_NOISE_MEASUREMENT``, ``sample_time_us`` =
+``NOISE_DWELL_RATIO`` times the design's dwell), then slice by slice one readout per
 frame, as a scanner streams them. Each frame's readout carries
 
 - ``data``: every coil's samples of that frame's spiral, `(coils, samples)`;
@@ -40,6 +41,7 @@ from qmri_models.simulation.raw_writer import (
     slice_geometry,
     write_truth_maps,
 )
+from qmri_models.simulation.scan import NOISE_DWELL_RATIO
 from qmri_models.simulation.spiral import ismrmrd_traj
 
 TRAJECTORY_IDENTIFIER = "sigpy_vds_kim2003"
@@ -133,7 +135,7 @@ def _readouts(settings: MrfScanSettings, slices: list[SimulatedMrfSlice]) -> lis
     dwell_us = settings.spiral.dwell_us()
     acquisitions: list[ismrmrd.Acquisition] = []
     for noise_readout in slices[0].noise:
-        acq = new_readout(noise_readout, len(acquisitions), sample_time_us=dwell_us)
+        acq = new_readout(noise_readout, len(acquisitions), sample_time_us=dwell_us * NOISE_DWELL_RATIO)
         acq.set_flag(ismrmrd.ACQ_IS_NOISE_MEASUREMENT)
         acquisitions.append(acq)
     last_frame = settings.n_frames - 1
@@ -185,6 +187,7 @@ def _write_truth(group: h5py.Group, settings: MrfScanSettings, slices: list[Simu
     group.create_dataset("frame_angle_rad", data=slices[0].rotations.angle_rad)
     group.create_dataset("frame_interleaf", data=slices[0].rotations.interleaf)
     group.create_dataset("noise_sd", data=np.asarray([s.noise_sd for s in slices]))
+    group.create_dataset("noise_covariance", data=slices[0].noise_covariance)
     group.attrs["contrast"] = "mrf"
     group.attrs["schedule_json"] = settings.schedule.to_json()
     group.attrs["full_schedule_json"] = settings.full_schedule.to_json()
@@ -195,6 +198,7 @@ def _write_truth(group: h5py.Group, settings: MrfScanSettings, slices: list[Simu
         "truncation",
         "n_interleaves",
         "ordering",
+        "noise",
         "snr",
         "seed",
         "n_slices",

@@ -21,8 +21,15 @@ from qmri_models.mrf.epg import fisp_fingerprints
 from qmri_models.mrf.schedule import FispSchedule, jiang_schedule
 from qmri_models.recon.nufft import NufftOp
 from qmri_models.simulation.anatomy import MIN_MATRIX, brain_slice
-from qmri_models.simulation.coils import coil_sensitivities
-from qmri_models.simulation.scan import slice_generators, smooth_phase
+from qmri_models.simulation.coils import coil_sensitivities, mix_coils
+from qmri_models.simulation.scan import (
+    NOISE_DWELL_RATIO,
+    NOISE_MODELS,
+    NoiseModel,
+    noise_covariance,
+    slice_generators,
+    smooth_phase,
+)
 from qmri_models.simulation.spiral import ORDERINGS, FrameRotations, Ordering, SpiralDesign, frame_rotations, rotate
 from qmri_models.simulation.tissues import ParameterMaps
 
@@ -33,7 +40,8 @@ class MrfScanSettings:
 
     ``snr`` is the mean tissue magnitude of the brightest noise-free frame over the noise SD of the real (and of the
     imaginary) part of every k-space sample. The NUFFT is unitary-scaled, so this is the image SNR that frame would
-    have if it were fully sampled on the Cartesian grid: the same definition as ``ScanSettings.snr``.
+    have if it were fully sampled on the Cartesian grid: the same definition as ``ScanSettings.snr``, noise SD the
+    root-mean-square over the coils, sensitivities normalised in the noise's metric, with ``noise="correlated"``.
 
     Attributes
     ----------
@@ -50,7 +58,8 @@ class MrfScanSettings:
     slice_thickness_mm : Slice thickness in mm (geometry in the raw file only).
     schedule_seed : Seed of the schedule's TR noise (``jiang_schedule``).
     spiral_alpha : Variable-density exponent of the spiral (``SpiralDesign.alpha``).
-    n_noise_readouts : Noise-only readouts written before the scan.
+    n_noise_readouts : Noise-only readouts written before the scan, read with ``NOISE_DWELL_RATIO`` times the dwell.
+    noise : ``correlated`` coil noise (``ScanSettings.noise``) or ``white``.
     """
 
     matrix: int = 256
@@ -66,7 +75,8 @@ class MrfScanSettings:
     slice_thickness_mm: float = 5.0
     schedule_seed: int = 0
     spiral_alpha: float = 1.5
-    n_noise_readouts: int = 4
+    n_noise_readouts: int = 32
+    noise: NoiseModel = "correlated"
 
     def __post_init__(self) -> None:
         if self.matrix < MIN_MATRIX:
@@ -84,6 +94,8 @@ class MrfScanSettings:
             raise ValueError(f"ordering must be one of {', '.join(ORDERINGS)}, got {self.ordering!r}")
         if not np.isfinite(self.snr) or self.snr <= 0:
             raise ValueError(f"snr must be positive and finite, got {self.snr}")
+        if self.noise not in NOISE_MODELS:
+            raise ValueError(f"noise must be one of {', '.join(NOISE_MODELS)}, got {self.noise!r}")
         if self.n_noise_readouts < 0:
             raise ValueError(f"n_noise_readouts must be at least 0, got {self.n_noise_readouts}")
         if self.slice_thickness_mm <= 0:
@@ -129,9 +141,12 @@ class SimulatedMrfSlice:
     readouts: np.ndarray = field(repr=False)
     """Noisy k-space samples of every frame. Shape `(frames, coils, samples)` complex64."""
     noise: np.ndarray = field(repr=False)
-    """Noise-only readouts. Shape `(readouts, coils, samples)` complex64."""
+    """Noise-only readouts, read with ``NOISE_DWELL_RATIO`` times the dwell. Shape `(readouts, coils, samples)`
+    complex64."""
     noise_sd: float
-    """SD of the real and of the imaginary part of the noise of every sample."""
+    """Root-mean-square over the coils of the SD of the real (and of the imaginary) part of every sample's noise."""
+    noise_covariance: np.ndarray = field(repr=False)
+    """Coil covariance ``E[n_i conj(n_j)]`` of the readouts' noise. Shape `(coils, coils)` complex128."""
 
 
 def tissue_signal(truth: ParameterMaps, phase_rad: np.ndarray, schedule: FispSchedule) -> np.ndarray:
@@ -172,14 +187,17 @@ def simulate_mrf_slice(settings: MrfScanSettings, rng: np.random.Generator) -> S
     n = settings.matrix
     truth = brain_slice(n, rng, fov_mm=settings.fov_mm)
     phase = smooth_phase(n, rng).astype(np.float32)
-    sens = coil_sensitivities(settings.n_coils, n, rng)
+    covariance = noise_covariance(settings)
+    sens = coil_sensitivities(settings.n_coils, n, rng, None if settings.noise == "white" else covariance)
     signal = tissue_signal(truth, phase, settings.schedule)
     noise_sd = float(np.abs(signal).mean(axis=0).max()) / settings.snr
     rotations = frame_rotations(settings.n_frames, settings.n_interleaves, settings.ordering)
     coord = rotate(settings.spiral.interleaf().astype(np.float32), rotations.angle_rad)
     readouts = _sample_frames(signal, truth.labels > 0, sens, coord, rotations.angle_rad)
-    readouts += _complex_noise(rng, readouts.shape, noise_sd)
-    noise = _complex_noise(rng, (settings.n_noise_readouts, settings.n_coils, coord.shape[1]), noise_sd)
+    factor = None if settings.noise == "white" else np.linalg.cholesky(covariance)
+    readouts += mix_coils(_complex_noise(rng, readouts.shape, noise_sd), factor)
+    noise_shape = (settings.n_noise_readouts, settings.n_coils, coord.shape[1])
+    noise = mix_coils(_complex_noise(rng, noise_shape, noise_sd / np.sqrt(NOISE_DWELL_RATIO)), factor)
     return SimulatedMrfSlice(
         truth=truth,
         phase_rad=phase,
@@ -189,6 +207,7 @@ def simulate_mrf_slice(settings: MrfScanSettings, rng: np.random.Generator) -> S
         readouts=readouts,
         noise=noise,
         noise_sd=noise_sd,
+        noise_covariance=2 * noise_sd**2 * covariance,
     )
 
 

@@ -4,8 +4,10 @@ Conventions (DESIGN.md): the phase index is in ``idx.set``; preparation times (m
 preparation keeps them (``qmri_models.protocols``): inversion times in ``sequenceParameters.TI``, T2-prep durations
 and saturation times in a ``userParameterDouble`` list (``T2PrepDuration_ms``, ``SaturationTime_ms``), one entry
 per phase in order; each readout also has its preparation time in ``user_int[7]`` (us); calibration lines are flagged
-``ACQ_IS_PARALLEL_CALIBRATION_AND_IMAGING``; a noise scan comes first; the last readout of a slice is flagged
-``ACQ_LAST_IN_SLICE``. The truth goes in the HDF5 group ``/truth``, next to the ISMRMRD group.
+``ACQ_IS_PARALLEL_CALIBRATION_AND_IMAGING``; a noise scan comes first (``ACQ_IS_NOISE_MEASUREMENT``, read with
+``NOISE_DWELL_RATIO`` times the imaging dwell in ``sample_time_us``, as a noise adjustment reads the bandwidth ratio
+from them; ``relativeReceiverNoiseBandwidth`` is 1: the simulated receiver has no filter roll-off); the last readout
+of a slice is flagged ``ACQ_LAST_IN_SLICE``. The truth goes in the HDF5 group ``/truth``, next to the ISMRMRD group.
 """
 
 import datetime
@@ -22,13 +24,14 @@ from xsdata.models.datatype import XmlDate, XmlTime
 from qmri_models.ismrmrd_hdf5 import acquisition_rows, append_rows, write_header
 from qmri_models.protocols import protocol_spec
 from qmri_models.simulation.sampling import acs_lines
-from qmri_models.simulation.scan import ScanSettings, SimulatedSlice
+from qmri_models.simulation.scan import NOISE_DWELL_RATIO, ScanSettings, SimulatedSlice
 from qmri_models.simulation.tissues import ParameterMaps
 
 TRUTH_GROUP = "truth"
 """HDF5 group of the raw file that holds the simulator's ground truth."""
 
 SAMPLE_TIME_US = 2.5
+"""Dwell time of the imaging readouts in us (the noise scan's is ``NOISE_DWELL_RATIO`` times it)."""
 
 
 def ismrmrd_header(settings: ScanSettings) -> ismrmrd.xsd.ismrmrdHeader:
@@ -142,6 +145,7 @@ def scan_header(
             systemVendor="qmri-gadgets",
             systemModel="simulator",
             systemFieldStrength_T=3.0,
+            relativeReceiverNoiseBandwidth=1.0,
             receiverChannels=n_coils,
             institutionName="qmri-gadgets simulation",
         ),
@@ -177,7 +181,7 @@ def _readouts(settings: ScanSettings, slices: list[SimulatedSlice]) -> list[ismr
         return new_readout(data, len(acquisitions), sample_time_us=SAMPLE_TIME_US)
 
     for noise_readout in slices[0].noise:
-        acq = new(noise_readout)
+        acq = new_readout(noise_readout, len(acquisitions), sample_time_us=SAMPLE_TIME_US * NOISE_DWELL_RATIO)
         acq.set_flag(ismrmrd.ACQ_IS_NOISE_MEASUREMENT)
         acquisitions.append(acq)
     for s, sim in enumerate(slices):
@@ -301,7 +305,8 @@ def _write_truth(group: h5py.Group, settings: ScanSettings, slices: list[Simulat
     group.create_dataset("sampled", data=np.stack([s.sampled for s in slices]))
     group.create_dataset("prep_times_ms", data=np.asarray(settings.prep_times))
     group.create_dataset("noise_sd", data=np.asarray([s.noise_sd for s in slices]))
-    for name in ("contrast", "matrix", "n_coils", "acceleration", "snr", "seed", "n_slices", "phantom"):
+    group.create_dataset("noise_covariance", data=slices[0].noise_covariance)
+    for name in ("contrast", "matrix", "n_coils", "acceleration", "snr", "seed", "n_slices", "phantom", "noise"):
         group.attrs[name] = getattr(settings, name)
     group.attrs["acs_fraction"] = settings.acs
     group.attrs["inversion_efficiency"] = settings.inversion_efficiency

@@ -1,7 +1,7 @@
 """Multi-phase Cartesian scans with known truth: anatomy, contrast, coils, undersampling and noise."""
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, Protocol
 
 import numpy as np
 from scipy.ndimage import gaussian_filter
@@ -10,7 +10,7 @@ from qmri_models.protocols import PROTOCOLS, ProtocolName, protocol_spec
 from qmri_models.recon.cartesian import centered_fft2
 from qmri_models.signal_models import signal_model
 from qmri_models.simulation.anatomy import brain_slice, sphere_phantom
-from qmri_models.simulation.coils import coil_sensitivities
+from qmri_models.simulation.coils import coil_noise_covariance, coil_sensitivities, mix_coils
 from qmri_models.simulation.sampling import DEFAULT_ACS_FRACTION, random_line_mask
 from qmri_models.simulation.tissues import ParameterMaps
 
@@ -18,11 +18,44 @@ Contrast = ProtocolName
 CONTRASTS: tuple[str, ...] = tuple(PROTOCOLS)
 """Simulated contrasts: the mapping protocols (``qmri_models.protocols``)."""
 Phantom = Literal["brain", "spheres"]
+NoiseModel = Literal["correlated", "white"]
+NOISE_MODELS: tuple[str, ...] = ("correlated", "white")
+"""Receiver noise: ``correlated`` between coils with unequal coil levels (``coils.coil_noise_covariance``), as real
+arrays have, or ``white`` (independent, equal in every coil)."""
+NOISE_DWELL_RATIO = 2.0
+"""Dwell time of the noise scan over that of the imaging readouts: the noise scan is read at half the bandwidth,
+so its noise power is half the imaging readouts' (the ratio the prewhitening's scale handles)."""
+_NOISE_STREAM = 0x4E4F495345
+"""Second entropy word of the scan's noise covariance generator (``noise_covariance``), apart from the slices'."""
+
+
+class NoiseSettings(Protocol):
+    """What the noise covariance depends on (``ScanSettings`` and the MRF scan's settings both have it)."""
+
+    @property
+    def noise(self) -> NoiseModel:
+        """The noise model."""
+
+    @property
+    def n_coils(self) -> int:
+        """Receive coils."""
+
+    @property
+    def seed(self) -> int:
+        """Seed of the scan."""
 
 
 @dataclass(frozen=True)
 class ScanSettings:
-    """What to simulate. Times in ms; ``snr`` is the mean tissue signal of the brightest phase over the noise SD."""
+    """What to simulate. Times in ms; ``snr`` is the mean tissue signal of the brightest phase over the noise SD.
+
+    The noise SD is the root-mean-square over the coils of each coil's noise SD (of the real and of the imaginary
+    part of a k-space sample); with ``noise="correlated"`` the coils' levels differ around it and neighbours
+    correlate. The sensitivities are normalised in the noise's metric (``coils.coil_sensitivities``), so a fully
+    sampled, SNR-optimally combined (prewhitened) image has noise of that SD and ``snr`` is its SNR, as with white
+    noise. The noise scan (``n_noise_readouts``) has the same coil covariance at ``NOISE_DWELL_RATIO`` times the
+    dwell, hence that much less power.
+    """
 
     contrast: Contrast
     matrix: int = 160
@@ -37,11 +70,16 @@ class ScanSettings:
     inversion_efficiency: float = 0.96
     fov_mm: float = 220.0
     slice_thickness_mm: float = 8.0
-    n_noise_readouts: int = 4
+    n_noise_readouts: int = 128
+    noise: NoiseModel = "correlated"
 
     def __post_init__(self) -> None:
         if self.contrast not in CONTRASTS:
             raise ValueError(f"contrast must be one of {', '.join(CONTRASTS)}, got {self.contrast!r}")
+        if self.noise not in NOISE_MODELS:
+            raise ValueError(f"noise must be one of {', '.join(NOISE_MODELS)}, got {self.noise!r}")
+        if self.n_noise_readouts < 0:
+            raise ValueError(f"n_noise_readouts must be at least 0, got {self.n_noise_readouts}")
         if self.phantom not in ("brain", "spheres"):
             raise ValueError(f"phantom must be brain or spheres, got {self.phantom!r}")
         if self.matrix < 32:
@@ -82,8 +120,11 @@ class SimulatedSlice:
     kdata: np.ndarray = field(repr=False)
     """Noisy k-space, zero where not sampled. Shape `(phases, coils, ky, kx)` complex64."""
     noise: np.ndarray = field(repr=False)
-    """Noise-only readouts. Shape `(readouts, coils, kx)` complex64."""
+    """Noise-only readouts, read with ``NOISE_DWELL_RATIO`` times the dwell. Shape `(readouts, coils, kx)` complex64."""
     noise_sd: float
+    """Root-mean-square over the coils of the SD of the real (and of the imaginary) part of the k-space noise."""
+    noise_covariance: np.ndarray = field(repr=False)
+    """Coil covariance ``E[n_i conj(n_j)]`` of the k-space noise. Shape `(coils, coils)` complex128."""
 
 
 def contrast_images(settings: ScanSettings, truth: ParameterMaps) -> np.ndarray:
@@ -129,15 +170,18 @@ def simulate_slice(settings: ScanSettings, rng: np.random.Generator) -> Simulate
     n = settings.matrix
     truth = brain_slice(n, rng, fov_mm=settings.fov_mm) if settings.phantom == "brain" else sphere_phantom(n)
     images = (contrast_images(settings, truth) * np.exp(1j * smooth_phase(n, rng))).astype(np.complex64)
-    sens = coil_sensitivities(settings.n_coils, n, rng)
+    covariance = noise_covariance(settings)
+    sens = coil_sensitivities(settings.n_coils, n, rng, None if settings.noise == "white" else covariance)
     sampled = random_line_mask(len(settings.prep_times), n, settings.acceleration, settings.acs, rng)
     tissue = truth.labels > 0
     reference = max(float(np.abs(img[tissue]).mean()) for img in images)
     noise_sd = reference / settings.snr
+    factor = None if settings.noise == "white" else np.linalg.cholesky(covariance)
     kdata = centered_fft2(images[:, None] * sens[None])
-    kdata += _complex_noise(rng, kdata.shape, noise_sd)
+    kdata += mix_coils(_complex_noise(rng, kdata.shape, noise_sd), factor, axis=1)
     kdata *= sampled[:, None, :, None]
-    noise = _complex_noise(rng, (settings.n_noise_readouts, settings.n_coils, n), noise_sd)
+    noise_shape = (settings.n_noise_readouts, settings.n_coils, n)
+    noise = mix_coils(_complex_noise(rng, noise_shape, noise_sd / np.sqrt(NOISE_DWELL_RATIO)), factor)
     return SimulatedSlice(
         truth=truth,
         images=images,
@@ -146,7 +190,26 @@ def simulate_slice(settings: ScanSettings, rng: np.random.Generator) -> Simulate
         kdata=kdata.astype(np.complex64),
         noise=noise.astype(np.complex64),
         noise_sd=noise_sd,
+        noise_covariance=2 * noise_sd**2 * covariance,
     )
+
+
+def noise_covariance(settings: NoiseSettings) -> np.ndarray:
+    """Return the scan's coil noise covariance with unit mean diagonal: one coil array, one noise scan, all slices.
+
+    Parameters
+    ----------
+    settings : Scan settings (``noise``, ``n_coils`` and ``seed`` are read).
+
+    Returns
+    -------
+    ``coils.coil_noise_covariance`` drawn from the scan's seed, or the identity for white noise.
+    Shape `(coils, coils)` complex128.
+    """
+    if settings.noise == "white":
+        return np.eye(settings.n_coils, dtype=np.complex128)
+    rng = np.random.default_rng(np.random.SeedSequence([settings.seed, _NOISE_STREAM]))
+    return coil_noise_covariance(settings.n_coils, rng)
 
 
 def _complex_noise(rng: np.random.Generator, shape: tuple[int, ...], sd: float) -> np.ndarray:

@@ -54,6 +54,7 @@ def test_both_property_forms_parse_to_typed_values() -> None:
 def test_cartesian_multiphase_chain_matches_its_documented_order() -> None:
     chain = resolve_chain("cartesian_multiphase.xml")
     assert [s.spec.classname for s in chain.stages] == [
+        "NoiseAdjustGadget",
         "AcquisitionBufferGadget",
         "CartesianReconGadget",
         "ImageSeriesGadget",
@@ -147,7 +148,7 @@ def test_cli_chains_lists_one_line_per_shipped_chain() -> None:
 def test_cli_check_chain_accepts_good_and_rejects_bad(tmp_path: Path) -> None:
     good = run_qmri("check-chain", str(shipped_chains()["cartesian_multiphase"]))
     assert good.returncode == 0, good.stderr
-    assert "valid chain 'cartesian_multiphase' with 3 gadgets" in good.stdout
+    assert "valid chain 'cartesian_multiphase' with 4 gadgets" in good.stdout
     bad_file = tmp_path / "bad.xml"
     bad_file.write_text(chain_xml(gadget(properties='<property name="cg_iterations" value="x"/>')))
     bad = run_qmri("check-chain", str(bad_file))

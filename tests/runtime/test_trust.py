@@ -75,11 +75,21 @@ def test_a_client_chain_setting_a_site_property_is_refused_before_its_header(
     assert not Path("/tmp/qmri-escape").exists()
 
 
-@pytest.mark.parametrize("name", ["max_buffer_mb", "slice_readout_margin", "open_slice_margin", "max_noise_readouts"])
-def test_a_client_chain_cannot_raise_the_buffer_caps(site_server: MrdServer, name: str) -> None:
-    text = variant_text("t1_molli", "Buffer", **{name: "16"})
+@pytest.mark.parametrize(
+    ("gadget", "classname", "name"),
+    [
+        ("Buffer", "AcquisitionBufferGadget", "max_buffer_mb"),
+        ("Buffer", "AcquisitionBufferGadget", "slice_readout_margin"),
+        ("Buffer", "AcquisitionBufferGadget", "open_slice_margin"),
+        ("NoiseAdjust", "NoiseAdjustGadget", "max_noise_readouts"),
+    ],
+)
+def test_a_client_chain_cannot_raise_the_buffer_caps(
+    site_server: MrdServer, gadget: str, classname: str, name: str
+) -> None:
+    text = variant_text("t1_molli", gadget, **{name: "16"})
     (error,) = start_only(site_server.port, ConfigText(text))
-    assert error.startswith(f"ERROR config text: gadget 'Buffer' (AcquisitionBufferGadget): property '{name}'")
+    assert error.startswith(f"ERROR config text: gadget '{gadget}' ({classname}): property '{name}'")
 
 
 def test_a_client_chain_cannot_make_the_server_connect_anywhere(site_server: MrdServer, molli_raw: Path) -> None:
