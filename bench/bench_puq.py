@@ -38,11 +38,10 @@ from qmri_models.networks.fit_mlp import FitMlp
 from qmri_models.networks.mc_sampling import samples_per_batch
 from qmri_models.networks.puq_recon import puq_reconstruct
 from qmri_models.networks.unrolled import UnrolledRecon
-from qmri_models.pretrained import load_fit_mlp, load_recon_network
-from qmri_models.puq_evaluation import held_out_slice, model_and_times, uncertainty_error_correlation
+from qmri_models.pretrained import MapName, load_fit_mlp, load_recon_network
+from qmri_models.puq_evaluation import combined_truth, held_out_slice, model_and_times, uncertainty_error_correlation
 from qmri_models.recon.cartesian import calibration_lines, phase_sensitivities
 from qmri_models.simulation.scan import SimulatedSlice
-from qmri_models.training.recon_data import MapName, combined_truth
 
 SWEEP_COLUMNS = (
     "T",

@@ -230,7 +230,7 @@ def _train_puq_error_head(args: argparse.Namespace) -> int:
 
 
 def _ship_puq(args: argparse.Namespace) -> int:
-    from qmri_models.pretrained.ship import ship
+    from qmri_models.training.ship import ship
 
     card = ship(args.map, args.recon_run, args.fit_run, device_note=args.device_note)
     print(f"shipped {args.map} weights; model card {card}")
@@ -241,9 +241,8 @@ def _evaluate_puq(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from qmri_models.device import torch_device
-    from qmri_models.pretrained import load_fit_mlp, load_recon_network
+    from qmri_models.pretrained import MapName, load_fit_mlp, load_recon_network
     from qmri_models.puq_evaluation import PuqNetworks, evaluate_puq, format_table
-    from qmri_models.training.recon_data import MapName
 
     device = torch_device(args.device)
     map_name: MapName = "t1" if args.contrast == "t1" else "t2"

@@ -31,10 +31,10 @@ from qmri_models.metrics import masked_ssim_map, normalised_cross_correlation, n
 from qmri_models.networks.fit_mlp import FitMlp
 from qmri_models.networks.puq_recon import deterministic_reconstruct, puq_reconstruct
 from qmri_models.networks.unrolled import UnrolledRecon
+from qmri_models.pretrained import CONTRAST_OF_MAP, MapName
 from qmri_models.recon.cartesian import calibration_lines, phase_sensitivities, reconstruct_phases
 from qmri_models.signal_models import SignalModel, signal_model
 from qmri_models.simulation.scan import ScanSettings, SimulatedSlice, simulate_slice
-from qmri_models.training.recon_data import CONTRAST_OF_MAP, MapName, combined_truth
 
 METHODS = (
     "CG-SENSE + fit",
@@ -96,6 +96,21 @@ class PuqNetworks:
     recon: UnrolledRecon
     mlp_guided: FitMlp
     mlp_unguided: FitMlp
+
+
+def combined_truth(simulated: SimulatedSlice, sens: np.ndarray) -> np.ndarray:
+    """Return the slice's noise-free coil images combined with ``sens``: what a reconstruction with these maps aims at.
+
+    Parameters
+    ----------
+    simulated : The simulated slice (its noise-free images and true coils).
+    sens : The coil maps of the reconstruction (ESPIRiT). Shape `(coils, y, x)` complex.
+
+    Returns
+    -------
+    Images. Shape `(phases, y, x)` complex.
+    """
+    return np.einsum("cyx,cyx,pyx->pyx", sens.conj(), simulated.sens, simulated.images)
 
 
 def held_out_slice(map_name: MapName, acceleration: int, index: int, *, matrix: int = 160) -> SimulatedSlice:

@@ -9,7 +9,7 @@ Gal 2017's heteroscedastic loss; `qmri_models.training.train_error_head`). It se
 the zero-filled image (how much the network had to fill in) and the MC SD itself.
 
 Shapes (batch first): images `(batch, phases, y, x)` complex, SD `(batch, phases, y, x)` float, all in the
-network's scaled units (``qmri_models.training.recon_data.input_scale``).
+network's scaled units (``qmri_models.networks.puq_recon.input_scale``).
 """
 
 import math

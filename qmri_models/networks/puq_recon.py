@@ -1,4 +1,8 @@
-"""PUQ stage 1 on one slice in scanner units: scale as in training, run the network (MC or not), scale back."""
+"""PUQ stage 1 on one slice in scanner units: scale as in training, run the network (MC or not), scale back.
+
+The network works at one intensity scale: the k-space divided by ``input_scale``, the zero-filled image's 99th
+percentile magnitude (training scales its examples the same way).
+"""
 
 from collections.abc import Callable
 
@@ -6,8 +10,23 @@ import numpy as np
 import torch
 
 from qmri_models.networks.mc_sampling import McEstimate, mc_sample
-from qmri_models.networks.unrolled import UnrolledRecon
-from qmri_models.training.recon_data import input_scale
+from qmri_models.networks.unrolled import UnrolledRecon, sens_reduce
+
+
+def input_scale(kdata: torch.Tensor, sens: torch.Tensor) -> torch.Tensor:
+    """Return the 99th percentile of the zero-filled image's magnitude, per example.
+
+    Parameters
+    ----------
+    kdata : K-space. Shape `(n, phases, coils, ky, kx)` complex.
+    sens : Coil sensitivities. Shape `(n, coils, y, x)` complex.
+
+    Returns
+    -------
+    Scale. Shape `(n,)`, positive.
+    """
+    magnitude = sens_reduce(kdata, sens).abs().flatten(1)
+    return torch.quantile(magnitude, 0.99, dim=1).clamp(min=torch.finfo(magnitude.dtype).tiny)
 
 
 def puq_reconstruct(

@@ -7,7 +7,7 @@ A loader takes a map name (``t1``, ``t2``: the shipped file) or a path to a file
 
 import hashlib
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args
 
 import torch
 
@@ -15,7 +15,11 @@ from qmri_models.networks.fit_mlp import FitMlp
 from qmri_models.networks.unrolled import UnrolledRecon
 
 PRETRAINED_DIR = Path(__file__).resolve().parent
-MAP_NAMES = ("t1", "t2")
+MapName = Literal["t1", "t2"]
+"""The maps the shipped networks make: T1 and T2, in ms."""
+MAP_NAMES: tuple[MapName, ...] = get_args(MapName)
+CONTRAST_OF_MAP: dict[MapName, Literal["molli", "t2prep"]] = {"t1": "molli", "t2": "t2prep"}
+"""The simulated contrast that trains each map's network: MOLLI for T1, T2-prep for T2."""
 
 
 def weights_path(kind: str, source: str | Path) -> Path:

@@ -12,20 +12,19 @@ the scale is kept so a reconstruction can be put back in the scanner's units.
 
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
 
 from qmri_models.networks.mc_sampling import McEstimate, mc_sample
-from qmri_models.networks.unrolled import UnrolledRecon, sens_reduce
-from qmri_models.pretrained import weights_sha256
+from qmri_models.networks.puq_recon import input_scale
+from qmri_models.networks.unrolled import UnrolledRecon
+from qmri_models.pretrained import CONTRAST_OF_MAP, MapName, weights_sha256
+from qmri_models.puq_evaluation import combined_truth
 from qmri_models.recon.cartesian import calibration_lines, phase_sensitivities
-from qmri_models.simulation.scan import ScanSettings, SimulatedSlice, simulate_slice
+from qmri_models.simulation.scan import ScanSettings, simulate_slice
 
-MapName = Literal["t1", "t2"]
-CONTRAST_OF_MAP: dict[str, Literal["molli", "t2prep"]] = {"t1": "molli", "t2": "t2prep"}
-"""The simulated contrast that trains each map's network: MOLLI for T1, T2-prep for T2."""
 VAL_SEED_OFFSET = 1_000_003
 """Added to a training run's seed for its validation slices, so they are never training slices."""
 
@@ -53,37 +52,6 @@ class ReconExamples:
 
     def __len__(self) -> int:
         return int(self.kdata.shape[0])
-
-
-def combined_truth(simulated: SimulatedSlice, sens: np.ndarray) -> np.ndarray:
-    """Return the slice's noise-free coil images combined with ``sens``: what a reconstruction with these maps aims at.
-
-    Parameters
-    ----------
-    simulated : The simulated slice (its noise-free images and true coils).
-    sens : The coil maps of the reconstruction (ESPIRiT). Shape `(coils, y, x)` complex.
-
-    Returns
-    -------
-    Images. Shape `(phases, y, x)` complex.
-    """
-    return np.einsum("cyx,cyx,pyx->pyx", sens.conj(), simulated.sens, simulated.images)
-
-
-def input_scale(kdata: torch.Tensor, sens: torch.Tensor) -> torch.Tensor:
-    """Return the 99th percentile of the zero-filled image's magnitude, per example.
-
-    Parameters
-    ----------
-    kdata : K-space. Shape `(n, phases, coils, ky, kx)` complex.
-    sens : Coil sensitivities. Shape `(n, coils, y, x)` complex.
-
-    Returns
-    -------
-    Scale. Shape `(n,)`, positive.
-    """
-    magnitude = sens_reduce(kdata, sens).abs().flatten(1)
-    return torch.quantile(magnitude, 0.99, dim=1).clamp(min=torch.finfo(magnitude.dtype).tiny)
 
 
 def simulate_recon_examples(

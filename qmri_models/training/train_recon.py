@@ -22,8 +22,9 @@ from torch.nn import functional
 
 from qmri_models.metrics import nrmse
 from qmri_models.networks.unrolled import UnrolledRecon, sens_reduce
+from qmri_models.pretrained import MapName
 from qmri_models.training.checkpoints import load_or_make, refuse_other_config, save_atomic
-from qmri_models.training.recon_data import VAL_SEED_OFFSET, MapName, ReconExamples, simulate_recon_examples
+from qmri_models.training.recon_data import VAL_SEED_OFFSET, ReconExamples, simulate_recon_examples
 
 log = logging.getLogger(__name__)
 

@@ -9,11 +9,10 @@ import torch
 from qmri_models.networks.mc_sampling import McEstimate
 from qmri_models.networks.puq_recon import puq_reconstruct
 from qmri_models.pretrained import MAP_NAMES, PRETRAINED_DIR, load_fit_mlp, load_recon_network
-from qmri_models.pretrained.ship import check_examples_nrmse
-from qmri_models.puq_evaluation import HELD_OUT_SEED, uncertainty_error_correlation
+from qmri_models.puq_evaluation import HELD_OUT_SEED, combined_truth, uncertainty_error_correlation
 from qmri_models.recon.cartesian import calibration_lines, phase_sensitivities
 from qmri_models.simulation.scan import ScanSettings, SimulatedSlice, simulate_slice
-from qmri_models.training.recon_data import combined_truth
+from qmri_models.training.ship import check_examples_nrmse
 
 
 def test_shipped_weights_are_small() -> None:

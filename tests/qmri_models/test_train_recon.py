@@ -6,8 +6,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from qmri_models.networks.puq_recon import input_scale
 from qmri_models.networks.unrolled import sens_expand
-from qmri_models.training.recon_data import input_scale, simulate_recon_examples
+from qmri_models.training.recon_data import simulate_recon_examples
 from qmri_models.training.train_recon import (
     CHECKPOINT,
     HISTORY,

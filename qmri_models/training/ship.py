@@ -12,8 +12,8 @@ from typing import Any
 
 import torch
 
-from qmri_models.pretrained import PRETRAINED_DIR, load_recon_network
-from qmri_models.training.recon_data import VAL_SEED_OFFSET, MapName, simulate_recon_examples
+from qmri_models.pretrained import PRETRAINED_DIR, MapName, load_recon_network
+from qmri_models.training.recon_data import VAL_SEED_OFFSET, simulate_recon_examples
 from qmri_models.training.train_recon import ReconTrainingConfig, validation_nrmse
 
 CHECK_EXAMPLES = 3
