@@ -16,7 +16,13 @@ The score is the mean over the phases of the NRMSE of the magnitude image agains
 tissue (as ``qmri evaluate``). The truth is the object: the simulator's sensitivities have unit root-sum-of-squares
 in the noise's metric, the image an SNR-optimal combination gives. The same comparison with the simulator's true
 sensitivities (whitened with the data for 2) separates the noise weighting from the maps' estimation. Everything
-runs on the CPU in this one process; the figures are the ratios (prewhitened over none), which must be below 1.
+runs on the CPU in this one process; the figures are the ratios (prewhitened over none).
+
+Measured (3 seeds, defaults): ESPIRiT maps 0.205-0.215 without, 0.153-0.183 prewhitened, mean ratio 0.805; true
+maps mean ratio 0.953. With ESPIRiT maps part of the gain is the combination itself: without prewhitening the
+unit-root-sum-of-squares maps of the raw coils weight the image by the coils' plain root-sum-of-squares (0.75 to
+1.15 here), not the SNR-optimal weighting the truth is; with the true maps only the noise weighting differs, and
+at 4x with 10 CG iterations the undersampling error dominates the NRMSE, so the gain is a few percent.
 
 Run it with::
 

@@ -116,7 +116,7 @@ def combined_truth(simulated: SimulatedSlice, sens: np.ndarray) -> np.ndarray:
 def held_out_slice(map_name: MapName, acceleration: int, index: int, *, matrix: int = 160) -> SimulatedSlice:
     """Return held-out evaluation slice ``index`` at ``acceleration`` (8 coils, SNR 50, as the training data)."""
     settings = ScanSettings(
-        contrast=CONTRAST_OF_MAP[map_name], matrix=matrix, n_coils=8, acceleration=acceleration, snr=50.0
+        contrast=CONTRAST_OF_MAP[map_name], matrix=matrix, n_coils=8, acceleration=acceleration, snr=50.0, noise="white"
     )
     return simulate_slice(settings, np.random.default_rng([HELD_OUT_SEED, acceleration, index]))
 

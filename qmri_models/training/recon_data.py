@@ -93,7 +93,12 @@ def simulate_recon_examples(
         rng = np.random.default_rng(sequence)
         acceleration = int(rng.choice(accelerations))
         settings = ScanSettings(
-            contrast=CONTRAST_OF_MAP[map_name], matrix=matrix, n_coils=n_coils, acceleration=acceleration, snr=snr
+            contrast=CONTRAST_OF_MAP[map_name],
+            matrix=matrix,
+            n_coils=n_coils,
+            acceleration=acceleration,
+            snr=snr,
+            noise="white",  # the networks see prewhitened data (NoiseAdjustGadget): white noise
         )
         simulated = simulate_slice(settings, rng)
         maps = phase_sensitivities(simulated.kdata, calibration_lines(simulated.sampled))

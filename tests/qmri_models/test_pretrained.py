@@ -46,7 +46,9 @@ def held_out_t1() -> dict[int, list[tuple[SimulatedSlice, np.ndarray, McEstimate
     for acceleration in (6, 8, 10):
         slices[acceleration] = []
         for index in range(2):
-            settings = ScanSettings(contrast="molli", matrix=160, n_coils=8, acceleration=acceleration, snr=50.0)
+            settings = ScanSettings(
+                contrast="molli", matrix=160, n_coils=8, acceleration=acceleration, snr=50.0, noise="white"
+            )  # the network sees prewhitened data: white noise
             simulated = simulate_slice(settings, np.random.default_rng([HELD_OUT_SEED, index]))
             sens = phase_sensitivities(simulated.kdata, calibration_lines(simulated.sampled))
             estimate = puq_reconstruct(network, simulated.kdata, simulated.sampled, sens, n_samples=10)
