@@ -35,6 +35,7 @@ import numpy as np
 from gadgets.items import SliceBuffer
 from gadgets.runtime.config import GadgetConfig, prop
 from gadgets.runtime.registry import GadgetConnection, register
+from qmri_models.protocols import PREPARATIONS, header_preparation
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +68,10 @@ class AcquisitionBufferConfig(GadgetConfig):
         True, "preparation times from the protocol (TI list or the named user parameter); false: user_int[7] in us"
     )
     prep_time_user_parameter: str = prop(
-        "T2PrepDuration_ms", "name of the userParameterDouble list holding the preparation times in ms"
+        "",
+        "name of the userParameterDouble list holding the preparation times in ms; empty: the protocol's list ("
+        + ", ".join(p.user_parameter for p in PREPARATIONS if p.user_parameter is not None)
+        + ") the header has, else sequenceParameters.TI",
     )
     slice_readout_margin: float = prop(
         2.0,
@@ -460,16 +464,22 @@ class SliceBufferBuilder:
         return np.asarray(protocol[:n_phases], dtype=float)
 
     def _protocol_prep_times(self) -> list[float] | None:
-        """Return the protocol's preparation times (named user parameter list, else sequenceParameters.TI)."""
+        """Return the protocol's preparation times, or None when the header has none.
+
+        From the user parameter list ``prep_time_user_parameter`` names; unnamed, from the list of the preparation
+        the header describes (``qmri_models.protocols.header_preparation``); else from ``sequenceParameters.TI``.
+        """
         user = self._header.userParameters
-        if user is not None:
-            named = [p.value for p in user.userParameterDouble if p.name == self._config.prep_time_user_parameter]
-            if named:
-                return named
+        lists: dict[str, list[float]] = {}
+        for parameter in user.userParameterDouble if user is not None else []:
+            lists.setdefault(parameter.name, []).append(parameter.value)
         sequence = self._header.sequenceParameters
-        if sequence is not None and sequence.TI:
-            return list(sequence.TI)
-        return None
+        ti = list(sequence.TI) if sequence is not None and sequence.TI else []
+        name = self._config.prep_time_user_parameter
+        if not name:
+            preparation = header_preparation(lists, has_ti=bool(ti))
+            name = (preparation.user_parameter if preparation is not None else None) or ""
+        return lists.get(name) or ti or None
 
 
 def _shown(values: list[int], most: int = 8) -> str:

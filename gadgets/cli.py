@@ -10,6 +10,7 @@ from typing import Any
 
 from gadgets.runtime.chain import ChainError, chains_for_clients, load_chain, resolve_chain, shipped_chains
 from gadgets.runtime.pipeline import StreamError
+from qmri_models.protocols import PROTOCOLS, describe_protocols
 
 log = logging.getLogger("qmri")
 
@@ -486,8 +487,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("simulate", help="write a simulated multi-phase or spiral MRF raw file with its truth")
     p.add_argument(
         "contrast",
-        choices=["molli", "t2prep", "ir", "mrf"],
-        help="molli (T1), t2prep (T2), ir (inversion-recovery T1) or mrf (spiral FISP fingerprinting, T1 and T2)",
+        choices=[*PROTOCOLS, "mrf"],
+        help=f"{describe_protocols()} or mrf (spiral FISP fingerprinting, T1 and T2)",
     )
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--matrix", type=int, help="image size (default 160; 256 for mrf)")

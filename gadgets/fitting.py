@@ -4,7 +4,6 @@ import logging
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Literal
 
 import numpy as np
 
@@ -14,19 +13,17 @@ from gadgets.runtime.registry import GadgetConnection, register
 from qmri_models.device import torch_device
 from qmri_models.fitting.maps import MASK_THRESHOLD, MIN_ISLAND_PIXELS, fit_maps
 from qmri_models.fitting.plausibility import MAX_T1_MS, MAX_T2_MS, describe_rejections, plausible_maps
+from qmri_models.protocols import ProtocolName, describe_protocols, protocol_spec
 from qmri_models.signal_models import signal_model
 
 log = logging.getLogger(__name__)
-
-ModelName = Literal["molli", "t2prep", "t2prep_offset", "inversion_recovery", "saturation_recovery"]
-"""The names of ``qmri_models.signal_models.MODELS`` (a test holds the two equal)."""
 
 
 @dataclass(frozen=True)
 class ParameterFitConfig(GadgetConfig):
     """Properties of ParameterFitGadget."""
 
-    model: ModelName = prop("molli", "signal model fitted to every pixel (T1: molli, inversion_recovery; T2: t2prep)")
+    model: ProtocolName = prop("molli", f"protocol whose signal model is fitted to every pixel: {describe_protocols()}")
     mask_threshold: float = prop(
         MASK_THRESHOLD,
         "pixels whose brightest phase is below this fraction of the bright level are background",
@@ -89,7 +86,7 @@ def fit_slice(item: PhaseImages, config: ParameterFitConfig, *, device: str = "c
     -------
     Maps and SD maps of the model, implausible pixels rejected (``plausible_maps``), ready for the output gadgets.
     """
-    model = signal_model(config.model)
+    model = signal_model(protocol_spec(config.model).model)
     start = time.perf_counter()
     fitted = fit_maps(
         model,

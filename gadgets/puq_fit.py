@@ -8,7 +8,7 @@ from typing import Literal
 
 import numpy as np
 
-from gadgets.fitting import ModelName, ParameterFitConfig
+from gadgets.fitting import ParameterFitConfig
 from gadgets.items import MapImages, PhaseImages
 from gadgets.runtime.config import prop
 from gadgets.runtime.registry import GadgetConnection, register
@@ -17,6 +17,7 @@ from qmri_models.fitting.guided import fit_guided_maps
 from qmri_models.fitting.plausibility import describe_rejections
 from qmri_models.networks.fit_mlp import FitMlp
 from qmri_models.pretrained import MAP_NAMES, load_fit_mlp
+from qmri_models.protocols import ProtocolName, protocol_spec
 from qmri_models.signal_models import signal_model
 
 log = logging.getLogger(__name__)
@@ -26,7 +27,9 @@ log = logging.getLogger(__name__)
 class PuqFitConfig(ParameterFitConfig):
     """Properties of PuqFitGadget: those of ParameterFitGadget, and how the uncertainty guides the fit."""
 
-    model: ModelName = prop("molli", "signal model (T1: molli; T2: t2prep); names the map of the learned fit too")
+    model: ProtocolName = prop(
+        "molli", "protocol whose signal model is fitted (shipped weights: molli, t2prep); names the learned fit's map"
+    )
     send_phase_images: bool = prop(True, "also pass the mean images and their SD on (ImageSeriesGadget sends them)")
     fit: Literal["learned", "model_based"] = prop(
         "learned", "learned: the PUQ paper's pixelwise MLP; model_based: Levenberg-Marquardt weighted by 1/SD^2"
@@ -69,7 +72,7 @@ def fit_puq_slice(item: PhaseImages, config: PuqFitConfig, *, mlp: FitMlp | None
             f"slice {item.slice}: PuqFitGadget needs the MC samples and their SD; set mc_dropout=true on "
             "PuqReconGadget, or fit a deterministic reconstruction with ParameterFitGadget"
         )
-    model = signal_model(config.model)
+    model = signal_model(protocol_spec(config.model).model)
     start = time.perf_counter()
     maps = fit_guided_maps(
         model,

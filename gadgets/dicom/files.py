@@ -14,7 +14,10 @@ form), so ``highdicom.SOPClass`` writes the patient, study, series, equipment an
 module adds the MR, image plane and pixel attributes. Float pixels are stored as 16-bit unsigned integers with a
 linear scale per image in a Real World Value Mapping (``value = stored * slope + intercept``, quantisation error at
 most ``slope / 2`` = the image's range / 131070); the MR IOD has no Modality LUT, so no Rescale Slope. Complex images
-are written as magnitude.
+are written as magnitude. An image with a preparation time (a phase image) carries the DICOM labels of the
+preparation whose times the header holds (``qmri_models.protocols``): Scanning Sequence ``IR`` and the Inversion Time
+for an inversion; Sequence Variant ``MP`` and no time attribute (the MR IOD has none) for a saturation or T2
+preparation, so a saturation-recovery series is never labelled inversion recovery.
 
 A Parametric Map must name its source images. The writer keeps the headers (no pixels) of the last non-map images it
 wrote for each slice of the stream, and a single-plane map on the same grid references them: the phase images the
@@ -59,6 +62,7 @@ from pydicom.uid import PYDICOM_ROOT_UID, UID, ExplicitVRLittleEndian, MRImageSt
 from pydicom.valuerep import DSfloat
 
 from gadgets.windowing import percentile_window
+from qmri_models.protocols import Preparation, header_preparation
 
 log = logging.getLogger(__name__)
 
@@ -242,8 +246,9 @@ class ScanContext:
     model: str
     device_serial_number: str
     body_part: str
-    prep_is_inversion: bool
-    """The protocol lists inversion times (``sequenceParameters.TI``): phase prep times are inversion times."""
+    preparation: Preparation | None
+    """The preparation whose times the header holds (``qmri_models.protocols.header_preparation``): it labels every
+    image with a preparation time; None when the header holds no preparation times."""
     mr_attributes: Dataset
     """Attributes every MR image carries beyond highdicom's: sequence, TR, TE, flip angle, field, position ..."""
 
@@ -321,9 +326,16 @@ def scan_context(header: ismrmrd.xsd.ismrmrdHeader) -> ScanContext:
         model=_text(system.systemModel) or "qmri-gadgets",
         device_serial_number=_text(system.deviceSerialNumber) or _text(system.deviceID) or "unknown",
         body_part=_text(study.bodyPartExamined).upper()[:16],
-        prep_is_inversion=bool(header.sequenceParameters and header.sequenceParameters.TI),
+        preparation=_header_preparation(header),
         mr_attributes=_mr_attributes(header),
     )
+
+
+def _header_preparation(header: ismrmrd.xsd.ismrmrdHeader) -> Preparation | None:
+    """Return the preparation whose times the header holds: a named user parameter list, else TI."""
+    user = header.userParameters
+    names = {p.name for p in user.userParameterDouble} if user is not None else set()
+    return header_preparation(names, has_ti=bool(header.sequenceParameters and header.sequenceParameters.TI))
 
 
 def _mr_attributes(header: ismrmrd.xsd.ismrmrdHeader) -> Dataset:
@@ -483,9 +495,8 @@ class DicomSeriesWriter:
         ds.PixelSpacing = [_ds(v) for v in plane.spacing_mm]
         ds.SliceThickness = _ds(plane.thickness_mm)
         ds.SliceLocation = _ds(plane.slice_location_mm)
-        if meaning.prep_time_ms is not None and self.context.prep_is_inversion:
-            ds.ScanningSequence = ["IR", "RM"]
-            ds.InversionTime = _ds(meaning.prep_time_ms)
+        if meaning.prep_time_ms is not None and self.context.preparation is not None:
+            _label_preparation(ds, self.context.preparation, meaning.prep_time_ms)
         if meaning.comment:
             ds.ImageComments = meaning.comment
         ds.SamplesPerPixel = 1
@@ -653,6 +664,14 @@ def quantise_uint16(values: np.ndarray) -> tuple[np.ndarray, float, float]:
 def _ds(value: float) -> DSfloat:
     """Return a number as a DICOM decimal string of at most 16 characters."""
     return DSfloat(value, auto_format=True)
+
+
+def _label_preparation(ds: Dataset, preparation: Preparation, prep_time_ms: float) -> None:
+    """Set the Scanning Sequence, Sequence Variant and preparation-time attribute of an image of a preparation."""
+    ds.ScanningSequence = list(preparation.scanning_sequence)
+    ds.SequenceVariant = list(preparation.sequence_variant)
+    if preparation.prep_time_attribute is not None:
+        setattr(ds, preparation.prep_time_attribute, _ds(prep_time_ms))
 
 
 def _ucum(units: str) -> Code:

@@ -298,3 +298,30 @@ def test_readout_longer_than_the_slice_readout_is_refused(scan: tuple[Any, list[
     long.set_flag(LAST_IN_SLICE)
     with pytest.raises(ValueError, match=r"readout 77 has 128 samples centred at 0, which do not fit the slice's 64"):
         _feed(scan[0], [*items, long], trigger="last_in_slice")
+
+
+MOLLI_TI = [251.0, 400.0, 1251.0, 1400.0, 2251.0, 2400.0, 3251.0, 4251.0]
+OTHER_TIMES = [10000.0, 100.0, 180.0, 260.0, 340.0, 420.0, 500.0, 580.0]
+
+
+@pytest.mark.parametrize(
+    ("list_name", "properties", "expected"),
+    [
+        ("SaturationTime_ms", {}, OTHER_TIMES),
+        ("T2PrepDuration_ms", {}, OTHER_TIMES),
+        ("SiteTimes_ms", {"prep_time_user_parameter": "SiteTimes_ms"}, OTHER_TIMES),
+        ("SiteTimes_ms", {}, MOLLI_TI),
+        ("SaturationTime_ms", {"prep_time_user_parameter": "SiteTimes_ms"}, MOLLI_TI),
+    ],
+)
+def test_prep_times_come_from_the_list_of_the_headers_preparation_else_ti(
+    scan: tuple[Any, list[Any]], list_name: str, properties: dict[str, str], expected: list[float]
+) -> None:
+    """A protocol's list (qmri_models.protocols) is found without naming it; a site's list when named; else TI."""
+    header = ismrmrd.xsd.CreateFromDocument(scan[0].toXML().encode())
+    assert list(header.sequenceParameters.TI) == MOLLI_TI
+    header.userParameters = ismrmrd.xsd.userParametersType(
+        userParameterDouble=[ismrmrd.xsd.userParameterDoubleType(name=list_name, value=t) for t in OTHER_TIMES]
+    )
+    (_, first), _ = _feed(header, _fresh(scan), trigger="last_in_slice", **properties)
+    np.testing.assert_array_equal(first.prep_times_ms, expected)

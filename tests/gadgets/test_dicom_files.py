@@ -17,6 +17,7 @@ from gadgets.runtime.chain import load_chain, parse_chain
 from gadgets.runtime.config import PropertyError
 from gadgets.runtime.pipeline import run_chain
 from gadgets.runtime.replay import replay
+from qmri_models.protocols import SATURATION, T2PREP, Preparation
 from tests.conftest import dciodvfy_lines, free_port, make_raw, pynetdicom_refused_socket, raw_header_and_items
 
 RECON_XML = """<?xml version="1.0" encoding="utf-8"?>
@@ -334,12 +335,33 @@ def test_inversion_time_only_on_images_with_a_prep_time(stream: Stream, tmp_path
     (with_prep,), (without,) = writer.write(stream.phases[3]), writer.write(plain)
     first, second = pydicom.dcmread(with_prep), pydicom.dcmread(without)
     assert list(first.ScanningSequence) == ["IR", "RM"]
+    assert first.SequenceVariant == "MP"
     assert float(first.InversionTime) == float(
         ismrmrd.Meta.deserialize(stream.phases[3].attribute_string)["PrepTime_ms"]
     )
     assert second.ScanningSequence == "RM"
+    assert second.SequenceVariant == "NONE"
     assert second.SeriesNumber == 1000  # image_series_index 0 (unset): DICOM series numbers start at 1
     assert "InversionTime" not in second
+
+
+@pytest.mark.parametrize("preparation", [T2PREP, SATURATION], ids=lambda p: p.name)
+def test_prep_times_in_a_user_parameter_list_are_not_labelled_inversion(
+    stream: Stream, tmp_path: Path, preparation: Preparation
+) -> None:
+    """The same phase image under a header that keeps its times in the preparation's list (no TI): magnetisation
+    prepared (MP), no IR and no Inversion Time."""
+    header = copy_header(stream.header)
+    times = list(header.sequenceParameters.TI)
+    header.sequenceParameters = replace(header.sequenceParameters, TI=[])
+    lists = [ismrmrd.xsd.userParameterDoubleType(name=preparation.user_parameter, value=t) for t in times]
+    header.userParameters = ismrmrd.xsd.userParametersType(userParameterDouble=lists)
+    (path,) = DicomSeriesWriter(header, tmp_path).write(stream.phases[3])
+    ds = pydicom.dcmread(path)
+    assert ds.ScanningSequence == "RM"
+    assert ds.SequenceVariant == "MP"
+    assert "InversionTime" not in ds
+    assert not [line for line in dciodvfy_lines(path) if "Error" in line]
 
 
 def test_multichannel_images_are_refused_with_the_channel_count(stream: Stream, tmp_path: Path) -> None:

@@ -1,6 +1,5 @@
 """The mapping chains end to end: simulated raw file -> replay -> T1/T2 maps and SD maps against the truth."""
 
-import typing
 from pathlib import Path
 
 import h5py
@@ -12,9 +11,10 @@ from PIL import Image
 
 from gadgets.cli import main
 from gadgets.evaluate import read_series, score_maps
-from gadgets.fitting import ModelName
+from gadgets.fitting import ParameterFitConfig
 from gadgets.preview import to_uint8
-from gadgets.runtime.chain import parse_chain, resolve_chain
+from gadgets.puq_fit import PuqFitConfig
+from gadgets.runtime.chain import load_chain, parse_chain, resolve_chain, shipped_chains
 from gadgets.runtime.client import send_stream
 from gadgets.runtime.replay import replay
 from gadgets.runtime.server import MrdServer
@@ -22,7 +22,7 @@ from gadgets.runtime.session import SiteSettings
 from gadgets.windowing import percentile_window
 from qmri_models.fitting.maps import MASK_THRESHOLD, MIN_ISLAND_PIXELS, fit_mask, signal_mask
 from qmri_models.fitting.plausibility import MAX_T1_MS
-from qmri_models.signal_models import MODELS
+from qmri_models.protocols import PROTOCOLS
 from qmri_models.simulation.anatomy import NIST_T1_MS
 from tests.chain_variants import chain_variant, variant_text
 from tests.conftest import dciodvfy_lines, free_port, make_raw, pynetdicom_refused_socket, raw_header_and_items
@@ -56,8 +56,18 @@ def molli_replay(molli_raw: Path, tmp_path_factory: pytest.TempPathFactory) -> P
     return out
 
 
-def test_chain_model_choices_are_the_signal_models() -> None:
-    assert set(typing.get_args(ModelName)) == set(MODELS)
+def test_fit_model_choices_are_the_protocols_and_each_has_a_shipped_chain() -> None:
+    """`qmri gadgets` and `check-chain` list the protocols as the fits' choices; a shipped chain fits each one."""
+    for config in (ParameterFitConfig, PuqFitConfig):
+        (model,) = [p for p in config.describe() if p.name == "model"]
+        assert model.type_name.split("|") == list(PROTOCOLS)
+    fitted = {
+        stage.properties.get("model")
+        for path in shipped_chains().values()
+        for stage in load_chain(path).stages
+        if stage.spec.classname == "ParameterFitGadget"
+    }
+    assert fitted == set(PROTOCOLS)
 
 
 @pytest.mark.parametrize(
