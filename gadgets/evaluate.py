@@ -7,6 +7,7 @@ import h5py
 import ismrmrd
 import numpy as np
 
+from gadgets.image_meta import meaning_of
 from qmri_models.metrics import TissueScore, nrmse, score_map_per_tissue
 from qmri_models.simulation.raw_writer import TRUTH_GROUP
 
@@ -50,13 +51,14 @@ def read_series(images_file: Path, series: int, *, group: str = "dataset") -> tu
 
 def map_series_in(images_file: Path, *, group: str = "dataset") -> list[int]:
     """Return the series of an MRD images file whose images are maps with a truth (``TRUTH_MAPS``), in order."""
-    found = []
     with ismrmrd.Dataset(str(images_file), group, create_if_needed=False) as dataset:
-        for name in dataset.list():
-            if name.startswith("image_") and dataset.number_of_images(name):
-                meta = ismrmrd.Meta.deserialize(dataset.read_image(name, 0).attribute_string)
-                if meta.get("GADGETRON_DataRole", "") in TRUTH_MAPS:
-                    found.append(int(name.removeprefix("image_")))
+        found = [
+            int(name.removeprefix("image_"))
+            for name in dataset.list()
+            if name.startswith("image_")
+            and dataset.number_of_images(name)
+            and meaning_of(dataset.read_image(name, 0)).role in TRUTH_MAPS
+        ]
     return sorted(found)
 
 
@@ -99,7 +101,7 @@ def score_phase_images(out_dir: Path, raw: Path, *, series: int = 1) -> list[Pha
 
 
 TRUTH_MAPS = {"T1": "t1_ms", "T2": "t2_ms"}
-"""The truth dataset of each map's ``GADGETRON_DataRole``."""
+"""The truth dataset of each map's role (``gadgets.image_meta``)."""
 
 
 @dataclass(frozen=True)
@@ -118,7 +120,7 @@ def score_maps(out_dir: Path, raw: Path, *, series: int = 11) -> list[MapScores]
     ----------
     out_dir : Replay output directory (holding images.h5).
     raw : The simulated raw file (holding /truth).
-    series : Series of the maps (its images' ``GADGETRON_DataRole`` says T1 or T2).
+    series : Series of the maps (its images' role says T1 or T2).
 
     Returns
     -------
@@ -129,7 +131,7 @@ def score_maps(out_dir: Path, raw: Path, *, series: int = 11) -> list[MapScores]
     truths = dict(zip(TRUTH_MAPS, maps, strict=True))
     scores = []
     for values, image in zip(data, images, strict=True):
-        role = ismrmrd.Meta.deserialize(image.attribute_string).get("GADGETRON_DataRole", "")
+        role = meaning_of(image).role
         if role not in truths:
             raise ValueError(f"series {series} holds {role!r} images; only {', '.join(TRUTH_MAPS)} maps can be scored")
         s = int(image.slice)

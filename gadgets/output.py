@@ -5,6 +5,7 @@ from dataclasses import dataclass
 import ismrmrd
 import numpy as np
 
+from gadgets.image_meta import ROLE_KEY, SEQUENCE_DESCRIPTION_KEY, ImageMeaning, set_meaning
 from gadgets.items import MapImages, PhaseImages
 from gadgets.runtime.config import GadgetConfig, prop
 from gadgets.runtime.registry import GadgetConnection, register
@@ -17,8 +18,8 @@ class ImageSeriesConfig(GadgetConfig):
     """Properties of ImageSeriesGadget."""
 
     series_index: int = prop(1, "image_series_index of the per-phase magnitude images", minimum=0)
-    data_role: str = prop("Image", "GADGETRON_DataRole written in each image's meta")
-    sequence_description: str = prop("_phases", "suffix for GADGETRON_SeqDescription (the series description)")
+    data_role: str = prop("Image", f"{ROLE_KEY} written in each image's meta")
+    sequence_description: str = prop("_phases", f"suffix for {SEQUENCE_DESCRIPTION_KEY} (the series description)")
     send_uncertainty: bool = prop(True, "also send the per-phase uncertainty (SD) images when the slice has them")
     uncertainty_series_index: int = prop(2, "image_series_index of the per-phase uncertainty images", minimum=0)
 
@@ -36,16 +37,15 @@ def image_series(connection: GadgetConnection) -> None:
 
 
 UNCERTAINTY_ROLE = "PhaseSD"
-"""``GADGETRON_DataRole`` of the per-phase uncertainty images (SD over MC samples, in the images' units)."""
+"""Role (``gadgets.image_meta``) of the per-phase uncertainty images (SD over MC samples, in the images' units)."""
 
 
 def phase_images_to_mrd(item: PhaseImages, config: ImageSeriesConfig) -> list[ismrmrd.Image]:
     """Return one magnitude ``ismrmrd.Image`` per phase, then (when present and asked) one uncertainty image per phase.
 
-    Meta: ``GADGETRON_DataRole`` (the configured role, ``PhaseSD`` for the uncertainty), ``GADGETRON_SeqDescription``,
-    ``GADGETRON_ImageComment``, ``PhaseIndex``, ``PrepTime_ms`` and one window per series
-    (``GADGETRON_WindowCenter``/``GADGETRON_WindowWidth``) over the values of the pixels with signal (the fit's
-    default ``signal_mask`` of the magnitude images), not the background.
+    Meaning in meta (``gadgets.image_meta``): the role (the configured one, ``PhaseSD`` for the uncertainty), the
+    sequence description, a comment, the phase index and preparation time, and one window per series over the
+    values of the pixels with signal (the fit's default ``signal_mask`` of the magnitude images), not the background.
 
     Parameters
     ----------
@@ -76,7 +76,7 @@ def _phase_series(
     """Return one float ``ismrmrd.Image`` per phase of ``values`` `(phases, y, x)`, windowed on ``signal`` `(y, x)`."""
     magnitude = np.asarray(values, dtype=np.float32)
     n_phases = magnitude.shape[0]
-    center, width = percentile_window(magnitude[:, signal], minimum=0.0)
+    window = percentile_window(magnitude[:, signal], minimum=0.0)
     images = []
     for phase in range(n_phases):
         ref = item.references[phase]
@@ -88,18 +88,15 @@ def _phase_series(
         image.set = phase
         image.field_of_view[:] = item.field_of_view_mm
         prep_ms = float(item.prep_times_ms[phase])
-        meta = ismrmrd.Meta(
-            {
-                "GADGETRON_DataRole": role,
-                "GADGETRON_SeqDescription": description,
-                "GADGETRON_ImageComment": f"{label} {phase} prep {prep_ms:g} ms",
-                "PhaseIndex": phase,
-                "PrepTime_ms": f"{prep_ms:g}",
-                "GADGETRON_WindowCenter": f"{center:.6g}",
-                "GADGETRON_WindowWidth": f"{width:.6g}",
-            }
+        meaning = ImageMeaning(
+            role=role,
+            sequence_description=description,
+            comment=f"{label} {phase} prep {prep_ms:g} ms",
+            window=window,
+            phase_index=phase,
+            prep_time_ms=prep_ms,
         )
-        image.attribute_string = meta.serialize()
+        set_meaning(image, meaning)
         images.append(image)
     return images
 
@@ -138,12 +135,11 @@ def map_images_to_mrd(item: MapImages, config: MapSeriesConfig) -> list[ismrmrd.
     """Return the map image, (when asked) its SD image, then the further maps of one slice.
 
     Values are in the map's unit (ms for T1 and T2) as float32, zero outside the fit mask and at pixels the
-    plausibility step rejected, whose SD is marked at the quantity's plausible maximum (the comments say so). Meta,
-    as Gadgetron's mapping gadgets: ``GADGETRON_DataRole`` (``T1`` / ``T1SD``), ``GADGETRON_SeqDescription``,
-    ``GADGETRON_ImageComment``, ``GADGETRON_WindowCenter`` / ``GADGETRON_WindowWidth``, ``DataRole=Quantitative``
-    (scanner-side converters must not rescale) and ``Units``. Every window (but a fixed one from the properties)
-    spans the 1st to 99th percentile of the kept pixels (fitted, not rejected), clipped into [0, maximum] for a
-    map with a plausible maximum.
+    plausibility step rejected, whose SD is marked at the quantity's plausible maximum (the comments say so). Meaning
+    in meta (``gadgets.image_meta``), as Gadgetron's mapping gadgets write it: the role (``T1`` / ``T1SD``), a map
+    (scanner-side converters must not rescale) in its unit, sequence description ``_<role>_MAP``, a comment and a
+    window. Every window (but a fixed one from the properties) spans the 1st to 99th percentile of the kept pixels
+    (fitted, not rejected), clipped into [0, maximum] for a map with a plausible maximum.
 
     Parameters
     ----------
@@ -211,16 +207,13 @@ def _map_image(
     image.image_index = item.slice + 1
     image.slice = item.slice
     image.field_of_view[:] = item.field_of_view_mm
-    meta = ismrmrd.Meta(
-        {
-            "GADGETRON_DataRole": role,
-            "DataRole": "Quantitative",
-            "GADGETRON_SeqDescription": f"_{role}_MAP",
-            "GADGETRON_ImageComment": comment,
-            "Units": item.maps.units[role.removesuffix("SD")],
-            "GADGETRON_WindowCenter": f"{window[0]:.6g}",
-            "GADGETRON_WindowWidth": f"{window[1]:.6g}",
-        }
+    meaning = ImageMeaning(
+        role=role,
+        is_map=True,
+        units=item.maps.units[role.removesuffix("SD")],
+        sequence_description=f"_{role}_MAP",
+        comment=comment,
+        window=window,
     )
-    image.attribute_string = meta.serialize()
+    set_meaning(image, meaning)
     return image

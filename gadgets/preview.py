@@ -6,7 +6,7 @@ import ismrmrd
 import numpy as np
 from PIL import Image
 
-from gadgets.dicom.files import image_meaning
+from gadgets.image_meta import meaning_of
 from gadgets.windowing import percentile_window
 
 
@@ -89,7 +89,7 @@ def preview(image: ismrmrd.Image) -> np.ndarray:
         If the stored window is not a pair of numbers.
     """
     values = np.abs(image.data[0, 0]) if np.iscomplexobj(image.data) else image.data[0, 0]
-    center, width = image_meaning(image).window or percentile_window(values)
+    center, width = meaning_of(image).window or percentile_window(values)
     return to_uint8(values, center, width)
 
 

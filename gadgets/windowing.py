@@ -16,8 +16,9 @@ def percentile_window(
     Give it the values that matter (a map's fitted, kept pixels; the signal pixels of phase images), never the
     background, whose zeros would pull the window down. The edges are clipped into ``[minimum, maximum]`` where
     those are given. Edge cases: no finite value gives the whole ``[minimum, maximum]`` (a missing bound is 1
-    from the other, or ``[0, 1]`` without bounds); a single value ``v`` gives ``[v / 2, 3 v / 2]`` (``[-0.5, 0.5]``
-    for 0), clipped; a window that clipping leaves empty becomes the whole ``[minimum, maximum]``.
+    from the other, or ``[0, 1]`` without bounds); values all equal to ``v`` give ``[v / 2, 3 v / 2]`` (``[-0.5, 0.5]``
+    for 0), clipped; a window that clipping leaves empty becomes the whole ``[minimum, maximum]``. NaN and infinite
+    values are left out; NaN or infinite bounds are an error.
 
     Parameters
     ----------
@@ -32,8 +33,11 @@ def percentile_window(
     Raises
     ------
     ValueError
-        If ``minimum`` is not below ``maximum``.
+        If ``minimum`` or ``maximum`` is not finite, or ``minimum`` is not below ``maximum``.
     """
+    for name, bound in (("minimum", minimum), ("maximum", maximum)):
+        if bound is not None and not np.isfinite(bound):
+            raise ValueError(f"window {name} must be finite or None; got {bound}")
     if minimum is not None and maximum is not None and not minimum < maximum:
         raise ValueError(f"window minimum {minimum} must be below its maximum {maximum}")
     whole = _whole(minimum, maximum)

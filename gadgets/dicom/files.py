@@ -2,7 +2,7 @@
 
 Which DICOM objects, and why
 ----------------------------
-Quantitative maps (meta ``DataRole=Quantitative``: T1, T2, their SD maps ...) become highdicom Parametric Map
+Quantitative maps (``gadgets.image_meta``: T1, T2, their SD maps ...) become highdicom Parametric Map
 instances with Float Pixel Data, so every float32 value in ms arrives exactly as the fit produced it. Their Real
 World Value Mapping (identity slope and intercept) names the unit in UCUM (``ms``) and the quantity (DCM ``T1``,
 ``T2`` ...; ``Standard Deviation`` for uncertainty maps). A classic MR Image cannot hold float pixels: a 16-bit
@@ -61,19 +61,18 @@ from pydicom.sr.coding import Code
 from pydicom.uid import PYDICOM_ROOT_UID, UID, ExplicitVRLittleEndian, MRImageStorage, generate_uid
 from pydicom.valuerep import DSfloat
 
+from gadgets.image_meta import ImageMeaning, meaning_of
 from gadgets.windowing import percentile_window
 from qmri_models.protocols import Preparation, header_preparation
 
 log = logging.getLogger(__name__)
 
-QUANTITATIVE = "Quantitative"
-"""Value of the meta key ``DataRole`` that marks a quantitative map (values in the unit of meta ``Units``)."""
 STORED_MAX = 65535
 """Largest stored value of an MR image's 16-bit unsigned pixels."""
 
 _QUANTITIES = {"T1": codes.DCM.T1, "T2": codes.DCM.T2, "T2STAR": codes.DCM.T2Star, "PD": codes.DCM.ProtonDensity}
 _DEFAULT_UNITS = {"T1": "ms", "T2": "ms", "T2STAR": "ms"}
-"""Units of a map whose meta has no ``Units``: relaxation times are in ms across the code (STYLE.md)."""
+"""Units of a map whose meta names none: relaxation times are in ms across the code (STYLE.md)."""
 _UCUM_MEANINGS = {"ms": "millisecond", "s": "second", "1": "no units", "%": "percent", "Hz": "hertz"}
 _ARBITRARY_UNIT = Code("[arb'U]", "UCUM", "arbitrary unit")
 _CHARACTER_SET = "ISO_IR 192"
@@ -81,80 +80,6 @@ UNSET_SERIES_NUMBER = 1000
 """Series Number of images with ``image_series_index`` 0 (unset): DICOM series numbers start at 1."""
 _UID_ENTROPY_DIGITS = 20
 _SOFTWARE = f"qmri-gadgets {importlib.metadata.version('qmri-gadgets')}"
-
-
-@dataclass(frozen=True)
-class ImageMeaning:
-    """What an image's meta says it is (Gadgetron's keys)."""
-
-    role: str
-    """``GADGETRON_DataRole`` (first value): ``Image``, ``T1``, ``T1SD`` ..."""
-    is_map: bool
-    """Meta ``DataRole`` is ``Quantitative``: pixel values are in ``units``."""
-    units: str
-    """Meta ``Units`` (UCUM, e.g. ``ms``), or empty."""
-    sequence_description: str
-    """``GADGETRON_SeqDescription``, appended to the protocol name in the series description."""
-    comment: str
-    """``GADGETRON_ImageComment``."""
-    window: tuple[float, float] | None
-    """``(centre, width)`` from ``GADGETRON_WindowCenter``/``GADGETRON_WindowWidth``, in the pixel unit, or None."""
-    prep_time_ms: float | None
-    """``PrepTime_ms`` of a phase image (inversion or T2-preparation time), or None."""
-
-    @property
-    def is_uncertainty(self) -> bool:
-        """Whether this is an uncertainty (standard deviation) map: a map whose role ends in ``SD``."""
-        return self.is_map and self.role.upper().endswith("SD")
-
-    @property
-    def quantity(self) -> str:
-        """The mapped quantity, upper case, without the ``SD`` suffix (``T1SD`` gives ``T1``)."""
-        role = self.role.upper().replace("*", "STAR")
-        return role.removesuffix("SD").rstrip("_") if self.is_uncertainty else role
-
-
-def image_meaning(image: ismrmrd.Image) -> ImageMeaning:
-    """Return what an image's meta (``attribute_string``) says it is.
-
-    Parameters
-    ----------
-    image : An MRD image.
-
-    Returns
-    -------
-    The image's role, units, descriptions, window and preparation time.
-
-    Raises
-    ------
-    ValueError
-        If a window or preparation time in the meta is not a number.
-    """
-    meta = ismrmrd.Meta.deserialize(image.attribute_string) if image.attribute_string else ismrmrd.Meta()
-
-    def first(key: str) -> str:
-        value = meta.get(key, "")
-        return str(value[0] if isinstance(value, list) and value else value).strip()
-
-    def number(key: str) -> float | None:
-        text = first(key)
-        if not text:
-            return None
-        try:
-            return float(text)
-        except ValueError:
-            raise ValueError(f"image meta {key} must be a number; got {text!r}") from None
-
-    centre, width = number("GADGETRON_WindowCenter"), number("GADGETRON_WindowWidth")
-    return ImageMeaning(
-        role=first("GADGETRON_DataRole") or "Image",
-        is_map=first("DataRole") == QUANTITATIVE,
-        units=first("Units"),
-        sequence_description=first("GADGETRON_SeqDescription"),
-        comment=first("GADGETRON_ImageComment"),
-        window=(centre, width) if centre is not None and width is not None and width > 0 else None,
-        prep_time_ms=number("PrepTime_ms"),
-    )
 
 
 @dataclass(frozen=True)
@@ -427,7 +352,7 @@ class DicomSeriesWriter:
                 f"DICOM output takes coil-combined images; image series {image.image_series_index} "
                 f"index {image.image_index} has {n_channels} channels"
             )
-        meaning = image_meaning(image)
+        meaning = meaning_of(image)
         series = self._series_of(image, meaning)
         planes = image_planes(image)
         values = image.data[0]
@@ -625,7 +550,7 @@ def series_description(protocol: str, meaning: ImageMeaning) -> str:
 
     Returns
     -------
-    ``<protocol><GADGETRON_SeqDescription>``, plus ``<quantity> map [<unit>]`` or ``<quantity> uncertainty SD
+    ``<protocol><sequence description>``, plus ``<quantity> map [<unit>]`` or ``<quantity> uncertainty SD
     [<unit>]`` for maps.
     """
     base = f"{protocol}{meaning.sequence_description}".strip()

@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 from gadgets.cli import main
-from gadgets.dicom.files import image_meaning
+from gadgets.image_meta import meaning_of
 from gadgets.preview import preview, series_image, to_uint8, write_preview
 from gadgets.runtime.output_file import OutputFile
 
@@ -52,7 +52,7 @@ def test_png_is_the_slice_in_its_stored_window(images_file: Path, tmp_path: Path
 def test_phase_series_without_a_window_uses_its_percentiles(images_file: Path) -> None:
     image = series_image(images_file, 1, phase=1)
     assert int(image.set) == 1
-    assert image_meaning(image).window is None
+    assert meaning_of(image).window is None
     gray = preview(image)
     assert gray.min() == 0
     assert gray.max() == 255

@@ -30,7 +30,8 @@ def test_window_is_clipped_into_the_plausible_range() -> None:
 @pytest.mark.parametrize(
     ("values", "minimum", "maximum", "expected"),
     [
-        ([], None, None, (0.0, 1.0)),
+        ([], None, None, (0.0, 1.0)),  # empty selection
+        ([np.nan, np.inf, -np.inf], None, None, (0.0, 1.0)),  # nothing finite
         ([np.nan], 0.0, 5000.0, (0.0, 5000.0)),
         ([], 2.0, None, (2.0, 3.0)),
         ([], None, -1.0, (-2.0, -1.0)),
@@ -41,6 +42,8 @@ def test_window_is_clipped_into_the_plausible_range() -> None:
         ([-4.0] * 5, None, None, (-6.0, -2.0)),
         ([5000.0] * 5, 0.0, 5000.0, (2500.0, 5000.0)),
         ([9000.0, 9100.0], 0.0, 5000.0, (0.0, 5000.0)),  # all above the range: clipping leaves nothing
+        ([-9.0, -3.0], 0.0, None, (0.0, 1.0)),  # all below the minimum
+        ([np.nan, 1000.0, np.inf, 1000.0], None, None, (500.0, 1500.0)),  # NaN and inf left out of equal values
     ],
 )
 def test_window_edge_cases(
@@ -54,3 +57,9 @@ def test_window_edge_cases(
 def test_window_bounds_must_be_ordered() -> None:
     with pytest.raises(ValueError, match=r"window minimum 5\.0 must be below its maximum 5\.0"):
         percentile_window(np.ones(3), minimum=5.0, maximum=5.0)
+
+
+@pytest.mark.parametrize(("minimum", "maximum"), [(np.nan, None), (None, np.inf), (0.0, np.nan)])
+def test_window_bounds_must_be_finite(minimum: float | None, maximum: float | None) -> None:
+    with pytest.raises(ValueError, match=r"window (minimum|maximum) must be finite or None; got (nan|inf)"):
+        percentile_window(np.ones(3), minimum=minimum, maximum=maximum)

@@ -1,0 +1,172 @@
+"""What an MRD image means: the meta written (Gadgetron's keys, spelled here independently) and read back."""
+
+import ismrmrd
+import numpy as np
+import pytest
+
+from gadgets.image_meta import ImageMeaning, meaning_from_meta, meaning_of, meta_text, set_meaning
+from gadgets.items import MapImages, PhaseImages
+from gadgets.output import ImageSeriesConfig, MapSeriesConfig, map_images_to_mrd, phase_images_to_mrd
+from qmri_models.fitting.maps import SliceMaps
+
+PHASE = ImageMeaning(
+    role="Image",
+    sequence_description="_phases",
+    comment="phase 3 prep 180.123 ms",
+    window=(192.49612345, 347.5131),
+    phase_index=3,
+    prep_time_ms=180.123456,
+)
+MAP = ImageMeaning(
+    role="T1",
+    is_map=True,
+    units="ms",
+    sequence_description="_T1_MAP",
+    comment="T1 map (ms), molli",
+    window=(1250.0, 1700.25),
+)
+SD_MAP = ImageMeaning(
+    role="T1SD",
+    is_map=True,
+    units="ms",
+    sequence_description="_T1SD_MAP",
+    comment="T1 standard deviation (ms) from the fit residual",
+    window=(35.123456789, 60.0),
+)
+
+
+def meta_items(text: str) -> list[tuple[str, str]]:
+    return list(ismrmrd.Meta.deserialize(text).items())
+
+
+def test_phase_image_meta_is_gadgetrons() -> None:
+    assert meta_items(meta_text(PHASE)) == [
+        ("GADGETRON_DataRole", "Image"),
+        ("GADGETRON_SeqDescription", "_phases"),
+        ("GADGETRON_ImageComment", "phase 3 prep 180.123 ms"),
+        ("PhaseIndex", "3"),
+        ("PrepTime_ms", "180.123"),
+        ("GADGETRON_WindowCenter", "192.496"),
+        ("GADGETRON_WindowWidth", "347.513"),
+    ]
+
+
+def test_map_meta_is_gadgetrons_and_marks_it_quantitative() -> None:
+    assert meta_items(meta_text(MAP)) == [
+        ("GADGETRON_DataRole", "T1"),
+        ("DataRole", "Quantitative"),
+        ("GADGETRON_SeqDescription", "_T1_MAP"),
+        ("GADGETRON_ImageComment", "T1 map (ms), molli"),
+        ("Units", "ms"),
+        ("GADGETRON_WindowCenter", "1250"),
+        ("GADGETRON_WindowWidth", "1700.25"),
+    ]
+
+
+@pytest.mark.parametrize("meaning", [PHASE, MAP, SD_MAP, ImageMeaning()], ids=["phase", "map", "sd_map", "default"])
+def test_meaning_reads_back_equal(meaning: ImageMeaning) -> None:
+    assert meaning_from_meta(meta_text(meaning)) == meaning
+    image = ismrmrd.Image.from_array(np.zeros((2, 2), np.float32), transpose=False)
+    set_meaning(image, meaning)
+    assert meaning_of(image) == meaning
+
+
+def test_output_images_read_back_to_the_meta_they_carry() -> None:
+    rng = np.random.default_rng(0)
+    refs = [ismrmrd.Acquisition.from_array(np.zeros((1, 8), np.complex64)) for _ in range(3)]
+    images = (rng.normal(size=(3, 12, 12)) + 1j * rng.normal(size=(3, 12, 12))).astype(np.complex64) * 123.4567
+    sd = np.abs(rng.normal(size=(3, 12, 12))).astype(np.float32)
+    phases = PhaseImages(images, np.array([100.0, 180.123456, 1234.5678]), 0, refs, (220.0, 220.0, 8.0), sd=sd)
+    t1 = rng.uniform(200.0, 2500.0, size=(12, 12)).astype(np.float32)
+    mask = np.ones((12, 12), bool)
+    maps = SliceMaps({"T1": t1}, {"T1": t1 / 10}, {"T1": "ms"}, mask, mask, maxima={"T1": 5000.0})
+    written = phase_images_to_mrd(phases, ImageSeriesConfig()) + map_images_to_mrd(
+        MapImages(maps, "T1", "molli", 0, refs, (220.0, 220.0, 8.0)), MapSeriesConfig()
+    )
+    assert [meaning_of(image).role for image in written] == ["Image"] * 3 + ["PhaseSD"] * 3 + ["T1", "T1SD"]
+    assert [meaning_of(image).prep_time_ms for image in written[:3]] == [100.0, 180.123, 1234.57]
+    for image in written:
+        assert meta_text(meaning_of(image)) == image.attribute_string
+
+
+def test_numbers_are_kept_as_the_meta_stores_them() -> None:
+    assert PHASE.window == (192.496, 347.513)
+    assert PHASE.prep_time_ms == 180.123
+    assert SD_MAP.window == (35.1235, 60.0)
+    tiny = ImageMeaning(window=(1.23456789e-7, 9.87654321e8))
+    assert tiny.window == (1.23457e-7, 9.87654e8)
+    assert meaning_from_meta(meta_text(tiny)) == tiny
+
+
+def test_what_an_sd_map_is_the_sd_of() -> None:
+    assert SD_MAP.is_uncertainty
+    assert SD_MAP.quantity == "T1"
+    assert not MAP.is_uncertainty
+    assert MAP.quantity == "T1"
+    assert ImageMeaning(role="T2*SD", is_map=True).quantity == "T2STAR"
+    phase_sd = ImageMeaning(role="PhaseSD")  # per-phase SD images are not maps
+    assert not phase_sd.is_uncertainty
+    assert phase_sd.quantity == "PHASESD"
+
+
+def test_empty_meta_gives_the_defaults() -> None:
+    assert meaning_from_meta("") == ImageMeaning()
+    assert ImageMeaning().role == "Image"
+    assert meta_items(meta_text(ImageMeaning())) == [("GADGETRON_DataRole", "Image")]
+    image = ismrmrd.Image.from_array(np.zeros((2, 2), np.float32), transpose=False)
+    assert meaning_of(image) == ImageMeaning()
+
+
+def test_foreign_meta_first_values_empty_values_and_no_window() -> None:
+    meta = ismrmrd.Meta(
+        {
+            "GADGETRON_DataRole": ["T2", "Extra"],
+            "DataRole": "Quantitative",
+            "GADGETRON_ImageComment": "",
+            "GADGETRON_WindowCenter": " 60 ",
+            "GADGETRON_WindowWidth": "0",
+        }
+    )
+    meaning = meaning_from_meta(meta.serialize())
+    assert meaning == ImageMeaning(role="T2", is_map=True)
+    assert meaning.comment == ""  # an empty value is no comment, not "None"
+    only_centre = ismrmrd.Meta({"GADGETRON_WindowCenter": "60"})
+    assert meaning_from_meta(only_centre.serialize()).window is None
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "message"),
+    [
+        ("GADGETRON_WindowCenter", "x", "image meta GADGETRON_WindowCenter must be a number; got 'x'"),
+        ("GADGETRON_WindowWidth", "nan", "image meta GADGETRON_WindowWidth must be a finite number; got 'nan'"),
+        ("PrepTime_ms", "inf", "image meta PrepTime_ms must be a finite number; got 'inf'"),
+        ("PhaseIndex", "-1", "image meta PhaseIndex must be an integer of at least 0; got '-1'"),
+        ("PhaseIndex", "1.5", "image meta PhaseIndex must be an integer of at least 0; got '1.5'"),
+    ],
+)
+def test_meta_numbers_that_are_not_numbers_are_errors(key: str, value: str, message: str) -> None:
+    text = ismrmrd.Meta({"GADGETRON_WindowCenter": "1", "GADGETRON_WindowWidth": "2", key: value}).serialize()
+    with pytest.raises(ValueError, match=message):
+        meaning_from_meta(text)
+
+
+def test_meta_that_is_not_xml_is_an_error() -> None:
+    with pytest.raises(ValueError, match="image meta is not ISMRMRD Meta XML"):
+        meaning_from_meta("<ismrmrdMeta><meta>")
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({"window": (100.0, 0.0)}, r"window must have a finite centre and a positive width; got \(100\.0, 0\.0\)"),
+        (
+            {"window": (float("nan"), 10.0)},
+            r"window must have a finite centre and a positive width; got \(nan, 10\.0\)",
+        ),
+        ({"prep_time_ms": float("inf")}, "prep_time_ms must be finite; got inf"),
+        ({"phase_index": -1}, "phase_index must be at least 0; got -1"),
+    ],
+)
+def test_a_meaning_with_impossible_numbers_is_refused(fields: dict[str, object], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        ImageMeaning(**fields)  # type: ignore[arg-type]
