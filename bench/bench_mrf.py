@@ -16,20 +16,25 @@ interleaves x 2101 samples = 100,848 samples, the first 200 of 1000 FISP frames,
 4. Dictionary: ``build_dictionary`` with the cache off (EPG, normalisation, rank-5 SVD) of the acquired schedule on
    the default grid (17,553 atoms) and, with ``--paper-dictionary``, the ``PAPER_STEP_PERCENT`` grid (95,333 atoms);
    one timed run each after an untimed build of a small grid.
-5. Streaming reconstruction, the gadget's path: every readout, with its trajectory in the ISMRMRD ``traj`` layout,
-   goes into a ``SubspaceAccumulator`` one at a time. The state's ``nbytes`` is set against the raw frames, the K
+5. Streaming reconstruction, the gadget's path (``qmri_models.mrf.recipe``, which ``MrfReconGadget`` runs): every
+   readout, with its trajectory in the ISMRMRD ``traj`` layout, goes into the recipe's ``SubspaceAccumulator`` one
+   at a time. The state's ``nbytes`` is set against the raw frames, the K
    coil images and the previous design's K projected copies of the trajectory's k-space; the peak memory of
    accumulation comes from the process's resident set (``/proc/self/statm``, sampled every millisecond by a thread
    during the first, timed pass: everything, torch's tensors and the NUFFT's plans included; memory the simulation
    freed and the allocator kept is reused unseen, so it is a lower bound) and from ``tracemalloc`` (numpy's buffers
-   only, in a second pass). Then, one run each as a slice costs in the gadget:
-   the ``SubspaceGridding`` (NUFFT, density compensation), ESPIRiT sensitivities from the data, SVDMRF,
-   ``low_rank_cg`` (``--iterations``, ``--regularisation``, weighted by the dictionary's component energy) and
-   ``dictionary_admm`` from it (``--admm-rounds``, clustered matching in every round; its index build included).
-6. Matching: all 65,536 pixels of the ADMM coefficient images (background included: the gadget matches only the
-   pixels above its mask, also counted) against each dictionary's atoms in the reconstruction's subspace. Exhaustive
-   search (one run), clustered search (best of ``--repeats``; its index build timed apart), their agreement (same
-   atom; same atom or a score tie within 1e-6) and the speed-up; T1 and T2 error against the truth in the tissue.
+   only, in a second pass). Then ``MrfRecipe.reconstruct`` of the accumulated slice, one run each as a slice costs
+   in the gadget, with the steps it times: the default ``low_rank_admm`` (``SubspaceGridding``: NUFFT, density
+   compensation; ESPIRiT sensitivities from the data; ``low_rank_cg`` with ``--iterations``, ``--regularisation``,
+   weighted by the dictionary's component energy; ``dictionary_admm`` from it, ``--admm-rounds``, clustered
+   matching in every round), its match index built once per scan when the recipe is made, and ``svdmrf``.
+6. Maps, the gadget's path: ``recipe.match_maps`` of the ADMM coefficient images (the pixels above the mask, fast
+   search; the index built once per dictionary, timed apart), with the T1 and T2 error against the truth in the
+   tissue it matched.
+7. Matching: all 65,536 pixels of the ADMM coefficient images (background included) against each dictionary's
+   atoms in the reconstruction's subspace. Exhaustive search (one run), clustered search (best of ``--repeats``;
+   its index build timed apart), their agreement (same atom; same atom or a score tie within 1e-6) and the
+   speed-up; T1 and T2 error against the truth in the tissue.
 
 A markdown summary of the key numbers closes the output. The script never fails on timings (exit code 0).
 
@@ -46,6 +51,7 @@ import os
 import sys
 import threading
 import tracemalloc
+from dataclasses import replace
 from functools import partial
 from pathlib import Path
 
@@ -70,29 +76,22 @@ from qmri_models.mrf.matching import (
     match_fingerprints,
     signal_mask,
 )
-from qmri_models.mrf.subspace import to_subspace
-from qmri_models.mrf.subspace_recon import (
-    DEFAULT_ADMM_ROUNDS,
-    DEFAULT_REGULARISATION,
-    SubspaceAccumulator,
-    SubspaceGridding,
-    SubspaceOperator,
-    component_energy,
-    dictionary_admm,
-    low_rank_cg,
-    subspace_sensitivities,
-    svdmrf,
-)
+from qmri_models.mrf.recipe import MrfRecipe, MrfReconOptions, match_maps
+from qmri_models.mrf.subspace import DEFAULT_RANK, to_subspace
+from qmri_models.mrf.subspace_accumulator import SubspaceAccumulator
+from qmri_models.mrf.subspace_algorithms import DEFAULT_ADMM_ROUNDS, DEFAULT_CG_ITERATIONS, DEFAULT_REGULARISATION
 from qmri_models.recon.nufft import DEFAULT_EPS
 from qmri_models.simulation.mrf_scan import MrfScanSettings, SimulatedMrfSlice, simulate_mrf_scan
 from qmri_models.simulation.spiral import coord_from_ismrmrd_traj, ismrmrd_traj
 
-RANK = 5
+RANK = DEFAULT_RANK
 TIE = 1e-6
 MB = 1e6
 
 Summary = list[tuple[str, str, str, str]]
 """Rows of the closing table: (step, size, time, note)."""
+STEPS = ("gridding", "sensitivities", "low_rank_cg", "dictionary_admm")
+"""The steps ``MrfRecipe.reconstruct`` times for ``low_rank_admm``."""
 
 
 def parse_args() -> argparse.Namespace:
@@ -101,7 +100,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--coils", type=int, default=8)
     parser.add_argument("--eps", type=float, default=DEFAULT_EPS, help="requested tolerance of every NUFFT backend")
     parser.add_argument("--repeats", type=int, default=3, help="timed runs of the NUFFTs and the fast search")
-    parser.add_argument("--iterations", type=int, default=20, help="low_rank_cg iterations")
+    parser.add_argument("--iterations", type=int, default=DEFAULT_CG_ITERATIONS, help="low_rank_cg iterations")
     parser.add_argument(
         "--regularisation", type=float, default=DEFAULT_REGULARISATION, help="prior weight of low_rank_cg and ADMM"
     )
@@ -256,21 +255,17 @@ class PeakRss:
 def streaming_recon(
     settings: MrfScanSettings,
     scan: SimulatedMrfSlice,
-    dictionary: MrfDictionary,
-    args: argparse.Namespace,
-    device: torch.device,
+    recipe: MrfRecipe,
     summary: Summary,
 ) -> torch.Tensor:
-    """Accumulate the slice readout by readout, report memory and times, and return the CG coefficient images."""
+    """Accumulate the slice readout by readout, report memory and times, and return the ADMM coefficient images."""
     n_frames, n_coils, n_samples = scan.readouts.shape
     matrix = scan.sens.shape[-1]
-    basis = dictionary.basis.cpu().numpy()
+    image_shape = (matrix, matrix)
     traj = ismrmrd_traj(scan.coord, matrix)
 
     def new_accumulator() -> SubspaceAccumulator:
-        return SubspaceAccumulator(
-            basis, n_coils=n_coils, n_samples=n_samples, image_shape=(matrix, matrix), device=device
-        )
+        return recipe.accumulator(n_coils=n_coils, n_samples=n_samples, image_shape=image_shape)
 
     with PeakRss() as rss:
         accumulator = new_accumulator()
@@ -286,7 +281,7 @@ def streaming_recon(
     result_peak = tracemalloc.get_traced_memory()[1]
     tracemalloc.stop()
 
-    rank, n_slots, full_frames = basis.shape[1], accumulator.n_slots, settings.n_frames_full
+    rank, n_slots, full_frames = recipe.basis.shape[1], accumulator.n_slots, settings.n_frames_full
     state, raw = accumulator.nbytes, n_frames * n_coils * n_samples * 8
     coil_images = rank * n_coils * matrix * matrix * 8
     projected = rank * n_coils * n_slots * n_samples * 8
@@ -306,52 +301,30 @@ def streaming_recon(
     print_rows(("memory", "MB", "vs state"), [(w, f"{b / MB:.1f}", f"{b / state:.2f}x") for w, b in memory])
     print(f"the state does not grow with the frames: {state / coil_images:.2f}x the K coil images")
 
-    image_shape = (matrix, matrix)
-    gridding_s, gridding = timed(lambda: SubspaceGridding(kspace, image_shape, device=device), device)
-    sens_s, sens = timed(lambda: subspace_sensitivities(gridding, kspace), device)
-    operator = SubspaceOperator(gridding, kspace, sens)
-    svdmrf_s, _ = timed(lambda: svdmrf(operator, kspace), device)
-    energy = component_energy(dictionary.compressed)
-    cg_s, cg_coefficients = timed(
-        lambda: low_rank_cg(
-            operator, kspace, iterations=args.iterations, regularisation=args.regularisation, energy=energy
-        ),
-        device,
-    )
-
-    def admm() -> torch.Tensor:
-        atoms = dictionary.compressed.to(device)
-        return dictionary_admm(
-            operator,
-            kspace,
-            cg_coefficients,
-            atoms,
-            index=build_match_index(atoms),
-            rounds=args.admm_rounds,
-            regularisation=args.regularisation,
-            energy=energy,
-        )
-
-    admm_s, coefficients = timed(admm, device)
-    slice_s = feed_s + gridding_s + sens_s + cg_s + admm_s
+    recon = recipe.reconstruct(kspace, image_shape)
+    gridding_s, sens_s, cg_s, admm_s = (recon.steps_s[step] for step in STEPS)
+    svdmrf_recipe = MrfRecipe(recipe.dictionary, replace(recipe.options, method="svdmrf"), device=recipe.device)
+    svdmrf_s = sum(svdmrf_recipe.reconstruct(kspace, image_shape).steps_s.values())
+    slice_s = feed_s + sum(recon.steps_s.values())
+    options = recipe.options
     steps = [
         ("accumulation, per readout (no tracing)", f"{1e3 * feed_s / n_frames:.2f} ms", f"{feed_s:.2f} s in all"),
         ("SubspaceGridding (NUFFT operator, density compensation)", f"{gridding_s:.2f} s", ""),
         ("ESPIRiT sensitivities from the data (CPU)", f"{sens_s:.2f} s", ""),
-        ("SVDMRF (one adjoint)", f"{svdmrf_s:.2f} s", "its first call makes the NUFFT plans"),
         (
-            f"low_rank_cg, {args.iterations} iterations, regularisation {args.regularisation:g}",
+            f"low_rank_cg, {options.iterations} iterations, regularisation {options.regularisation:g}",
             f"{cg_s:.2f} s",
-            f"{1e3 * cg_s / args.iterations:.0f} ms per iteration",
+            f"{1e3 * cg_s / options.iterations:.0f} ms per iteration; the first makes the NUFFT plans",
         ),
         (
-            f"dictionary_admm, {args.admm_rounds} rounds",
+            f"dictionary_admm, {options.admm_rounds} rounds",
             f"{admm_s:.2f} s",
-            f"{admm_s / args.admm_rounds:.2f} s per round",
+            f"{admm_s / options.admm_rounds:.2f} s per round",
         ),
-        ("slice: accumulation + gridding + sensitivities + CG + ADMM", f"{slice_s:.2f} s", ""),
+        ("slice, low_rank_admm: accumulation + gridding + sensitivities + CG + ADMM", f"{slice_s:.2f} s", ""),
+        ("slice, svdmrf (the recipe's steps after accumulation)", f"{svdmrf_s:.2f} s", "gridding + sensitivities"),
     ]
-    print(f"reconstruction on {device}, {gridding.nufft.backend} NUFFT, one run each:")
+    print(f"MrfRecipe.reconstruct on {recipe.device}, {options.nufft_backend} NUFFT backend, one run each:")
     print_rows(("step", "time", "note"), steps)
     summary += [
         ("streaming accumulation", f"{n_frames} readouts", f"{1e3 * feed_s / n_frames:.2f} ms/readout", ""),
@@ -363,12 +336,42 @@ def streaming_recon(
             f"{(rss.peak - rss.before) / MB:.1f} MB",
         ),
         ("gridding + sensitivities", f"{matrix}x{matrix}, {n_coils} coils", f"{gridding_s + sens_s:.2f} s", ""),
-        ("SVDMRF", f"K={rank}", f"{svdmrf_s:.2f} s", ""),
-        ("low_rank_cg", f"{args.iterations} iterations", f"{cg_s:.2f} s", f"reg {args.regularisation:g}"),
-        ("dictionary_admm", f"{args.admm_rounds} rounds", f"{admm_s:.2f} s", ""),
+        ("SVDMRF slice (gridding + sensitivities + adjoint)", f"K={rank}", f"{svdmrf_s:.2f} s", ""),
+        ("low_rank_cg", f"{options.iterations} iterations", f"{cg_s:.2f} s", f"reg {options.regularisation:g}"),
+        ("dictionary_admm", f"{options.admm_rounds} rounds", f"{admm_s:.2f} s", ""),
         ("slice reconstruction", "accumulation + gridding + sensitivities + CG + ADMM", f"{slice_s:.2f} s", ""),
     ]
-    return coefficients
+    return recon.coefficients
+
+
+def recipe_maps(
+    coefficients: torch.Tensor,
+    dictionary: MrfDictionary,
+    scan: SimulatedMrfSlice,
+    device: torch.device,
+    summary: Summary,
+) -> None:
+    """Match the slice as ``MrfMatchGadget`` does (``match_maps``: the pixels above the mask, fast search)."""
+    index_s, index = timed(lambda: build_match_index(dictionary.compressed.to(device)), device)
+    maps_s, maps = timed(lambda: match_maps(coefficients.cpu().numpy(), dictionary, index=index, device=device), device)
+    tissue = (scan.truth.labels > 0) & maps.mask
+    t1_error = np.median(np.abs(maps.values["T1"][tissue] / scan.truth.t1_ms[tissue] - 1))
+    t2_error = np.median(np.abs(maps.values["T2"][tissue] / scan.truth.t2_ms[tissue] - 1))
+    matched = int(maps.mask.sum())
+    print(
+        f"\n## Maps: match_maps of the ADMM coefficient images, the gadget's path, on {device}: {matched:,} pixels "
+        f"above the mask against {dictionary.n_atoms:,} atoms in {maps_s:.2f} s (+ {index_s:.2f} s index build, once "
+        f"per dictionary); T1 / T2 median error in the {int(tissue.sum()):,} tissue pixels matched "
+        f"{100 * t1_error:.1f} / {100 * t2_error:.1f} %"
+    )
+    summary.append(
+        (
+            "maps (match_maps, fast search; + index build)",
+            f"{matched:,} pixels x {dictionary.n_atoms:,} atoms",
+            f"{maps_s:.2f} s (+ {index_s:.2f} s)",
+            f"T1 / T2 error {100 * t1_error:.1f} / {100 * t2_error:.1f} % in the tissue",
+        )
+    )
 
 
 def match_slice(
@@ -447,7 +450,13 @@ def main() -> int:
     settings, scan = simulate(args, summary)
     bench_nufft(scan, args, summary)
     dictionaries = build_dictionaries(settings, args, device, summary)
-    coefficients = streaming_recon(settings, scan, dictionaries[0], args, device, summary)
+    options = MrfReconOptions(
+        iterations=args.iterations, admm_rounds=args.admm_rounds, regularisation=args.regularisation
+    )
+    index_s, recipe = timed(lambda: MrfRecipe(dictionaries[0], options, device=device), device)
+    summary.append(("recipe (compressed atoms, ADMM match index)", "once per scan", f"{index_s:.2f} s", ""))
+    coefficients = streaming_recon(settings, scan, recipe, summary)
+    recipe_maps(coefficients, dictionaries[0], scan, device, summary)
     match_slice(coefficients, dictionaries, scan, args, device, summary)
     print_summary(summary)
     return 0

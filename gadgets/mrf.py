@@ -1,50 +1,49 @@
 """Spiral MR fingerprinting on the stream: subspace reconstruction as the frames arrive, then dictionary matching.
 
+The science is ``qmri_models.mrf.recipe``; these gadgets turn ISMRMRD items into its arrays and back.
 ``MrfReconGadget`` reads the FISP schedule from the header (``qmri_models.mrf.schedule.schedule_from_header``),
-builds (or loads from its disk cache) the dictionary and its rank-K SVD basis, and grids every readout into the
-subspace in small batches as it arrives, so a slice holds K coil images, not its hundreds of frames. At the
-slice's last readout it reconstructs the K coefficient images (SVDMRF gridding, low-rank conjugate gradient, or that
+builds (or loads from its disk cache) the dictionary and its rank-K SVD basis, and feeds every readout to the
+slice's accumulator as it arrives, so a slice holds K coil images, not its hundreds of frames. At the slice's last
+readout the recipe reconstructs the K coefficient images (SVDMRF gridding, low-rank conjugate gradient, or that
 followed by ADMM rounds towards the dictionary, the default) with coil sensitivities from the data's own spiral
-centre, and sends them on. ``MrfMatchGadget`` matches every pixel to
-the dictionary and sends T1, T2, PD and the match score as maps.
+centre, and the gadget sends them on. ``MrfMatchGadget`` matches every pixel to the dictionary and sends T1, T2, PD
+and the match score as maps.
 """
 
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 import ismrmrd
-import numpy as np
 import torch
 
 from gadgets.items import MapImages, SubspaceImages
 from gadgets.runtime.config import GadgetConfig, prop
 from gadgets.runtime.registry import GadgetConnection, register
 from qmri_models.device import torch_device
-from qmri_models.fitting.maps import SliceMaps
-from qmri_models.mrf.dictionary import DEFAULT_STEP_PERCENT, MrfDictionary, build_dictionary, t1_t2_grid
-from qmri_models.mrf.matching import (
-    MASK_THRESHOLD,
-    MatchIndex,
-    build_match_index,
-    match_fingerprints,
-    signal_mask,
+from qmri_models.mrf.dictionary import DEFAULT_STEP_PERCENT
+from qmri_models.mrf.matching import MASK_THRESHOLD, MatchIndex, build_match_index
+from qmri_models.mrf.recipe import (
+    DEFAULT_METHOD,
+    DEFAULT_SEARCH,
+    MrfMethod,
+    MrfRecipe,
+    MrfReconOptions,
+    MrfSearch,
+    match_maps,
+    mrf_dictionary,
 )
 from qmri_models.mrf.schedule import FispSchedule, schedule_from_header
-from qmri_models.mrf.subspace_recon import (
+from qmri_models.mrf.subspace import DEFAULT_RANK
+from qmri_models.mrf.subspace_accumulator import SubspaceAccumulator
+from qmri_models.mrf.subspace_algorithms import (
     ADMM_ROUND_ITERATIONS,
     DEFAULT_ADMM_ROUNDS,
+    DEFAULT_CG_ITERATIONS,
     DEFAULT_REGULARISATION,
-    SubspaceAccumulator,
-    SubspaceGridding,
-    SubspaceOperator,
-    component_energy,
-    dictionary_admm,
-    low_rank_cg,
-    subspace_sensitivities,
-    svdmrf,
 )
+from qmri_models.recon.nufft import Backend
 from qmri_models.simulation.spiral import coord_from_ismrmrd_traj
 
 log = logging.getLogger(__name__)
@@ -66,13 +65,16 @@ _NEEDS_SPIRAL = (
 class MrfReconConfig(GadgetConfig):
     """Properties of MrfReconGadget."""
 
-    method: Literal["low_rank_admm", "low_rank_cg", "svdmrf"] = prop(
-        "low_rank_admm",
+    method: MrfMethod = prop(
+        DEFAULT_METHOD,
         "low_rank_admm (low_rank_cg, then ADMM rounds pulling the images towards the dictionary, Asslander 2018), "
         "low_rank_cg (conjugate gradient on the subspace images) or svdmrf (gridding, McGivney 2014)",
     )
     iterations: int = prop(
-        20, "conjugate-gradient iterations of low_rank_cg (also the start of low_rank_admm)", minimum=1, maximum=100
+        DEFAULT_CG_ITERATIONS,
+        "conjugate-gradient iterations of low_rank_cg (also the start of low_rank_admm)",
+        minimum=1,
+        maximum=100,
     )
     admm_rounds: int = prop(
         DEFAULT_ADMM_ROUNDS,
@@ -87,17 +89,27 @@ class MrfReconConfig(GadgetConfig):
         "low_rank_admm",
         minimum=0.0,
     )
-    rank: int = prop(5, "rank K of the dictionary's temporal SVD subspace", minimum=1, maximum=16)
+    rank: int = prop(DEFAULT_RANK, "rank K of the dictionary's temporal SVD subspace", minimum=1, maximum=16)
     dictionary_step_percent: float = prop(
         DEFAULT_STEP_PERCENT,
         "relative step of the dictionary's log-spaced T1 and T2 grid in % (3: about 17k atoms, 1.27: about 95k)",
         minimum=1.0,
         maximum=50.0,
     )
-    nufft_backend: Literal["auto", "finufft", "cufinufft", "sigpy"] = prop(
+    nufft_backend: Backend = prop(
         "auto", "NUFFT backend: auto (finufft on the CPU, cufinufft on CUDA), finufft, cufinufft or sigpy"
     )
     device: str = prop("auto", "auto (CUDA when present), cpu or cuda")
+
+    def options(self) -> MrfReconOptions:
+        """Return the recipe's reconstruction options."""
+        return MrfReconOptions(
+            method=self.method,
+            iterations=self.iterations,
+            admm_rounds=self.admm_rounds,
+            regularisation=self.regularisation,
+            nufft_backend=self.nufft_backend,
+        )
 
 
 @register("MrfReconGadget", MrfReconConfig)
@@ -106,26 +118,14 @@ def mrf_recon(connection: GadgetConnection) -> None:
     config = MrfReconConfig.from_connection(connection)
     device = torch_device(config.device)
     protocol = _MrfProtocol.from_header(connection.header)
-    grid = t1_t2_grid(config.dictionary_step_percent)
-    entries = grid[0].numel() * protocol.schedule.n_frames
-    if entries > MAX_DICTIONARY_ENTRIES:
-        raise ValueError(
-            f"the dictionary would hold {grid[0].numel()} atoms x {protocol.schedule.n_frames} frames of the header's "
-            f"schedule = {entries:.3g} entries, more than {MAX_DICTIONARY_ENTRIES:.3g}; raise dictionary_step_percent"
-        )
-    dictionary = build_dictionary(protocol.schedule, grid=grid, rank=config.rank, device=device)
-    log.info(
-        "MRF dictionary: %d atoms x %d frames, rank %d keeps %.4f of its energy",
-        dictionary.n_atoms,
-        protocol.schedule.n_frames,
-        dictionary.rank,
-        dictionary.energy_kept,
+    dictionary = mrf_dictionary(
+        protocol.schedule,
+        step_percent=config.dictionary_step_percent,
+        rank=config.rank,
+        device=device,
+        max_entries=MAX_DICTIONARY_ENTRIES,
     )
-    basis = dictionary.basis.cpu().numpy()
-    projection = None
-    if config.method == "low_rank_admm":
-        atoms = dictionary.compressed.to(device)
-        projection = (atoms, build_match_index(atoms))
+    recipe = MrfRecipe(dictionary, config.options(), device=device)
     slices: dict[int, _SliceState] = {}
     for item in connection:
         if not isinstance(item, ismrmrd.Acquisition):
@@ -142,13 +142,8 @@ def mrf_recon(connection: GadgetConnection) -> None:
                     f"readout {item.scan_counter} opens slice {index} while slices {sorted(slices)} are still open; "
                     f"the header's encodingLimits promise {protocol.n_slices} slice(s)"
                 )
-            accumulator = SubspaceAccumulator(
-                basis,
-                n_coils=item.active_channels,
-                n_samples=item.number_of_samples,
-                image_shape=(protocol.matrix, protocol.matrix),
-                backend=config.nufft_backend,
-                device=device,
+            accumulator = recipe.accumulator(
+                n_coils=item.active_channels, n_samples=item.number_of_samples, image_shape=protocol.image_shape
             )
             state = slices[index] = _SliceState(accumulator, item)
         if state.accumulator.n_frames >= protocol.schedule.n_frames:
@@ -159,22 +154,22 @@ def mrf_recon(connection: GadgetConnection) -> None:
             )
         state.accumulator.add(int(item.idx.repetition), coord_from_ismrmrd_traj(item.traj, protocol.matrix), item.data)
         if item.is_flag_set(ismrmrd.ACQ_LAST_IN_SLICE):
-            connection.send(_reconstruct(slices.pop(index), index, dictionary, protocol, config, device, projection))
+            connection.send(_reconstruct(slices.pop(index), index, recipe, protocol))
     for index, state in sorted(slices.items()):
         log.warning(
             "slice %d: the stream ended before its last readout; reconstructing the %d frames that arrived",
             index,
             state.accumulator.n_frames,
         )
-        connection.send(_reconstruct(state, index, dictionary, protocol, config, device, projection))
+        connection.send(_reconstruct(state, index, recipe, protocol))
 
 
 @dataclass(frozen=True)
 class MrfMatchConfig(GadgetConfig):
     """Properties of MrfMatchGadget."""
 
-    search: Literal["fast", "exhaustive"] = prop(
-        "fast", "fast (clustered search, the exhaustive atom for >= 99% of pixels) or exhaustive"
+    search: MrfSearch = prop(
+        DEFAULT_SEARCH, "fast (clustered search, the exhaustive atom for >= 99% of pixels) or exhaustive"
     )
     mask_threshold: float = prop(
         MASK_THRESHOLD,
@@ -206,7 +201,7 @@ def mrf_match(connection: GadgetConnection) -> None:
 def match_slice(
     item: SubspaceImages, config: MrfMatchConfig, device: torch.device, *, index: MatchIndex | None = None
 ) -> MapImages:
-    """Return the T1, T2, PD and match-score maps of one slice's subspace images.
+    """Return the T1, T2, PD and match-score maps of one slice's subspace images (``recipe.match_maps``).
 
     Parameters
     ----------
@@ -220,44 +215,25 @@ def match_slice(
     Maps: ``T1`` and ``T2`` in ms, ``PD`` in the arbitrary units of the data, ``MatchScore`` in [0, 1].
     """
     start = time.perf_counter()
-    coefficients = item.coefficients
-    mask = signal_mask(torch.from_numpy(coefficients), config.mask_threshold).numpy()
-    dictionary = item.dictionary.to(device)
-    pixels = torch.from_numpy(np.ascontiguousarray(coefficients[:, mask].T)).to(device)
-    result = match_fingerprints(
-        pixels, dictionary.compressed, atom_norms=dictionary.norms, method=config.search, index=index, device=device
+    maps = match_maps(
+        item.coefficients,
+        item.dictionary,
+        search=config.search,
+        mask_threshold=config.mask_threshold,
+        index=index,
+        device=device,
     )
-    atom = result.index.cpu()
-    maps = {
-        "T1": dictionary.t1_ms.cpu()[atom].numpy(),
-        "T2": dictionary.t2_ms.cpu()[atom].numpy(),
-        "PD": result.pd.abs().cpu().numpy(),
-        "MatchScore": result.score.cpu().numpy(),
-    }
-    values = {}
-    for name, pixel_values in maps.items():
-        image = np.zeros(mask.shape, np.float32)
-        image[mask] = pixel_values
-        values[name] = image
     log.info(
         "slice %d: matched %d pixels against %d atoms (%s search) in %.2f s on %s",
         item.slice,
-        int(mask.sum()),
-        dictionary.n_atoms,
+        int(maps.mask.sum()),
+        item.dictionary.n_atoms,
         config.search,
         time.perf_counter() - start,
         device,
     )
-    slice_maps = SliceMaps(
-        values=values,
-        sds={},
-        units={"T1": "ms", "T2": "ms", "PD": "a.u.", "MatchScore": "1"},
-        mask=mask,
-        converged=mask.copy(),
-        sd_method="",
-    )
     return MapImages(
-        maps=slice_maps,
+        maps=maps,
         primary_map="T1",
         model=f"{MATCH_MODEL} after {item.method}",
         slice=item.slice,
@@ -276,6 +252,11 @@ class _MrfProtocol:
     field_of_view_mm: tuple[float, float, float]
     n_slices: int
     """Slices the header's encodingLimits promise (1 without a slice limit): the most open at once."""
+
+    @property
+    def image_shape(self) -> tuple[int, int]:
+        """Reconstructed image size ``(ny, nx)``."""
+        return (self.matrix, self.matrix)
 
     @classmethod
     def from_header(cls, header: Any) -> "_MrfProtocol":
@@ -311,63 +292,26 @@ class _SliceState:
     reference: ismrmrd.Acquisition = field(repr=False)
 
 
-def _reconstruct(
-    state: _SliceState,
-    index: int,
-    dictionary: MrfDictionary,
-    protocol: _MrfProtocol,
-    config: MrfReconConfig,
-    device: torch.device,
-    projection: tuple[torch.Tensor, MatchIndex] | None,
-) -> SubspaceImages:
-    """Return the coefficient images of one slice from its accumulated subspace k-space.
-
-    ``projection`` is the compressed atoms on ``device`` and their match index, for ``low_rank_admm``.
-    """
+def _reconstruct(state: _SliceState, index: int, recipe: MrfRecipe, protocol: _MrfProtocol) -> SubspaceImages:
+    """Return the coefficient images of one slice from its accumulated subspace k-space."""
     start = time.perf_counter()
     kspace = state.accumulator.result()
-    image_shape = (protocol.matrix, protocol.matrix)
-    gridding = SubspaceGridding(kspace, image_shape, backend=config.nufft_backend, device=device)
-    operator = SubspaceOperator(gridding, kspace, subspace_sensitivities(gridding, kspace))
-    if config.method == "svdmrf":
-        coefficients = svdmrf(operator, kspace)
-    else:
-        energy = component_energy(dictionary.compressed)
-        coefficients = low_rank_cg(
-            operator,
-            kspace,
-            iterations=config.iterations,
-            regularisation=config.regularisation,
-            energy=energy,
-            on_iteration=lambda i, r: log.debug("slice %d: CG iteration %d, relative residual %.3g", index, i, r),
-        )
-        if projection is not None:
-            atoms, match_index = projection
-            coefficients = dictionary_admm(
-                operator,
-                kspace,
-                coefficients,
-                atoms,
-                index=match_index,
-                rounds=config.admm_rounds,
-                regularisation=config.regularisation,
-                energy=energy,
-                on_round=lambda r: log.debug("slice %d: ADMM round %d of %d", index, r, config.admm_rounds),
-            )
+    recon = recipe.reconstruct(kspace, protocol.image_shape, label=f"slice {index}")
     log.info(
-        "slice %d: %s of %d frames over %d trajectories (state %.1f MB) in %.1f s on %s",
+        "slice %d: %s of %d frames over %d trajectories (state %.1f MB) in %.1f s on %s (%s)",
         index,
-        config.method,
+        recipe.options.method,
         kspace.n_frames,
         kspace.coord.shape[0],
         state.accumulator.nbytes / 1e6,
         time.perf_counter() - start,
-        device,
+        recipe.device,
+        ", ".join(f"{step} {seconds:.1f} s" for step, seconds in recon.steps_s.items()),
     )
     return SubspaceImages(
-        coefficients=coefficients.cpu().numpy(),
-        dictionary=dictionary,
-        method=config.method,
+        coefficients=recon.coefficients.cpu().numpy(),
+        dictionary=recipe.dictionary,
+        method=recipe.options.method,
         slice=index,
         references=[state.reference],
         field_of_view_mm=protocol.field_of_view_mm,

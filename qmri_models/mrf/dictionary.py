@@ -28,7 +28,7 @@ import torch
 from qmri_models.device import torch_device
 from qmri_models.mrf.epg import N_STATES, fisp_fingerprints
 from qmri_models.mrf.schedule import FispSchedule
-from qmri_models.mrf.subspace import svd_basis, to_subspace
+from qmri_models.mrf.subspace import DEFAULT_RANK, svd_basis, to_subspace
 
 logger = logging.getLogger(__name__)
 
@@ -156,7 +156,7 @@ def build_dictionary(
     schedule: FispSchedule,
     *,
     grid: tuple[torch.Tensor, torch.Tensor] | None = None,
-    rank: int = 5,
+    rank: int = DEFAULT_RANK,
     n_states: int = N_STATES,
     device: torch.device | str = "auto",
     cache: bool = True,

@@ -12,8 +12,11 @@ Convention, for a basis ``V`` of shape `(frames, rank)` with orthonormal columns
 
 import torch
 
+DEFAULT_RANK = 5
+"""Rank K of the temporal basis: 5 keeps 0.9995 of the default FISP dictionary's energy (200 frames)."""
 
-def svd_basis(fingerprints: torch.Tensor, rank: int = 5) -> tuple[torch.Tensor, float]:
+
+def svd_basis(fingerprints: torch.Tensor, rank: int = DEFAULT_RANK) -> tuple[torch.Tensor, float]:
     """Return the rank-``rank`` temporal SVD basis of a dictionary and the fraction of its energy it keeps.
 
     The basis is the leading right singular vectors of the dictionary, found as the leading eigenvectors of its

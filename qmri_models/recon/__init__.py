@@ -1,1 +1,1 @@
-"""Reconstruction maths (Cartesian FFT, coil maps, CG-SENSE)."""
+"""Reconstruction maths: Cartesian FFT, coil maps and CG-SENSE (sigpy), NUFFT, the conjugate-gradient solver."""

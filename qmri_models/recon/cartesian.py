@@ -250,7 +250,9 @@ def cg_sense(
 ) -> np.ndarray:
     """Return the CG-SENSE (sigpy ``SenseRecon``) image of one undersampled phase.
 
-    The iterations stop at ``check_interrupt`` (the caller's stop event).
+    The solver is sigpy's conjugate gradient on its numpy/cupy operators, stepped by ``run_app`` so that the
+    iterations stop at ``check_interrupt`` (the caller's stop event); the package's own solver, for torch operators,
+    is ``qmri_models.recon.conjugate_gradient``.
 
     Parameters
     ----------
