@@ -11,6 +11,7 @@ from typing import Any
 from gadgets.runtime.chain import ChainError, chains_for_clients, load_chain, resolve_chain, shipped_chains
 from gadgets.runtime.pipeline import StreamError
 from qmri_models.protocols import PROTOCOLS, describe_protocols
+from qmri_models.training.configs import ErrorHeadTrainingConfig, FitTrainingConfig, ReconTrainingConfig
 
 log = logging.getLogger("qmri")
 
@@ -134,7 +135,7 @@ def _train_puq_recon(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from qmri_models.device import torch_device
-    from qmri_models.training.train_recon import ReconTrainingConfig, train_recon
+    from qmri_models.training.train_recon import train_recon
 
     config = ReconTrainingConfig(
         map_name=args.map,
@@ -202,7 +203,7 @@ def _stage_one_fields(args: argparse.Namespace) -> dict[str, Any]:
 
 def _train_puq_fit(args: argparse.Namespace) -> int:
     from qmri_models.device import torch_device
-    from qmri_models.training.train_fit import FitTrainingConfig, train_fit
+    from qmri_models.training.train_fit import train_fit
 
     config = FitTrainingConfig(**_stage_one_fields(args), epochs=args.epochs)
     with _stage_bars(f"puq-fit {args.map}", quiet=args.quiet) as on_progress:
@@ -217,7 +218,7 @@ def _train_puq_fit(args: argparse.Namespace) -> int:
 
 def _train_puq_error_head(args: argparse.Namespace) -> int:
     from qmri_models.device import torch_device
-    from qmri_models.training.train_error_head import ErrorHeadTrainingConfig, train_error_head
+    from qmri_models.training.train_error_head import train_error_head
 
     config = ErrorHeadTrainingConfig(**_stage_one_fields(args), hidden=args.hidden, steps=args.steps)
     with _stage_bars(f"puq-error-head {args.map}", quiet=args.quiet) as on_progress:
@@ -508,55 +509,58 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help="train a network on simulated data (checkpoints; rerun to resume)")
     networks = p.add_subparsers(dest="network", required=True)
+    recon = ReconTrainingConfig()  # the defaults, written once
     p = networks.add_parser("puq-recon", help="PUQ's unrolled reconstruction network with MC dropout")
-    p.add_argument("--map", choices=["t1", "t2"], default="t1", help="t1: MOLLI data, t2: T2-prep data")
+    p.add_argument("--map", choices=["t1", "t2"], default=recon.map_name, help="t1: MOLLI data, t2: T2-prep data")
     p.add_argument("--out", type=Path, required=True, help="run folder: examples, checkpoint, weights, history")
-    p.add_argument("--n-train", type=int, default=200, help="simulated training slices")
-    p.add_argument("--n-val", type=int, default=20, help="simulated validation slices (their own seeds)")
-    p.add_argument("--matrix", type=int, default=160)
-    p.add_argument("--coils", type=int, default=8)
-    p.add_argument("--accelerations", type=int, nargs="+", default=[6, 8, 10])
-    p.add_argument("--iterations", type=int, default=5, help="unrolled iterations")
-    p.add_argument("--hidden", type=int, default=64, help="hidden channels of every denoiser")
-    p.add_argument("--dropout", type=float, default=0.3)
-    p.add_argument("--steps", type=int, default=2000)
-    p.add_argument("--batch-size", type=int, default=4)
-    p.add_argument("--learning-rate", type=float, default=1e-3)
-    p.add_argument("--validate-every", type=int, default=100)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--n-train", type=int, default=recon.n_train, help="simulated training slices")
+    p.add_argument("--n-val", type=int, default=recon.n_val, help="simulated validation slices (their own seeds)")
+    p.add_argument("--matrix", type=int, default=recon.matrix)
+    p.add_argument("--coils", type=int, default=recon.n_coils)
+    p.add_argument("--accelerations", type=int, nargs="+", default=recon.accelerations)
+    p.add_argument("--iterations", type=int, default=recon.n_iterations, help="unrolled iterations")
+    p.add_argument("--hidden", type=int, default=recon.hidden, help="hidden channels of every denoiser")
+    p.add_argument("--dropout", type=float, default=recon.dropout)
+    p.add_argument("--steps", type=int, default=recon.steps)
+    p.add_argument("--batch-size", type=int, default=recon.batch_size)
+    p.add_argument("--learning-rate", type=float, default=recon.learning_rate)
+    p.add_argument("--validate-every", type=int, default=recon.validate_every)
+    p.add_argument("--seed", type=int, default=recon.seed)
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(run=_train_puq_recon)
 
+    fit = FitTrainingConfig()
     p = networks.add_parser("puq-fit", help="PUQ's learned fit (MLP), guided and unguided, on stage-1 output")
-    p.add_argument("--map", choices=["t1", "t2"], default="t1", help="t1: MOLLI data, t2: T2-prep data")
+    p.add_argument("--map", choices=["t1", "t2"], default=fit.map_name, help="t1: MOLLI data, t2: T2-prep data")
     p.add_argument("--out", type=Path, required=True, help="run folder: pixel caches, checkpoint, weights, history")
     p.add_argument("--recon-weights", help="stage-1 network: t1, t2 (shipped) or a weights.pt (default: --map)")
-    p.add_argument("--n-train", type=int, default=24, help="simulated training slices (their own seeds)")
-    p.add_argument("--n-val", type=int, default=6, help="simulated validation slices")
-    p.add_argument("--matrix", type=int, default=160)
-    p.add_argument("--accelerations", type=int, nargs="+", default=[6, 8, 10])
-    p.add_argument("--mc-samples", type=int, default=20, help="MC samples per slice for the stage-1 SD")
-    p.add_argument("--epochs", type=int, default=30)
-    p.add_argument("--seed", type=int, default=7)
+    p.add_argument("--n-train", type=int, default=fit.n_train, help="simulated training slices (their own seeds)")
+    p.add_argument("--n-val", type=int, default=fit.n_val, help="simulated validation slices")
+    p.add_argument("--matrix", type=int, default=fit.matrix)
+    p.add_argument("--accelerations", type=int, nargs="+", default=fit.accelerations)
+    p.add_argument("--mc-samples", type=int, default=fit.mc_samples, help="MC samples per slice for the stage-1 SD")
+    p.add_argument("--epochs", type=int, default=fit.epochs)
+    p.add_argument("--seed", type=int, default=fit.seed)
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(run=_train_puq_fit)
 
+    head = ErrorHeadTrainingConfig()
     p = networks.add_parser(
         "puq-error-head", help="an error head on a trained puq-recon network: its per-phase uncertainty"
     )
-    p.add_argument("--map", choices=["t1", "t2"], default="t1", help="t1: MOLLI data, t2: T2-prep data")
+    p.add_argument("--map", choices=["t1", "t2"], default=head.map_name, help="t1: MOLLI data, t2: T2-prep data")
     p.add_argument("--out", type=Path, required=True, help="run folder: example caches, checkpoint, weights, history")
     p.add_argument("--recon-weights", help="frozen stage-1 network: t1, t2 (shipped) or a weights.pt (default: --map)")
-    p.add_argument("--n-train", type=int, default=24, help="simulated training slices (their own seeds)")
-    p.add_argument("--n-val", type=int, default=6, help="simulated validation slices")
-    p.add_argument("--matrix", type=int, default=160)
-    p.add_argument("--accelerations", type=int, nargs="+", default=[6, 8, 10])
-    p.add_argument("--mc-samples", type=int, default=10, help="MC samples per slice for the head's inputs")
-    p.add_argument("--hidden", type=int, default=32, help="hidden channels of the head")
-    p.add_argument("--steps", type=int, default=3000)
-    p.add_argument("--seed", type=int, default=11)
+    p.add_argument("--n-train", type=int, default=head.n_train, help="simulated training slices (their own seeds)")
+    p.add_argument("--n-val", type=int, default=head.n_val, help="simulated validation slices")
+    p.add_argument("--matrix", type=int, default=head.matrix)
+    p.add_argument("--accelerations", type=int, nargs="+", default=head.accelerations)
+    p.add_argument("--mc-samples", type=int, default=head.mc_samples, help="MC samples per slice for the head's inputs")
+    p.add_argument("--hidden", type=int, default=head.hidden, help="hidden channels of the head")
+    p.add_argument("--steps", type=int, default=head.steps)
+    p.add_argument("--seed", type=int, default=head.seed)
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(run=_train_puq_error_head)

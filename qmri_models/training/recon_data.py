@@ -24,6 +24,7 @@ from qmri_models.pretrained import CONTRAST_OF_MAP, MapName, weights_sha256
 from qmri_models.puq_evaluation import combined_truth
 from qmri_models.recon.cartesian import calibration_lines, phase_sensitivities
 from qmri_models.simulation.scan import ScanSettings, simulate_slice
+from qmri_models.training.configs import StageOneData
 
 VAL_SEED_OFFSET = 1_000_003
 """Added to a training run's seed for its validation slices, so they are never training slices."""
@@ -58,11 +59,11 @@ def simulate_recon_examples(
     map_name: MapName,
     n_examples: int,
     *,
-    matrix: int = 160,
-    n_coils: int = 8,
-    accelerations: tuple[int, ...] = (6, 8, 10),
-    snr: float = 50.0,
-    seed: int = 0,
+    matrix: int,
+    n_coils: int,
+    accelerations: tuple[int, ...],
+    snr: float,
+    seed: int,
     on_example: Callable[[int], None] | None = None,
 ) -> ReconExamples:
     """Return ``n_examples`` simulated slices for the T1 (MOLLI) or T2 (T2-prep) network.
@@ -148,50 +149,23 @@ def mc_estimates(
         )
 
 
-@dataclass(frozen=True)
-class StageOneData:
-    """New simulated slices run through a trained stage-1 network, to train what follows it (learned fit, error head).
+def stage_one_recipe(data: StageOneData) -> dict[str, Any]:
+    """Return what decides the stage-1 output of ``data``: the simulation, the MC samples and the weights' digest."""
+    names = ("map_name", "n_train", "n_val", "matrix", "n_coils", "snr", "mc_samples", "seed")
+    recipe: dict[str, Any] = {name: getattr(data, name) for name in names}
+    recipe["accelerations"] = list(data.accelerations)
+    recipe["recon_sha256"] = weights_sha256("recon", data.recon_weights)
+    return recipe
 
-    The trainers' configurations extend it; ``data_recipe`` is the key of their cached stage-1 output.
-    """
 
-    map_name: MapName = "t1"
-    recon_weights: str = "t1"
-    """The stage-1 network: ``t1``, ``t2`` (shipped) or a ``weights.pt`` path."""
-    n_train: int = 24
-    n_val: int = 6
-    matrix: int = 160
-    n_coils: int = 8
-    accelerations: tuple[int, ...] = (6, 8, 10)
-    snr: float = 50.0
-    mc_samples: int = 20
-    """MC samples per slice."""
-    seed: int = 7
-    """Seed of the slices (keep it apart from the reconstruction training's, 0, so they are new slices)."""
-
-    def __post_init__(self) -> None:
-        for name in ("n_train", "n_val"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
-        if self.mc_samples < 2:
-            raise ValueError(f"mc_samples must be at least 2, got {self.mc_samples}")
-
-    def data_recipe(self) -> dict[str, Any]:
-        """Return what decides the stage-1 output: the simulation, the MC samples and the weights' digest."""
-        names = ("map_name", "n_train", "n_val", "matrix", "n_coils", "snr", "mc_samples", "seed")
-        recipe: dict[str, Any] = {name: getattr(self, name) for name in names}
-        recipe["accelerations"] = list(self.accelerations)
-        recipe["recon_sha256"] = weights_sha256("recon", self.recon_weights)
-        return recipe
-
-    def simulate(self, split: str) -> ReconExamples:
-        """Return the slices of ``split`` (``train`` or ``val``, the latter with its own seeds)."""
-        return simulate_recon_examples(
-            self.map_name,
-            self.n_train if split == "train" else self.n_val,
-            matrix=self.matrix,
-            n_coils=self.n_coils,
-            accelerations=self.accelerations,
-            snr=self.snr,
-            seed=self.seed + (VAL_SEED_OFFSET if split == "val" else 0),
-        )
+def simulate_stage_one(data: StageOneData, split: str) -> ReconExamples:
+    """Return the slices of ``split`` (``train`` or ``val``, the latter with its own seeds) of ``data``."""
+    return simulate_recon_examples(
+        data.map_name,
+        data.n_train if split == "train" else data.n_val,
+        matrix=data.matrix,
+        n_coils=data.n_coils,
+        accelerations=data.accelerations,
+        snr=data.snr,
+        seed=data.seed + (VAL_SEED_OFFSET if split == "val" else 0),
+    )

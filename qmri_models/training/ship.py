@@ -13,11 +13,13 @@ from typing import Any
 import torch
 
 from qmri_models.pretrained import PRETRAINED_DIR, MapName, load_recon_network
+from qmri_models.training.configs import ReconTrainingConfig
 from qmri_models.training.recon_data import VAL_SEED_OFFSET, simulate_recon_examples
-from qmri_models.training.train_recon import ReconTrainingConfig, validation_nrmse
+from qmri_models.training.train_recon import validation_nrmse
 
 CHECK_EXAMPLES = 3
-_PAPER = {"hidden": 64, "n_iterations": 5, "dropout": 0.3, "matrix": 160, "n_coils": 8}
+_PAPER_SIZES = ("hidden", "n_iterations", "dropout", "matrix", "n_coils")
+"""The sizes of the PUQ paper's network and data (``ReconTrainingConfig``'s defaults); the card names reductions."""
 
 
 def check_examples_nrmse(map_name: MapName, config: dict[str, Any], source: str | Path) -> float:
@@ -66,8 +68,8 @@ def model_card(map_name: MapName, recon: dict[str, Any], fit: dict[str, Any], ch
     rc, rh = recon["config"], recon["history"]
     fc, fh = fit["config"], fit["history"]
     contrast = "MOLLI (TIs 251-4251 ms)" if map_name == "t1" else "T2-prep (durations 0-125 ms)"
-    reduced = [f"{k} {rc[k]} (paper {v})" for k, v in _PAPER.items() if rc.get(k) != v]
     defaults = dataclasses.asdict(ReconTrainingConfig())
+    reduced = [f"{k} {rc[k]} (paper {defaults[k]})" for k in _PAPER_SIZES if rc.get(k) != defaults[k]]
     recon_flags = _flags(rc, defaults, {"n_coils": "coils", "n_iterations": "iterations"})
     fit_flags = _named_flags(fc, ("n_train", "n_val", "mc_samples", "epochs", "seed"))
     stage_one_run = "RUN" if recon.get("error_head") is None else "RUN_HEAD"

@@ -26,37 +26,14 @@ from qmri_models.networks.unrolled import sens_reduce
 from qmri_models.pretrained import load_recon_network, weights_path
 from qmri_models.puq_evaluation import uncertainty_error_correlation
 from qmri_models.training.checkpoints import load_or_make, refuse_other_config, save_atomic
-from qmri_models.training.recon_data import StageOneData, mc_estimates
+from qmri_models.training.configs import ErrorHeadTrainingConfig
+from qmri_models.training.recon_data import mc_estimates, simulate_stage_one, stage_one_recipe
 
 log = logging.getLogger(__name__)
 
 CHECKPOINT = "checkpoint.pt"
 WEIGHTS = "weights.pt"
 HISTORY = "history.json"
-
-
-@dataclass(frozen=True)
-class ErrorHeadTrainingConfig(StageOneData):
-    """What to train on (``StageOneData``, the frozen network's output on new slices) and how."""
-
-    mc_samples: int = 10
-    """MC samples per slice for the mean and SD the head sees (the stream uses more; the head is insensitive)."""
-    seed: int = 11
-    """Seed of the slices (apart from the reconstruction's 0 and the learned fit's 7)."""
-    hidden: int = 32
-    steps: int = 3000
-    batch_size: int = 4
-    learning_rate: float = 1e-3
-    grad_clip: float = 1.0
-    validate_every: int = 500
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        for name in ("hidden", "steps", "batch_size", "validate_every"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
-        if self.learning_rate <= 0 or self.grad_clip <= 0:
-            raise ValueError("learning_rate and grad_clip must be positive")
 
 
 @dataclass
@@ -126,7 +103,7 @@ def train_error_head(
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     device = torch.device(device)
-    recipe = config.data_recipe()
+    recipe = stage_one_recipe(config)
     train_set = _examples(config, "train", recipe, out_dir, device, on_progress)
     val_set = _examples(config, "val", recipe, out_dir, device, on_progress)
     torch.manual_seed(config.seed)
@@ -191,7 +168,7 @@ def head_examples(config: ErrorHeadTrainingConfig, split: str, device: torch.dev
     network = load_recon_network(config.recon_weights).to(device)
     if network.error_head is not None:
         raise ValueError(f"{config.recon_weights} already has an error head; train on the plain puq-recon weights")
-    examples = config.simulate(split)
+    examples = simulate_stage_one(config, split)
     estimates = list(mc_estimates(network, examples, n_samples=config.mc_samples, device=device))
     mean = torch.stack([e.mean.cpu() for e in estimates])
     return HeadExamples(

@@ -25,29 +25,14 @@ from qmri_models.fitting.maps import signal_mask
 from qmri_models.networks.fit_mlp import SCALE_MS, FitMlp, mlp_features
 from qmri_models.pretrained import load_recon_network
 from qmri_models.training.checkpoints import load_or_make, refuse_other_config, save_atomic
-from qmri_models.training.recon_data import StageOneData, mc_estimates
+from qmri_models.training.configs import FitTrainingConfig
+from qmri_models.training.recon_data import mc_estimates, simulate_stage_one, stage_one_recipe
 
 log = logging.getLogger(__name__)
 
 CHECKPOINT = "checkpoint.pt"
 WEIGHTS = "fit_weights.pt"
 HISTORY = "history.json"
-
-
-@dataclass(frozen=True)
-class FitTrainingConfig(StageOneData):
-    """What to train on (``StageOneData``) and how: the paper's MLP (5 layers, 64 units, Adam 1e-3, batch 1024)."""
-
-    hidden: int = 64
-    epochs: int = 30
-    batch_size: int = 1024
-    learning_rate: float = 1e-3
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        for name in ("epochs", "batch_size", "hidden"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
 
 
 @dataclass
@@ -102,7 +87,7 @@ def train_fit(
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     device = torch.device(device)
-    recipe = config.data_recipe()
+    recipe = stage_one_recipe(config)
     train_px = _pixels(config, "train", recipe, out_dir, device, on_progress)
     val_px = _pixels(config, "val", recipe, out_dir, device, on_progress)
     torch.manual_seed(config.seed)
@@ -183,7 +168,7 @@ def stage_one_pixels(
     device : Where the network runs.
     on_slice : Called with the number of slices done.
     """
-    examples = config.simulate(split)
+    examples = simulate_stage_one(config, split)
     if examples.truth_ms is None:
         raise ValueError("the simulated examples carry no truth maps")
     network = load_recon_network(config.recon_weights).to(device)

@@ -22,8 +22,8 @@ from torch.nn import functional
 
 from qmri_models.metrics import nrmse
 from qmri_models.networks.unrolled import UnrolledRecon, sens_reduce
-from qmri_models.pretrained import MapName
 from qmri_models.training.checkpoints import load_or_make, refuse_other_config, save_atomic
+from qmri_models.training.configs import ReconTrainingConfig
 from qmri_models.training.recon_data import VAL_SEED_OFFSET, ReconExamples, simulate_recon_examples
 
 log = logging.getLogger(__name__)
@@ -31,41 +31,6 @@ log = logging.getLogger(__name__)
 CHECKPOINT = "checkpoint.pt"
 WEIGHTS = "weights.pt"
 HISTORY = "history.json"
-
-
-@dataclass(frozen=True)
-class ReconTrainingConfig:
-    """What to train: data recipe, network size and optimisation. Sizes default to the paper's network."""
-
-    map_name: MapName = "t1"
-    n_train: int = 200
-    n_val: int = 20
-    matrix: int = 160
-    n_coils: int = 8
-    accelerations: tuple[int, ...] = (6, 8, 10)
-    snr: float = 50.0
-    n_iterations: int = 5
-    hidden: int = 64
-    dropout: float = 0.3
-    steps: int = 2000
-    batch_size: int = 4
-    learning_rate: float = 1e-3
-    grad_clip: float = 1.0
-    """Largest gradient norm (the paper clips at 0.01 with a learning rate of 0.01)."""
-    validate_every: int = 100
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        for name in ("n_train", "n_val", "steps", "batch_size", "validate_every"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
-        if self.learning_rate <= 0 or self.grad_clip <= 0:
-            raise ValueError("learning_rate and grad_clip must be positive")
-
-    def data_recipe(self) -> dict[str, Any]:
-        """Return the fields that decide the simulated examples (the cache key)."""
-        names = ("map_name", "n_train", "n_val", "matrix", "n_coils", "accelerations", "snr", "seed")
-        return {name: getattr(self, name) for name in names}
 
 
 @dataclass

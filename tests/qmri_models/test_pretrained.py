@@ -12,7 +12,7 @@ from qmri_models.pretrained import MAP_NAMES, PRETRAINED_DIR, load_fit_mlp, load
 from qmri_models.puq_evaluation import HELD_OUT_SEED, combined_truth, uncertainty_error_correlation
 from qmri_models.recon.cartesian import calibration_lines, phase_sensitivities
 from qmri_models.simulation.scan import ScanSettings, SimulatedSlice, simulate_slice
-from qmri_models.training.ship import check_examples_nrmse
+from qmri_models.training.ship import check_examples_nrmse, model_card
 
 
 def test_shipped_weights_are_small() -> None:
@@ -35,6 +35,17 @@ def test_shipped_weights_reproduce_their_model_card(map_name: str) -> None:
     assert measured < 0.7 * zero_filled
     for guided in (True, False):
         assert load_fit_mlp(map_name, guided=guided).map_name == map_name
+
+
+@pytest.mark.parametrize("map_name", MAP_NAMES)
+def test_model_card_is_generated_from_the_shipped_files(map_name: str) -> None:
+    """The committed card is what ``qmri train puq-ship`` writes from the weights files (data, steps, commands)."""
+    recon = torch.load(PRETRAINED_DIR / f"puq_recon_{map_name}.pt", weights_only=True)
+    fit = torch.load(PRETRAINED_DIR / f"puq_fit_{map_name}.pt", weights_only=True)
+    card = (PRETRAINED_DIR / f"PUQ_{map_name.upper()}.md").read_text()
+    device_note = re.search(r"Wall time [\d.]+ min on (.*)\.$", card, re.MULTILINE).group(1)  # type: ignore[union-attr]
+    generated = model_card(map_name, recon, fit, recon["check"]["val_nrmse"], device_note)  # type: ignore[arg-type]
+    assert generated == card
 
 
 @pytest.fixture(scope="module")

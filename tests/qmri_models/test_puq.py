@@ -14,9 +14,10 @@ from qmri_models.networks.fit_mlp import FitMlp, mlp_features
 from qmri_models.pretrained import load_fit_mlp, load_recon_network, weights_path
 from qmri_models.protocols import MOLLI_TI_MS
 from qmri_models.signal_models import signal_model
-from qmri_models.training.train_error_head import ErrorHeadTrainingConfig, train_error_head
-from qmri_models.training.train_fit import FitTrainingConfig, train_fit
-from qmri_models.training.train_recon import ReconTrainingConfig, train_recon
+from qmri_models.training.configs import ErrorHeadTrainingConfig, FitTrainingConfig, ReconTrainingConfig
+from qmri_models.training.train_error_head import train_error_head
+from qmri_models.training.train_fit import train_fit
+from qmri_models.training.train_recon import train_recon
 
 TIMES = np.asarray(MOLLI_TI_MS)
 

@@ -8,15 +8,9 @@ import torch
 
 from qmri_models.networks.puq_recon import input_scale
 from qmri_models.networks.unrolled import sens_expand
+from qmri_models.training.configs import ErrorHeadTrainingConfig, FitTrainingConfig, ReconTrainingConfig
 from qmri_models.training.recon_data import simulate_recon_examples
-from qmri_models.training.train_recon import (
-    CHECKPOINT,
-    HISTORY,
-    WEIGHTS,
-    ReconTrainingConfig,
-    batch_indices,
-    train_recon,
-)
+from qmri_models.training.train_recon import CHECKPOINT, HISTORY, WEIGHTS, batch_indices, train_recon
 
 TINY = ReconTrainingConfig(
     map_name="t2",
@@ -35,7 +29,7 @@ TINY = ReconTrainingConfig(
 
 
 def test_examples_are_scaled_consistent_and_seeded() -> None:
-    examples = simulate_recon_examples("t1", 3, matrix=96, n_coils=2, accelerations=(4, 6), seed=3)
+    examples = simulate_recon_examples("t1", 3, matrix=96, n_coils=2, accelerations=(4, 6), snr=50.0, seed=3)
     assert examples.kdata.shape == (3, 8, 2, 96, 96)
     assert examples.target.shape == (3, 8, 96, 96)
     assert set(examples.acceleration.tolist()) <= {4, 6}
@@ -45,7 +39,7 @@ def test_examples_are_scaled_consistent_and_seeded() -> None:
     measured = sens_expand(examples.target, examples.sens) * examples.sampled[:, :, None, :, None]
     noise = (examples.kdata - measured).abs().square().mean().sqrt()
     assert float(noise) < 0.3 * float(measured.abs().square().mean().sqrt())
-    again = simulate_recon_examples("t1", 3, matrix=96, n_coils=2, accelerations=(4, 6), seed=3)
+    again = simulate_recon_examples("t1", 3, matrix=96, n_coils=2, accelerations=(4, 6), snr=50.0, seed=3)
     torch.testing.assert_close(again.kdata, examples.kdata)
 
 
@@ -104,3 +98,25 @@ def test_train_command_trains_and_resumes(tmp_path: Path, capsys: pytest.Capture
     checkpoint = torch.load(tmp_path / CHECKPOINT, weights_only=False)
     assert checkpoint["step"] == 4
     assert checkpoint["history"]["steps"] == [2, 4]
+
+
+@pytest.mark.parametrize(
+    ("network", "config"),
+    [
+        ("puq-recon", ReconTrainingConfig()),
+        ("puq-fit", FitTrainingConfig()),
+        ("puq-error-head", ErrorHeadTrainingConfig()),
+    ],
+)
+def test_train_command_defaults_are_the_configurations(network: str, config: object) -> None:
+    """``qmri train`` writes no default of its own: every option it leaves out is the configuration's default."""
+    from gadgets.cli import build_parser
+
+    args = vars(build_parser().parse_args(["train", network, "--out", "run"]))
+    field_of = {"map": "map_name", "coils": "n_coils", "iterations": "n_iterations"}
+    not_fields = {"command", "network", "out", "device", "quiet", "run", "verbose", "debug", "recon_weights"}
+    compared = {name: value for name, value in args.items() if name not in not_fields}
+    assert len(compared) >= 8
+    for name, value in compared.items():
+        expected = getattr(config, field_of.get(name, name))
+        assert (tuple(value) if isinstance(value, list) else value) == expected, name

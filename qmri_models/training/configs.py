@@ -1,0 +1,123 @@
+"""What every training run trains: its configuration, each default written here once.
+
+The trainers take these, ``qmri train`` reads its option defaults from them and shipping compares a run's
+configuration with them. The module holds plain dataclasses only (no torch, no simulator), so the command line can
+build its options without loading either.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from qmri_models.pretrained import MapName
+
+
+@dataclass(frozen=True)
+class SliceRecipe:
+    """The simulated slices a training draws (``qmri_models.training.recon_data.simulate_recon_examples``)."""
+
+    map_name: MapName = "t1"
+    """``t1`` (MOLLI slices) or ``t2`` (T2-prep slices)."""
+    matrix: int = 160
+    """Image size in pixels per side."""
+    n_coils: int = 8
+    accelerations: tuple[int, ...] = (6, 8, 10)
+    """Accelerations drawn from, uniformly (the PUQ paper's, each with its ACS fraction)."""
+    snr: float = 50.0
+    """Mean tissue signal of the brightest phase over the noise SD."""
+
+
+@dataclass(frozen=True)
+class ReconTrainingConfig(SliceRecipe):
+    """What to train: data recipe, network size and optimisation. Sizes default to the paper's network."""
+
+    n_train: int = 200
+    n_val: int = 20
+    n_iterations: int = 5
+    hidden: int = 64
+    dropout: float = 0.3
+    steps: int = 2000
+    batch_size: int = 4
+    learning_rate: float = 1e-3
+    grad_clip: float = 1.0
+    """Largest gradient norm (the paper clips at 0.01 with a learning rate of 0.01)."""
+    validate_every: int = 100
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("n_train", "n_val", "steps", "batch_size", "validate_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.learning_rate <= 0 or self.grad_clip <= 0:
+            raise ValueError("learning_rate and grad_clip must be positive")
+
+    def data_recipe(self) -> dict[str, Any]:
+        """Return the fields that decide the simulated examples (the cache key)."""
+        names = ("map_name", "n_train", "n_val", "matrix", "n_coils", "accelerations", "snr", "seed")
+        return {name: getattr(self, name) for name in names}
+
+
+@dataclass(frozen=True)
+class StageOneData(SliceRecipe):
+    """New simulated slices run through a trained stage-1 network, to train what follows it (learned fit, error head).
+
+    The trainers' configurations extend it; ``recon_data.stage_one_recipe`` is the key of their cached stage-1 output.
+    """
+
+    recon_weights: str = "t1"
+    """The stage-1 network: ``t1``, ``t2`` (shipped) or a ``weights.pt`` path."""
+    n_train: int = 24
+    n_val: int = 6
+    mc_samples: int = 20
+    """MC samples per slice."""
+    seed: int = 7
+    """Seed of the slices (keep it apart from the reconstruction training's, 0, so they are new slices)."""
+
+    def __post_init__(self) -> None:
+        for name in ("n_train", "n_val"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.mc_samples < 2:
+            raise ValueError(f"mc_samples must be at least 2, got {self.mc_samples}")
+
+
+@dataclass(frozen=True)
+class FitTrainingConfig(StageOneData):
+    """What to train on (``StageOneData``) and how: the paper's MLP (5 layers, 64 units, Adam 1e-3, batch 1024)."""
+
+    hidden: int = 64
+    epochs: int = 30
+    batch_size: int = 1024
+    learning_rate: float = 1e-3
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        for name in ("epochs", "batch_size", "hidden"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+
+
+@dataclass(frozen=True)
+class ErrorHeadTrainingConfig(StageOneData):
+    """What to train on (``StageOneData``, the frozen network's output on new slices) and how."""
+
+    mc_samples: int = 10
+    """MC samples per slice for the mean and SD the head sees (the stream uses more; the head is insensitive)."""
+    seed: int = 11
+    """Seed of the slices (apart from the reconstruction's 0 and the learned fit's 7)."""
+    hidden: int = 32
+    steps: int = 3000
+    batch_size: int = 4
+    learning_rate: float = 1e-3
+    grad_clip: float = 1.0
+    validate_every: int = 500
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        for name in ("hidden", "steps", "batch_size", "validate_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.learning_rate <= 0 or self.grad_clip <= 0:
+            raise ValueError("learning_rate and grad_clip must be positive")
