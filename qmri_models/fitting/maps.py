@@ -252,10 +252,14 @@ def _chunk(weights: np.ndarray, begin: int, device: torch.device) -> torch.Tenso
 
 
 def _scatter(parts: list[np.ndarray], mask: np.ndarray) -> np.ndarray:
-    """Return a `(y, x)` float32 image holding the fitted pixels' values inside ``mask`` and zero outside."""
+    """Return a `(y, x)` float32 image holding the fitted pixels' values inside ``mask`` and zero outside.
+
+    A value beyond float32's range (the SD of a degenerate fit) becomes infinite, which ``plausible_maps`` rejects.
+    """
     out = np.zeros(mask.shape, dtype=np.float32)
     if parts:
-        out[mask] = np.concatenate(parts)
+        with np.errstate(over="ignore"):
+            out[mask] = np.concatenate(parts)
     return out
 
 

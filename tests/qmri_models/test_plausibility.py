@@ -172,3 +172,16 @@ def test_guided_maps_reject_implausible_pixels_and_clamp_every_sample_first() ->
     assert (each[:, 1, 0] > MAX_T1_MS).any()  # some samples of the 4900 ms pixel fit above the maximum
     np.testing.assert_allclose(maps.sds["T1"][1, 0], bounded(each[:, 1, 0], MAX_T1_MS).std(), rtol=1e-4)
     assert maps.sds["T1"][1, 0] < each[:, 1, 0].std()
+
+
+def test_an_sd_beyond_float32_becomes_infinite_and_its_pixel_is_rejected() -> None:
+    """A flat signal under saturation recovery fits T1 near its lower bound, where the signal hardly depends on T1:
+    its SD passes float32's range. The map holds inf (no overflow warning) and the plausibility step rejects it."""
+    times = np.array([10000.0, 100.0, 175.0, 250.0, 325.0, 400.0, 475.0, 550.0, 625.0, 700.0])
+    images = 1.0 + 0.01 * np.random.default_rng(0).standard_normal((10, 4, 4))
+    maps = fit_maps(MODELS["saturation_recovery"], images, times, mask=np.ones((4, 4), bool))
+    overflowed = np.isinf(maps.sds["T1"])
+    assert overflowed.any()
+    checked = plausible_maps(maps, {"T1": MAX_T1_MS})
+    assert (checked.rejected[overflowed] & Rejection.NOT_FINITE).all()
+    np.testing.assert_array_equal(checked.sds["T1"][overflowed], MAX_T1_MS)
