@@ -23,6 +23,7 @@ may. Every problem (malformed XML, unknown gadget, unknown property, wrong type,
 
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
+from importlib import import_module
 from pathlib import Path
 
 from defusedxml import DefusedXmlException
@@ -31,8 +32,8 @@ from defusedxml.ElementTree import DefusedXMLParser
 from gadgets.runtime.config import GadgetConfig, PropertyError, properties_from_xml
 from gadgets.runtime.registry import GadgetSpec, registered_gadgets
 
-CHAINS_DIR = Path(__file__).resolve().parents[2] / "chains"
-"""The shipped chains, one XML file per clinical protocol."""
+CHAINS_DIR = Path(next(iter(import_module("qmri_chains").__path__)))
+"""The shipped chains, one XML file per clinical protocol: the checkout's ``chains/``, installed as ``qmri_chains``."""
 
 _IGNORED_SECTIONS = frozenset({"version", "readers", "writers", "stream"})
 _UNSUPPORTED_STREAM_NODES = frozenset({"external", "parallel", "distributed", "parallelprocess", "puregadget"})
