@@ -84,6 +84,11 @@ T2PREP_TE_MS: tuple[float, ...] = (0.0, 25.0, 35.0, 45.0, 65.0, 85.0, 105.0, 125
 IR_TI_MS: tuple[float, ...] = (50.0, 100.0, 250.0, 500.0, 850.0, 1500.0, 2500.0)
 """The 7 inversion times of the qMRI Diffusor paper's IR-FSE protocol, ms."""
 
+SASHA_TS_MS: tuple[float, ...] = (10000.0, 100.0, 175.0, 250.0, 325.0, 400.0, 475.0, 550.0, 625.0, 700.0)
+"""The 10 saturation times of a SASHA scan, ms: first the image without saturation pulse, at the anchor time
+Gadgetron's T1 SR mapping gives it (``anchor_TS``, 10 s: fully recovered), then 9 saturation delays up to 700 ms, as
+SASHA's (Chow et al., MRM 2014) spread over one cardiac cycle."""
+
 PROTOCOLS: dict[str, ProtocolSpec] = {
     spec.name: spec
     for spec in (
@@ -116,6 +121,16 @@ PROTOCOLS: dict[str, ProtocolSpec] = {
             quantity="T1",
             unit="ms",
             readout=Readout("ir_fse", repetition_time_ms=10000.0, echo_time_ms=7.14, flip_angle_deg=90.0),
+        ),
+        ProtocolSpec(
+            name="sasha",
+            description="SASHA saturation-recovery T1",
+            model="saturation_recovery",
+            preparation=SATURATION,
+            prep_times_ms=SASHA_TS_MS,
+            quantity="T1",
+            unit="ms",
+            readout=Readout("sasha_bssfp", repetition_time_ms=2.7, echo_time_ms=1.2, flip_angle_deg=70.0),
         ),
     )
 }

@@ -19,7 +19,7 @@ from qmri_models.simulation.sampling import acs_lines
 from qmri_models.simulation.scan import ScanSettings
 from tests.conftest import make_raw
 
-CHAINS = {"molli": "t1_molli", "t2prep": "t2prep", "ir": "t1_ir"}
+CHAINS = {"molli": "t1_molli", "t2prep": "t2prep", "ir": "t1_ir", "sasha": "t1_sasha"}
 """Each simulated contrast and the shipped chain that maps it."""
 
 GRID = [

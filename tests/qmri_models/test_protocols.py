@@ -29,6 +29,7 @@ SIGNALS: dict[str, Callable[[np.ndarray, float, float, float], np.ndarray]] = {
     "molli": lambda t, t1, t2, pd: pd - pd * (1 + EFFICIENCY) * np.exp(-t * EFFICIENCY / t1),
     "t2prep": lambda t, t1, t2, pd: pd * np.exp(-t / t2),
     "ir": lambda t, t1, t2, pd: pd * (1 - (1 + EFFICIENCY) * np.exp(-t / t1)),
+    "sasha": lambda t, t1, t2, pd: pd * (1 - np.exp(-t / t1)),
 }
 """Each protocol's signal of a tissue at preparation times ``t`` (ms), written out from its paper."""
 
