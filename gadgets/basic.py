@@ -11,7 +11,7 @@ class PassThroughConfig(GadgetConfig):
     """PassThroughGadget has no properties."""
 
 
-@register("PassThroughGadget", PassThroughConfig)
+@register("PassThroughGadget", PassThroughConfig, consumes=(), produces=())
 def pass_through(connection: GadgetConnection) -> None:
     """Send every item on unchanged (protocol and throughput tests, chain scaffolding)."""
     for item in connection:

@@ -98,15 +98,13 @@ class AcquisitionBufferConfig(GadgetConfig):
     )
 
 
-@register("AcquisitionBufferGadget", AcquisitionBufferConfig)
+@register("AcquisitionBufferGadget", AcquisitionBufferConfig, consumes=(ismrmrd.Acquisition,), produces=(SliceBuffer,))
 def acquisition_buffer(connection: GadgetConnection) -> None:
     """Buffer each slice's readouts across phases and send it as one SliceBuffer."""
     config = AcquisitionBufferConfig.from_connection(connection)
     builder = SliceBufferBuilder(connection.header, config)
+    connection.filter(ismrmrd.Acquisition)
     for item in connection:
-        if not isinstance(item, ismrmrd.Acquisition):
-            connection.send(item)
-            continue
         for done in builder.add(item):
             connection.send(done)
     for remaining in builder.flush():

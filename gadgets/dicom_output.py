@@ -55,7 +55,7 @@ class DicomOutputConfig(GadgetConfig):
         return DicomNode(self.node_host.strip(), self.node_port, called_ae=self.called_ae, calling_ae=self.calling_ae)
 
 
-@register("DicomOutputGadget", DicomOutputConfig)
+@register("DicomOutputGadget", DicomOutputConfig, consumes=(ismrmrd.Image,), produces=(ismrmrd.Image, str))
 def dicom_output(connection: GadgetConnection) -> None:
     """Write every MRD image as DICOM (MR images; maps as Parametric Maps) and pass it on; C-STORE to a node if set."""
     config = DicomOutputConfig.from_connection(connection)
@@ -64,12 +64,12 @@ def dicom_output(connection: GadgetConnection) -> None:
     node = config.node()
     sender = _NodeSender(node, Outbox(inside(output_dir, config.outbox, "outbox"))) if node is not None else None
     n_files = 0
+    connection.filter(ismrmrd.Image)
     for item in connection:
-        if isinstance(item, ismrmrd.Image):
-            paths = writer.write(item)
-            n_files += len(paths)
-            if sender is not None:
-                sender.add(paths, item.slice)
+        paths = writer.write(item)
+        n_files += len(paths)
+        if sender is not None:
+            sender.add(paths, item.slice)
         connection.send(item)
     log.info("wrote %d DICOM file(s) to %s", n_files, writer.folder)
     if sender is not None:

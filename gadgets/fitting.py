@@ -58,19 +58,23 @@ class ParameterFitConfig(GadgetConfig):
         return {"T1": self.max_t1_ms, "T2": self.max_t2_ms}
 
 
-@register("ParameterFitGadget", ParameterFitConfig)
+@register(
+    "ParameterFitGadget",
+    ParameterFitConfig,
+    consumes=(PhaseImages,),
+    produces=(PhaseImages, MapImages),
+    sends_under=lambda config: (PhaseImages, MapImages) if config.send_phase_images else (MapImages,),
+)
 def parameter_fit(connection: GadgetConnection) -> None:
     """Fit the chain's signal model to each slice's phase images; send the maps (and the images when asked)."""
     config = ParameterFitConfig.from_connection(connection)
     device = torch_device(config.device)
+    connection.filter(PhaseImages)
     for item in connection:
-        if isinstance(item, PhaseImages):
-            maps = fit_slice(item, config, device=str(device))
-            if config.send_phase_images:  # first, so the maps' DICOM can reference the phase images it came from
-                connection.send(item)
-            connection.send(maps)
-        else:
+        maps = fit_slice(item, config, device=str(device))
+        if config.send_phase_images:  # first, so the maps' DICOM can reference the phase images it came from
             connection.send(item)
+        connection.send(maps)
 
 
 def fit_slice(item: PhaseImages, config: ParameterFitConfig, *, device: str = "cpu") -> MapImages:

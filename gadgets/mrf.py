@@ -112,7 +112,7 @@ class MrfReconConfig(GadgetConfig):
         )
 
 
-@register("MrfReconGadget", MrfReconConfig)
+@register("MrfReconGadget", MrfReconConfig, consumes=(ismrmrd.Acquisition,), produces=(SubspaceImages,))
 def mrf_recon(connection: GadgetConnection) -> None:
     """Grid each spiral readout into the dictionary subspace as it arrives; reconstruct each slice at its end."""
     config = MrfReconConfig.from_connection(connection)
@@ -127,10 +127,8 @@ def mrf_recon(connection: GadgetConnection) -> None:
     )
     recipe = MrfRecipe(dictionary, config.options(), device=device)
     slices: dict[int, _SliceState] = {}
+    connection.filter(ismrmrd.Acquisition)
     for item in connection:
-        if not isinstance(item, ismrmrd.Acquisition):
-            connection.send(item)
-            continue
         if item.is_flag_set(ismrmrd.ACQ_IS_NOISE_MEASUREMENT):
             continue
         _check_spiral_readout(item)
@@ -179,16 +177,14 @@ class MrfMatchConfig(GadgetConfig):
     device: str = prop("auto", "auto (CUDA when present), cpu or cuda")
 
 
-@register("MrfMatchGadget", MrfMatchConfig)
+@register("MrfMatchGadget", MrfMatchConfig, consumes=(SubspaceImages,), produces=(MapImages,))
 def mrf_match(connection: GadgetConnection) -> None:
     """Match every pixel's subspace signal to the dictionary: T1, T2, PD and match-score maps."""
     config = MrfMatchConfig.from_connection(connection)
     device = torch_device(config.device)
     indices: dict[int, MatchIndex] = {}
+    connection.filter(SubspaceImages)
     for item in connection:
-        if not isinstance(item, SubspaceImages):
-            connection.send(item)
-            continue
         index = None
         if config.search == "fast":
             key = id(item.dictionary)

@@ -24,16 +24,14 @@ class ImageSeriesConfig(GadgetConfig):
     uncertainty_series_index: int = prop(2, "image_series_index of the per-phase uncertainty images", minimum=0)
 
 
-@register("ImageSeriesGadget", ImageSeriesConfig)
+@register("ImageSeriesGadget", ImageSeriesConfig, consumes=(PhaseImages,), produces=(ismrmrd.Image,))
 def image_series(connection: GadgetConnection) -> None:
     """Send each slice's phase images as magnitude ismrmrd.Images of one series, phase and prep time in meta."""
     config = ImageSeriesConfig.from_connection(connection)
+    connection.filter(PhaseImages)
     for item in connection:
-        if isinstance(item, PhaseImages):
-            for image in phase_images_to_mrd(item, config):
-                connection.send(image)
-        else:
-            connection.send(item)
+        for image in phase_images_to_mrd(item, config):
+            connection.send(image)
 
 
 UNCERTAINTY_ROLE = "PhaseSD"
@@ -119,16 +117,14 @@ class MapSeriesConfig(GadgetConfig):
         return [name.strip() for name in self.extra_maps.split(",") if name.strip()]
 
 
-@register("MapSeriesGadget", MapSeriesConfig)
+@register("MapSeriesGadget", MapSeriesConfig, consumes=(MapImages,), produces=(ismrmrd.Image,))
 def map_series(connection: GadgetConnection) -> None:
     """Send each slice's primary map, its SD map and any further maps as float ismrmrd.Images, meta as Gadgetron's."""
     config = MapSeriesConfig.from_connection(connection)
+    connection.filter(MapImages)
     for item in connection:
-        if isinstance(item, MapImages):
-            for image in map_images_to_mrd(item, config):
-                connection.send(image)
-        else:
-            connection.send(item)
+        for image in map_images_to_mrd(item, config):
+            connection.send(image)
 
 
 def map_images_to_mrd(item: MapImages, config: MapSeriesConfig) -> list[ismrmrd.Image]:

@@ -43,16 +43,20 @@ class PuqFitConfig(ParameterFitConfig):
     )
 
 
-@register("PuqFitGadget", PuqFitConfig)
+@register(
+    "PuqFitGadget",
+    PuqFitConfig,
+    consumes=(PhaseImages,),
+    produces=(PhaseImages, MapImages),
+    sends_under=lambda config: (PhaseImages, MapImages) if config.send_phase_images else (MapImages,),
+)
 def puq_fit(connection: GadgetConnection) -> None:
     """Fit each slice's MC mean images, guided by their uncertainty; the map SD is the spread over the samples."""
     config = PuqFitConfig.from_connection(connection)
     device = str(torch_device(config.device))
     mlp = load_fit_mlp(config.fit_weights, guided=config.guided) if config.fit == "learned" else None
+    connection.filter(PhaseImages)
     for item in connection:
-        if not isinstance(item, PhaseImages):
-            connection.send(item)
-            continue
         maps = fit_puq_slice(item, config, mlp=mlp, device=device)
         if config.send_phase_images:  # first, so the maps' DICOM can reference them; the samples stay here
             connection.send(dataclasses.replace(item, samples=None))

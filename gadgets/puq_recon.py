@@ -56,16 +56,14 @@ class PuqReconConfig(GadgetConfig):
     device: str = prop("auto", "auto (CUDA when present), cpu or cuda")
 
 
-@register("PuqReconGadget", PuqReconConfig)
+@register("PuqReconGadget", PuqReconConfig, consumes=(SliceBuffer,), produces=(PhaseImages,))
 def puq_recon(connection: GadgetConnection) -> None:
     """Reconstruct each slice with the PUQ network: MC mean images, per-phase uncertainty, samples for the fit."""
     config = PuqReconConfig.from_connection(connection)
     device = torch_device(config.device)
     network = load_recon_network(config.weights).to(device)
+    connection.filter(SliceBuffer)
     for item in connection:
-        if not isinstance(item, SliceBuffer):
-            connection.send(item)
-            continue
         if item.kdata.shape[0] != network.n_phases:
             raise ValueError(
                 f"slice {item.slice} has {item.kdata.shape[0]} phases but the {config.weights} network was trained "

@@ -36,15 +36,13 @@ class CartesianReconConfig(GadgetConfig):
             raise PropertyError("coil_combine", "sos only works with method zero_filled (CG-SENSE needs coil maps)")
 
 
-@register("CartesianReconGadget", CartesianReconConfig)
+@register("CartesianReconGadget", CartesianReconConfig, consumes=(SliceBuffer,), produces=(PhaseImages,))
 def cartesian_recon(connection: GadgetConnection) -> None:
     """Reconstruct every phase of each buffered slice (zero-filled or CG-SENSE with ESPIRiT maps)."""
     config = CartesianReconConfig.from_connection(connection)
+    connection.filter(SliceBuffer)
     for item in connection:
-        if isinstance(item, SliceBuffer):
-            connection.send(reconstruct_slice(item, config))
-        else:
-            connection.send(item)
+        connection.send(reconstruct_slice(item, config))
 
 
 def reconstruct_slice(buffer: SliceBuffer, config: CartesianReconConfig) -> PhaseImages:

@@ -31,6 +31,7 @@ from defusedxml.ElementTree import DefusedXMLParser
 
 from gadgets.runtime.config import GadgetConfig, PropertyError, properties_from_xml
 from gadgets.runtime.registry import GadgetSpec, registered_gadgets
+from gadgets.runtime.wiring import CLIENT, Boundary, Node, check_wiring
 
 CHAINS_DIR = Path(next(iter(import_module("qmri_chains").__path__)))
 """The shipped chains, one XML file per clinical protocol: the checkout's ``chains/``, installed as ``qmri_chains``."""
@@ -52,6 +53,12 @@ class Stage:
     properties: dict[str, str]
     config: GadgetConfig
 
+    def node(self) -> Node:
+        """Return the stage as the wiring check sees it: what it takes and, under its configuration, sends."""
+        return Node(
+            self.name, self.spec.classname, self.spec.consumes, self.spec.produces, self.spec.sends(self.config)
+        )
+
 
 @dataclass(frozen=True)
 class Chain:
@@ -63,7 +70,14 @@ class Chain:
     stages: tuple[Stage, ...]
 
 
-def parse_chain(text: str, *, source: str = "config text", name: str | None = None, site: bool = False) -> Chain:
+def parse_chain(
+    text: str,
+    *,
+    source: str = "config text",
+    name: str | None = None,
+    site: bool = False,
+    boundary: Boundary = CLIENT,
+) -> Chain:
     """Return the validated chain described by Gadgetron v2 XML text.
 
     Parameters
@@ -73,6 +87,8 @@ def parse_chain(text: str, *, source: str = "config text", name: str | None = No
     name : The chain's name; defaults to the source's file stem.
     site : The text is the site's (a file on the server's disk), so it may set site properties; False for a
         client's CONFIG_TEXT, which may not.
+    boundary : What enters the chain and what may leave it (``gadgets.runtime.wiring``): MRD messages from and to
+        a client, or what a Gadgetron stream hands an external gadget.
 
     Returns
     -------
@@ -81,8 +97,9 @@ def parse_chain(text: str, *, source: str = "config text", name: str | None = No
     Raises
     ------
     ChainError
-        For malformed XML, a wrong root or version, an unsupported element, an unknown gadget, a bad property, or a
-        site property in a client's chain.
+        For malformed XML, a wrong root or version, an unsupported element, an unknown gadget, a bad property, a
+        site property in a client's chain, or a miswired chain (a gadget that gets nothing it handles, items that
+        cannot leave the chain).
     """
     parser = DefusedXMLParser(target=ET.TreeBuilder(insert_comments=True))
     try:
@@ -116,6 +133,10 @@ def parse_chain(text: str, *, source: str = "config text", name: str | None = No
     names = [s.name for s in stages]
     if len(set(names)) != len(names):
         raise ChainError(f"{source}: gadget names must be unique, got {names}")
+    try:
+        check_wiring([stage.node() for stage in stages], boundary)
+    except ValueError as exc:
+        raise ChainError(f"{source}: {exc}") from exc
     return Chain(
         name=name or (Path(source).stem if source != "config text" else "config text"),
         source=source,

@@ -38,14 +38,16 @@ def test_every_shipped_chain_loads_with_a_description() -> None:
 def test_both_property_forms_parse_to_typed_values() -> None:
     chain = parse_chain(
         chain_xml(
+            gadget("Buffer", "AcquisitionBufferGadget"),
             gadget(
                 properties='<property name="method" value="zero_filled"/>'
                 "<property><name>cg_iterations</name><value> 7 </value></property>"
                 '<property name="cg_lambda" value="0.5"/>'
-            )
+            ),
+            gadget("Images", "ImageSeriesGadget"),
         )
     )
-    config = chain.stages[0].config
+    config = chain.stages[1].config
     assert isinstance(config, CartesianReconConfig)
     assert (config.method, config.cg_iterations, config.cg_lambda) == ("zero_filled", 7, 0.5)
     assert config.coil_combine == "espirit"  # default
@@ -137,6 +139,7 @@ def run_qmri(*args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+@pytest.mark.slow
 def test_cli_chains_lists_one_line_per_shipped_chain() -> None:
     result = run_qmri("chains")
     assert result.returncode == 0, result.stderr
@@ -145,6 +148,7 @@ def test_cli_chains_lists_one_line_per_shipped_chain() -> None:
     assert any(line.startswith("cartesian_multiphase") and "CG-SENSE" in line for line in lines)
 
 
+@pytest.mark.slow
 def test_cli_check_chain_accepts_good_and_rejects_bad(tmp_path: Path) -> None:
     good = run_qmri("check-chain", str(shipped_chains()["cartesian_multiphase"]))
     assert good.returncode == 0, good.stderr
@@ -156,6 +160,7 @@ def test_cli_check_chain_accepts_good_and_rejects_bad(tmp_path: Path) -> None:
     assert f"{bad_file}: gadget 'Recon' (CartesianReconGadget): property 'cg_iterations'" in bad.stderr
 
 
+@pytest.mark.slow
 def test_cli_gadgets_documents_every_property() -> None:
     result = run_qmri("gadgets")
     assert result.returncode == 0, result.stderr

@@ -15,7 +15,9 @@ from gadgets.runtime.registry import GadgetSpec
 
 def chain_of(*gadgets: Callable[[Any], None]) -> Chain:
     stages = tuple(
-        Stage(f"g{i}", GadgetSpec(f"Test{i}", g, PassThroughConfig, ""), {}, PassThroughConfig())
+        Stage(
+            f"g{i}", GadgetSpec(f"Test{i}", g, PassThroughConfig, "", consumes=(), produces=()), {}, PassThroughConfig()
+        )
         for i, g in enumerate(gadgets)
     )
     return Chain(name="test", source="test", description="", stages=stages)
