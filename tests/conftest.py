@@ -22,6 +22,18 @@ from qmri_models.simulation.scan import ScanSettings, simulate_scan
 SMALL = {"matrix": 64, "n_coils": 4, "snr": 50.0}
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Skip every ``cuda``-marked test when no CUDA device is present (torch imported only when one is collected)."""
+    cuda_items = [item for item in items if item.get_closest_marker("cuda") is not None]
+    if not cuda_items:
+        return
+    import torch
+
+    if not torch.cuda.is_available():
+        for item in cuda_items:
+            item.add_marker(pytest.mark.skip(reason="needs a CUDA device (none found)"))
+
+
 def make_raw(path: Path, **settings: object) -> Path:
     """Simulate a raw file with the given ScanSettings fields (small defaults for tests)."""
     values = {**SMALL, **settings}

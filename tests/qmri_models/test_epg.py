@@ -184,7 +184,6 @@ def test_bad_inputs_are_refused(t1: torch.Tensor, t2: torch.Tensor, options: dic
 
 
 @pytest.mark.cuda
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_cuda_equals_cpu() -> None:
     schedule = jiang_schedule(300)
     t1 = torch.linspace(200.0, 4000.0, 5000)

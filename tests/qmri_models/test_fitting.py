@@ -210,7 +210,6 @@ def test_torch_device_names() -> None:
 
 
 @pytest.mark.cuda
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_cuda_fit_equals_cpu_fit() -> None:
     rng = np.random.default_rng(5)
     images = rng.uniform(0.2, 1.0, (8, 32, 32)) * np.asarray(MOLLI_TI_MS)[:, None, None] / 4251.0

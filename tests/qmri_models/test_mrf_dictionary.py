@@ -317,7 +317,6 @@ def test_zero_flip_schedule_is_refused(tmp_path: Path) -> None:
 
 
 @pytest.mark.cuda
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_cuda_build_matches_cpu(tmp_path: Path) -> None:
     schedule = jiang_schedule(300)
     cpu = small_build(schedule, tmp_path / "cpu")

@@ -308,7 +308,6 @@ def test_signal_mask_keeps_pixels_above_a_fraction_of_the_bright_level() -> None
 
 
 @pytest.mark.cuda
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_cuda_matches_cpu(stand_in: StandIn, stand_in_index: MatchIndex) -> None:
     x = stand_in.pixels(2000, 5.0, seed=8)
     cpu = match_fingerprints(x, stand_in.atoms, atom_norms=stand_in.norms, method="exhaustive")

@@ -12,12 +12,11 @@ IMAGE_SHAPE = (20, 24)
 N_SAMPLES = 300
 N_BATCH = 3
 
-needs_cuda = [pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
 BACKENDS = [
     pytest.param("finufft", "cpu", id="finufft-cpu"),
     pytest.param("sigpy", "cpu", id="sigpy-cpu"),
-    pytest.param("cufinufft", "cuda", id="cufinufft-cuda", marks=needs_cuda),
-    pytest.param("sigpy", "cuda", id="sigpy-cuda", marks=needs_cuda),
+    pytest.param("cufinufft", "cuda", id="cufinufft-cuda", marks=pytest.mark.cuda),
+    pytest.param("sigpy", "cuda", id="sigpy-cuda", marks=pytest.mark.cuda),
 ]
 
 

@@ -139,7 +139,6 @@ def test_wrong_shapes_are_named(slice_tensors: tuple) -> None:
 
 
 @pytest.mark.cuda
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_cuda_sampling_matches_cpu_without_dropout(slice_tensors: tuple) -> None:
     kdata, sampled, sens, _ = slice_tensors
     network = UnrolledRecon(n_phases=8, n_iterations=2, hidden=8, dropout=0.0)
