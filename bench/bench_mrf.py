@@ -423,7 +423,7 @@ def match_slice(
             )
         )
     print(
-        f"\n## Matching: all {pixels.shape[0]:,} pixels of the CG coefficient images (background included; the "
+        f"\n## Matching: all {pixels.shape[0]:,} pixels of the ADMM coefficient images (background included; the "
         f"gadget's mask keeps {masked:,}), K={rank}, on {device}"
     )
     print(
