@@ -24,6 +24,17 @@ def variant_text(name: str, gadget: str, **properties: object) -> str:
     return tostring(root, encoding="unicode")
 
 
+def with_gadget(name: str, gadget: str, classname: str, **properties: object) -> str:
+    """Return a shipped chain's XML with one of our gadgets (``<name>`` gadget, ``<classname>``) appended."""
+    root = fromstring(shipped_text(name))
+    node = SubElement(root.find("stream"), "gadget")
+    for tag, text in (("name", gadget), ("dll", "qmri"), ("classname", classname)):
+        SubElement(node, tag).text = text
+    for key, value in properties.items():
+        SubElement(node, "property", name=key, value=str(value))
+    return tostring(root, encoding="unicode")
+
+
 def chain_variant(name: str, gadget: str, **properties: object) -> Chain:
     """Return a shipped chain with some properties of one of its gadgets (by its ``<name>``) set or replaced.
 

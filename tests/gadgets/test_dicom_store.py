@@ -15,7 +15,6 @@ from dataclasses import dataclass, field
 from io import BytesIO
 from pathlib import Path
 
-import defusedxml.ElementTree as DefusedET
 import h5py
 import highdicom as hd
 import numpy as np
@@ -30,8 +29,9 @@ from pynetdicom.sop_class import Verification
 
 import gadgets.dicom.store as store
 from gadgets.dicom.store import OUTBOX_MARKER, DicomNode, FlushResult, NotAnOutboxError, Outbox
-from gadgets.runtime.chain import CHAINS_DIR, load_chain
+from gadgets.runtime.chain import load_chain
 from gadgets.runtime.replay import replay
+from tests.chain_variants import variant_text, with_gadget
 from tests.conftest import ensure_debian_tool, free_port, make_raw, pynetdicom_refused_socket
 
 AET = "QMRITEST"
@@ -347,17 +347,15 @@ def molli_r1(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def chain_to(node: DicomNode, folder: Path) -> Path:
     """The shipped cartesian_multiphase chain with a DicomOutputGadget stage sending to ``node`` appended."""
-    stage = f"""    <gadget>
-      <name>Dicom</name>
-      <dll>qmri</dll>
-      <classname>DicomOutputGadget</classname>
-      <property name="node_host" value="{node.host}"/>
-      <property name="node_port" value="{node.port}"/>
-      <property name="called_ae" value="{node.called_ae}"/>
-    </gadget>
-  </stream>"""
-    text = (CHAINS_DIR / "cartesian_multiphase.xml").read_text().replace("  </stream>", stage)
-    path = folder / "to_node.xml"
+    text = with_gadget(
+        "cartesian_multiphase",
+        "Dicom",
+        "DicomOutputGadget",
+        node_host=node.host,
+        node_port=node.port,
+        called_ae=node.called_ae,
+    )
+    path = folder / "to_node.xml"  # a site's chain file: it may name a DICOM node
     path.write_text(text)
     return path
 
@@ -548,13 +546,9 @@ def per_file(stdout: str, word: str) -> list[str]:
 def replayed(molli_r1: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A replay of the shipped t1_molli chain with its phase images on: dicom/ holds series 1 (8 MR images), 11 and
     12 (T1 and T1 SD Parametric Maps), one subfolder each, as a new user finds it."""
-    root = DefusedET.parse(CHAINS_DIR / "t1_molli.xml").getroot()
-    for element in root.iter("property"):
-        if element.get("name") == "send_phase_images":
-            element.set("value", "true")
     folder = tmp_path_factory.mktemp("replay")
     chain = folder / "t1_molli_phases.xml"  # a site's chain file: the parser reads it as the shipped ones
-    chain.write_text(DefusedET.tostring(root, encoding="unicode"))
+    chain.write_text(variant_text("t1_molli", "Fit", send_phase_images="true"))
     replay(molli_r1, load_chain(chain), folder / "out", progress=False)
     return folder / "out"
 

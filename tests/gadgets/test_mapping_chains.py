@@ -14,7 +14,7 @@ from gadgets.evaluate import read_series, score_maps
 from gadgets.fitting import ParameterFitConfig
 from gadgets.preview import to_uint8
 from gadgets.puq_fit import PuqFitConfig
-from gadgets.runtime.chain import load_chain, parse_chain, resolve_chain, shipped_chains
+from gadgets.runtime.chain import load_chain, resolve_chain, shipped_chains
 from gadgets.runtime.client import send_stream
 from gadgets.runtime.replay import replay
 from gadgets.runtime.server import MrdServer
@@ -115,18 +115,13 @@ def test_fully_sampled_maps_match_truth_in_white_and_grey_matter(
         assert not [line for line in dciodvfy_lines(path) if line.startswith("Error")]
 
 
-def test_undersampled_molli_returns_maps_and_phase_images_when_asked(tmp_path: Path) -> None:
-    raw = make_raw(tmp_path / "r4.h5", contrast="molli", acceleration=4, acs_fraction=0.16, n_coils=8, n_slices=2)
-    text = Path(resolve_chain("t1_molli").source).read_text()
-    chain = parse_chain(text.replace('name="send_phase_images" value="false"', 'name="send_phase_images" value="true"'))
-    out = tmp_path / "out"
-    replay(raw, chain, out, progress=False)
-    phases, _ = read_series(out / "images.h5", 1)
-    maps, images = read_series(out / "images.h5", 11)
+def test_undersampled_molli_returns_maps_and_phase_images_when_asked(molli_replay: Path, molli_raw: Path) -> None:
+    phases, _ = read_series(molli_replay / "images.h5", 1)
+    maps, images = read_series(molli_replay / "images.h5", 11)
     assert phases.shape == (16, 64, 64)
     assert maps.shape == (2, 64, 64)
     assert sorted(int(im.slice) for im in images) == [0, 1]
-    entries = score_maps(out, raw)
+    entries = score_maps(molli_replay, molli_raw)
     wm = {e.slice: next(t for t in e.tissues if t.tissue == "white_matter") for e in entries}
     assert all(w.median_ape_percent < 15.0 for w in wm.values()), wm
 
@@ -198,15 +193,9 @@ def test_server_returns_maps_and_sd_while_the_dicom_node_is_down(tmp_path: Path)
 
 def test_map_series_properties_move_series_and_window(tmp_path: Path) -> None:
     raw = make_raw(tmp_path / "t2.h5", contrast="t2prep", seed=8)
-    text = Path(resolve_chain("t2prep").source).read_text()
-    text = text.replace('name="map_series_index" value="11"', 'name="map_series_index" value="21"')
-    text = text.replace(
-        '<property name="sd_series_index" value="12"/>',
-        '<property name="send_sd" value="false"/><property name="window_center" value="60"/>'
-        '<property name="window_width" value="120"/>',
-    )
+    chain = chain_variant("t2prep", "Maps", map_series_index=21, send_sd="false", window_center=60, window_width=120)
     out = tmp_path / "out"
-    replay(raw, parse_chain(text), out, progress=False)
+    replay(raw, chain, out, progress=False)
     with ismrmrd.Dataset(str(out / "images.h5"), "dataset", create_if_needed=False) as dataset:
         assert sorted(dataset.list()) == ["image_21", "xml"]
     _, images = read_series(out / "images.h5", 21)

@@ -10,7 +10,7 @@ import pytest
 
 from gadgets.evaluate import map_series_in, read_series, score_maps, series_in
 from gadgets.mrf import MrfReconConfig
-from gadgets.runtime.chain import Chain, parse_chain, resolve_chain
+from gadgets.runtime.chain import Chain, resolve_chain
 from gadgets.runtime.config import PropertyError
 from gadgets.runtime.pipeline import StreamError, run_chain
 from gadgets.runtime.replay import replay
@@ -35,8 +35,7 @@ def mrf_raw(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def _replay(raw: Path, out: Path, method: str) -> Path:
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("QMRI_CACHE_DIR", str(out.parent / "cache"))
-        text = Path(resolve_chain("mrf_fisp").source).read_text()
-        replay(raw, parse_chain(text.replace('value="low_rank_admm"', f'value="{method}"')), out)
+        replay(raw, chain_variant("mrf_fisp", "Recon", method=method), out)
     return out
 
 

@@ -12,8 +12,8 @@ from gadgets.evaluate import read_series, series_in
 from gadgets.items import PhaseImages
 from gadgets.output import UNCERTAINTY_ROLE
 from gadgets.puq_fit import PuqFitConfig, fit_puq_slice
-from gadgets.runtime.chain import parse_chain, resolve_chain
 from gadgets.runtime.replay import replay
+from tests.chain_variants import chain_variant
 from tests.conftest import dciodvfy_lines, make_raw
 
 
@@ -30,9 +30,8 @@ def test_puq_chain_returns_mean_images_uncertainty_map_and_sd_as_mrd_and_dicom(
 ) -> None:
     """A held-out 8x scan (seed never used in training) through the shipped chain, 40 MC samples to save time."""
     raw = make_raw(tmp_path / "r8.h5", contrast=contrast, matrix=128, acceleration=8, n_coils=8, seed=4242)
-    text = Path(resolve_chain(chain).source).read_text()
     out = tmp_path / "out"
-    replay(raw, parse_chain(text.replace('name="mc_samples" value="100"', 'name="mc_samples" value="40"')), out)
+    replay(raw, chain_variant(chain, "Recon", mc_samples=40), out)
     images_file = out / "images.h5"
     assert series_in(images_file) == {1, 2, 11, 12}
     mean, mean_images = read_series(images_file, 1)
