@@ -16,6 +16,8 @@ from qmri_models.protocols import MOLLI_TI_MS, T2PREP_TE_MS
 from tests.chain_variants import chain_variant
 from tests.conftest import ensure_debian_tool
 
+pytestmark = pytest.mark.slow
+
 
 def test_molli_replay_returns_every_phase_with_meta(molli_raw: Path, tmp_path: Path) -> None:
     out = replay(molli_raw, resolve_chain("cartesian_multiphase"), tmp_path, progress=False)

@@ -27,6 +27,8 @@ from qmri_models.simulation.anatomy import NIST_T1_MS
 from tests.chain_variants import chain_variant, variant_text
 from tests.conftest import dciodvfy_lines, free_port, make_raw, pynetdicom_refused_socket, raw_header_and_items
 
+pytestmark = pytest.mark.slow
+
 
 def meta_of(image: ismrmrd.Image) -> dict[str, str]:
     return dict(ismrmrd.Meta.deserialize(image.attribute_string))

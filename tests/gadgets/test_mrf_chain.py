@@ -19,6 +19,8 @@ from qmri_models.simulation.mrf_scan import MrfScanSettings, simulate_mrf_scan
 from tests.chain_variants import chain_variant
 from tests.conftest import dciodvfy_lines, raw_header_and_items
 
+pytestmark = pytest.mark.slow
+
 MATRIX = 128
 """Half the default matrix, to keep the suite fast: the cortex is two pixels thinner, so errors are higher than at
 256^2 (where the README's figures come from)."""

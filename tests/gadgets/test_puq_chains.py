@@ -16,6 +16,8 @@ from gadgets.runtime.replay import replay
 from tests.chain_variants import chain_variant
 from tests.conftest import dciodvfy_lines, make_raw
 
+pytestmark = pytest.mark.slow
+
 
 def meta_of(image: ismrmrd.Image) -> dict[str, str]:
     return dict(ismrmrd.Meta.deserialize(image.attribute_string))

@@ -18,6 +18,8 @@ from qmri_models.protocols import SASHA_TS_MS, SATURATION, protocol_spec
 from tests.chain_variants import chain_variant
 from tests.conftest import dciodvfy_lines, make_raw, raw_header_and_items
 
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture(scope="module")
 def sasha(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:

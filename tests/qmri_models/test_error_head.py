@@ -25,6 +25,7 @@ def test_nll_is_smallest_at_the_squared_error(squared_error: float) -> None:
     assert np.exp(best.x) == pytest.approx(squared_error, rel=1e-4)
 
 
+@pytest.mark.slow
 def test_head_learns_an_error_that_follows_one_of_its_inputs() -> None:
     """Errors drawn with an SD of 3 times a smooth MC-SD input: the trained head predicts that SD, calibrated."""
     rng = np.random.default_rng(0)

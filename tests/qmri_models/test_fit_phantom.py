@@ -61,6 +61,7 @@ def sphere_pixels(labels: np.ndarray) -> np.ndarray:
     return mask
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["inversion_recovery", "molli"])
 def test_reported_sd_matches_empirical_sd_per_sphere(name: str) -> None:
     """Mean reported SD within 20% of the empirical SD of T1 over 200 realisations, in every sphere it can measure.

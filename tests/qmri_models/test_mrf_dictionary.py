@@ -152,6 +152,7 @@ def test_bad_grid_is_refused() -> None:
 # --- SVD subspace -----------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_default_dictionary_keeps_99_percent_at_rank_5(default_dictionary: MrfDictionary) -> None:
     # Measured: 0.99825 of the energy at K = 5 on the 17,553 atoms.
     d = default_dictionary
@@ -164,6 +165,7 @@ def test_default_dictionary_keeps_99_percent_at_rank_5(default_dictionary: MrfDi
     torch.testing.assert_close(torch.linalg.vector_norm(d.fingerprints, dim=-1), torch.ones(d.n_atoms))
 
 
+@pytest.mark.slow
 def test_projection_round_trip_keeps_energy_kept(default_dictionary: MrfDictionary) -> None:
     d = default_dictionary
     torch.testing.assert_close(d.basis.mH @ d.basis, torch.eye(5, dtype=torch.complex64), atol=1e-5, rtol=0.0)
@@ -193,6 +195,7 @@ def test_svd_basis_of_complex_atoms_ignores_their_phase() -> None:
         svd_basis(real, 201)
 
 
+@pytest.mark.slow
 def test_pd_is_the_matched_inner_product_over_the_norm(default_dictionary: MrfDictionary) -> None:
     d = default_dictionary
     atom = 1234

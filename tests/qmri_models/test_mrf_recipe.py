@@ -58,6 +58,7 @@ def _by_hand(scan: SimulatedMrfSlice, dictionary: MrfDictionary, options: MrfRec
     )
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("method", "steps"),
     [

@@ -21,6 +21,7 @@ def test_shipped_weights_are_small() -> None:
     assert total < 30e6
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("map_name", MAP_NAMES)
 def test_shipped_weights_reproduce_their_model_card(map_name: str) -> None:
     """The NRMSE on the card's fixed validation slices, re-simulated from their seed, within 2%."""
@@ -72,6 +73,7 @@ def test_shipped_weights_carry_the_error_head() -> None:
         assert load_recon_network(map_name).error_head is not None
 
 
+@pytest.mark.slow
 def test_uncertainty_grows_with_acceleration(held_out_t1: dict) -> None:
     """Mean per-phase uncertainty relative to the signal: over 5% larger at 10x than at 6x on the same slices."""
     relative = {
@@ -88,6 +90,7 @@ def test_uncertainty_grows_with_acceleration(held_out_t1: dict) -> None:
     assert np.all(relative[10] > 1.05 * relative[6]), relative
 
 
+@pytest.mark.slow
 def test_uncertainty_tells_where_the_error_is(held_out_t1: dict) -> None:
     """Pearson r of the blurred per-phase uncertainty and true error above 0.5, and above the MC SD's, at 8x."""
     for simulated, sens, estimate in held_out_t1[8]:

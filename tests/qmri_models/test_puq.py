@@ -128,6 +128,7 @@ def _tiny_stage_one(recon_weights: Path) -> dict[str, Any]:
     }
 
 
+@pytest.mark.slow
 def test_train_puq_fit_learns_resumes_and_loads(tmp_path: Path, tiny_recon_weights: Path) -> None:
     config = FitTrainingConfig(
         **_tiny_stage_one(tiny_recon_weights),
@@ -152,6 +153,7 @@ def test_train_puq_fit_learns_resumes_and_loads(tmp_path: Path, tiny_recon_weigh
         train_fit(replace(config, mc_samples=4, epochs=5), tmp_path)
 
 
+@pytest.mark.slow
 def test_train_error_head_resumes_and_ships_the_network_with_its_head(tmp_path: Path, tiny_recon_weights: Path) -> None:
     config = ErrorHeadTrainingConfig(
         **_tiny_stage_one(tiny_recon_weights),

@@ -50,6 +50,7 @@ def test_batch_order_covers_every_example_each_epoch() -> None:
     assert not torch.equal(first, second)
 
 
+@pytest.mark.slow
 def test_training_learns_and_writes_its_files(tmp_path: Path) -> None:
     """Two examples, no dropout: the loss falls as the network fits them, and validation beats zero filling."""
     config = replace(TINY, n_train=2, dropout=0.0, steps=60, validate_every=10)
@@ -63,6 +64,7 @@ def test_training_learns_and_writes_its_files(tmp_path: Path) -> None:
     assert weights["config"]["hidden"] == 8
 
 
+@pytest.mark.slow
 def test_resume_gives_the_same_weights_as_one_run(tmp_path: Path) -> None:
     straight = tmp_path / "straight"
     train_recon(TINY, straight)
@@ -75,6 +77,7 @@ def test_resume_gives_the_same_weights_as_one_run(tmp_path: Path) -> None:
         torch.testing.assert_close(a[name], b[name], rtol=0, atol=0)
 
 
+@pytest.mark.slow
 def test_resume_refuses_a_different_configuration(tmp_path: Path) -> None:
     train_recon(replace(TINY, steps=2), tmp_path)
     with pytest.raises(ValueError, match="hidden differ"):
@@ -86,6 +89,7 @@ def test_config_errors_name_the_field() -> None:
         replace(TINY, batch_size=0)
 
 
+@pytest.mark.slow
 def test_train_command_trains_and_resumes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     from gadgets.cli import main
 

@@ -3,7 +3,11 @@ and CLOSE, valid ones get their images, and threads and memory come back (bench/
 
 from pathlib import Path
 
+import pytest
+
 from bench.fuzz_server import FUZZ_LIMITS, fuzz_cases, fuzz_server, fuzz_target
+
+pytestmark = pytest.mark.slow
 
 N_STREAMS = 300
 RSS_GROWTH_MB = 100.0

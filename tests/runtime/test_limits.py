@@ -275,6 +275,7 @@ def test_a_connection_that_sends_nothing_times_out() -> None:
         wait_for(lambda: handler_threads() == 0)
 
 
+@pytest.mark.slow
 def test_a_client_that_trickles_its_start_times_out(scan: tuple) -> None:
     header, _ = scan
     payload = serialize(ConfigFile("passthrough"), header, close=False)
@@ -325,6 +326,7 @@ def cpu_seconds() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
+@pytest.mark.slow
 def test_a_client_that_resets_mid_chain_leaves_no_cpu_use_a_second_later(tmp_path: Path) -> None:
     """100 CG-SENSE iterations per phase of four 128^2 slices (tens of seconds of work), then the client resets."""
     raw = make_raw(tmp_path / "big.h5", contrast="molli", matrix=128, n_coils=8, acceleration=4, n_slices=4)

@@ -5,6 +5,7 @@ from pathlib import Path
 
 import ismrmrd
 import numpy as np
+import pytest
 
 from gadgets.evaluate import read_series
 from gadgets.runtime.chain import load_chain
@@ -13,6 +14,8 @@ from gadgets.runtime.replay import replay
 from gadgets.runtime.server import MrdServer
 from tests.chain_variants import variant_text
 from tests.conftest import make_raw, raw_header_and_items, stream_mode_images
+
+pytestmark = pytest.mark.slow
 
 SERIES = (1, 2, 11, 12)  # mean images, their uncertainty, T1 map, its SD
 

@@ -4,6 +4,7 @@ from pathlib import Path
 
 import ismrmrd
 import numpy as np
+import pytest
 from ismrmrd.image import ImageHeader
 
 from gadgets.evaluate import read_series
@@ -12,6 +13,8 @@ from gadgets.runtime.client import send_stream
 from gadgets.runtime.replay import replay
 from gadgets.runtime.server import MrdServer
 from tests.conftest import raw_header_and_items, stream_mode_images
+
+pytestmark = pytest.mark.slow
 
 
 def header_bytes(image: ismrmrd.Image) -> bytes:
