@@ -31,10 +31,12 @@ from typing import Any, Literal
 
 import ismrmrd
 import numpy as np
+from gadgetron.types.recon_data import ReconData
 
-from gadgets.items import SliceBuffer
+from gadgets.gadgetron_types import recon_data_to_slice_buffers
+from gadgets.items import SliceBuffer, SliceContext
 from gadgets.runtime.config import GadgetConfig, prop
-from gadgets.runtime.registry import GadgetConnection, register
+from gadgets.runtime.registry import GadgetConnection, of_types, register
 from qmri_models.protocols import PREPARATIONS, header_preparation
 
 log = logging.getLogger(__name__)
@@ -98,15 +100,21 @@ class AcquisitionBufferConfig(GadgetConfig):
     )
 
 
-@register("AcquisitionBufferGadget", AcquisitionBufferConfig, consumes=(ismrmrd.Acquisition,), produces=(SliceBuffer,))
+@register(
+    "AcquisitionBufferGadget",
+    AcquisitionBufferConfig,
+    consumes=(ismrmrd.Acquisition, ReconData),
+    produces=(SliceBuffer,),
+)
 def acquisition_buffer(connection: GadgetConnection) -> None:
-    """Buffer each slice's readouts across phases and send it as one SliceBuffer."""
+    """Buffer each slice's readouts across phases and send it as one SliceBuffer (Gadgetron's ReconData: at once)."""
     config = AcquisitionBufferConfig.from_connection(connection)
     builder = SliceBufferBuilder(connection.header, config)
-    connection.filter(ismrmrd.Acquisition)
+    connection.filter(of_types(ismrmrd.Acquisition, ReconData))
     for item in connection:
-        for done in builder.add(item):
-            connection.send(done)
+        done = builder.add(item) if isinstance(item, ismrmrd.Acquisition) else builder.from_recon_data(item)
+        for buffer in done:
+            connection.send(buffer)
     for remaining in builder.flush():
         connection.send(remaining)
 
@@ -264,6 +272,15 @@ class SliceBufferBuilder:
             done += [self._close(s, "at the end of the scan (ACQ_LAST_IN_MEASUREMENT)") for s in sorted(self._open)]
         return done
 
+    def from_recon_data(self, recon_data: ReconData) -> list[SliceBuffer]:
+        """Return the slices of a Gadgetron ``ReconData`` (BucketToBufferGadget's, N the phases) as SliceBuffers.
+
+        Gadgetron has already buffered and triggered them; the preparation times follow this gadget's properties.
+        """
+        return recon_data_to_slice_buffers(
+            recon_data, self._header, lambda header, references: phase_prep_times_ms(header, references, self._config)
+        )
+
     def flush(self) -> list[SliceBuffer]:
         """Return the buffers of every slice still open (end of stream), in slice order."""
         return [self._close(s, "at the end of the stream") for s in sorted(self._open)]
@@ -401,6 +418,7 @@ class SliceBufferBuilder:
         )
         kdata = np.zeros((n_phases, n_coils, n_y, n_x), dtype=np.complex64)
         sampled = np.zeros((n_phases, n_y), dtype=bool)
+        headers = np.full((n_phases, n_y), None, dtype=object)
         calibration: set[int] = set()
         references: dict[int, ismrmrd.Acquisition] = {}
         for acq in readouts:
@@ -418,6 +436,7 @@ class SliceBufferBuilder:
                 )
             kdata[phase, :, line, start : start + acq.number_of_samples] = acq.data
             sampled[phase, line] = True
+            headers[phase, line] = acq.getHead()
             references.setdefault(phase, acq)
             if acq.is_flag_set(ismrmrd.ACQ_IS_PARALLEL_CALIBRATION) or acq.is_flag_set(
                 ismrmrd.ACQ_IS_PARALLEL_CALIBRATION_AND_IMAGING
@@ -438,46 +457,69 @@ class SliceBufferBuilder:
             kdata=kdata,
             sampled=sampled,
             calibration_lines=np.array(sorted(calibration), dtype=int),
-            prep_times_ms=self._prep_times(n_phases, [references[p] for p in range(n_phases)]),
-            slice=slice_index,
-            references=[references[p] for p in range(n_phases)],
+            prep_times_ms=phase_prep_times_ms(self._header, [references[p] for p in range(n_phases)], self._config),
+            context=SliceContext(
+                slice_index,
+                [references[p] for p in range(n_phases)],
+                (recon.fieldOfView_mm.x, recon.fieldOfView_mm.y, recon.fieldOfView_mm.z),
+            ),
             recon_matrix=(int(recon.matrixSize.y), int(recon.matrixSize.x)),
-            field_of_view_mm=(recon.fieldOfView_mm.x, recon.fieldOfView_mm.y, recon.fieldOfView_mm.z),
+            readout_headers=headers,
         )
 
-    def _prep_times(self, n_phases: int, references: list[ismrmrd.Acquisition]) -> np.ndarray:
-        """Return each phase's preparation time in ms, from the protocol or from user_int[7] (us)."""
-        from_readouts = np.array([ref.user_int[7] / 1000.0 for ref in references])
-        if not self._config.prep_time_from_protocol:
-            return from_readouts
-        protocol = self._protocol_prep_times()
-        if protocol is None:
-            log.info("no preparation times in the protocol; using each readout's user_int[7]")
-            return from_readouts
-        if len(protocol) < n_phases:
-            raise ValueError(
-                f"the protocol lists {len(protocol)} preparation times but the data has {n_phases} phases; "
-                "set prep_time_from_protocol=false to read them from user_int[7]"
-            )
-        return np.asarray(protocol[:n_phases], dtype=float)
 
-    def _protocol_prep_times(self) -> list[float] | None:
-        """Return the protocol's preparation times, or None when the header has none.
+def phase_prep_times_ms(header: Any, references: list[Any], config: AcquisitionBufferConfig) -> np.ndarray:
+    """Return each phase's preparation time in ms, from the protocol or from ``user_int[7]`` (us).
 
-        From the user parameter list ``prep_time_user_parameter`` names; unnamed, from the list of the preparation
-        the header describes (``qmri_models.protocols.header_preparation``); else from ``sequenceParameters.TI``.
-        """
-        user = self._header.userParameters
-        lists: dict[str, list[float]] = {}
-        for parameter in user.userParameterDouble if user is not None else []:
-            lists.setdefault(parameter.name, []).append(parameter.value)
-        sequence = self._header.sequenceParameters
-        ti = list(sequence.TI) if sequence is not None and sequence.TI else []
-        name = self._config.prep_time_user_parameter
-        if not name:
-            preparation = header_preparation(lists, has_ti=bool(ti))
-            name = (preparation.user_parameter if preparation is not None else None) or ""
-        return lists.get(name) or ti or None
+    Parameters
+    ----------
+    header : The stream's ISMRMRD header.
+    references : The first readout (or image) header of every phase, in phase order.
+    config : The buffer's properties that say where the times are (``prep_time_from_protocol``,
+        ``prep_time_user_parameter``).
+
+    Returns
+    -------
+    Preparation times in ms. Shape `(phases,)`.
+
+    Raises
+    ------
+    ValueError
+        If the protocol lists fewer times than there are phases.
+    """
+    n_phases = len(references)
+    from_readouts = np.array([ref.user_int[7] / 1000.0 for ref in references])
+    if not config.prep_time_from_protocol:
+        return from_readouts
+    protocol = _protocol_prep_times(header, config.prep_time_user_parameter)
+    if protocol is None:
+        log.info("no preparation times in the protocol; using each readout's user_int[7]")
+        return from_readouts
+    if len(protocol) < n_phases:
+        raise ValueError(
+            f"the protocol lists {len(protocol)} preparation times but the data has {n_phases} phases; "
+            "set prep_time_from_protocol=false to read them from user_int[7]"
+        )
+    return np.asarray(protocol[:n_phases], dtype=float)
+
+
+def _protocol_prep_times(header: Any, user_parameter: str) -> list[float] | None:
+    """Return the protocol's preparation times, or None when the header has none.
+
+    From the user parameter list ``user_parameter`` names; unnamed, from the list of the preparation the header
+    describes (``qmri_models.protocols.header_preparation``); else from ``sequenceParameters.TI``.
+    """
+    user = header.userParameters
+    lists: dict[str, list[float]] = {}
+    for parameter in user.userParameterDouble if user is not None else []:
+        lists.setdefault(parameter.name, []).append(parameter.value)
+    sequence = header.sequenceParameters
+    ti = list(sequence.TI) if sequence is not None and sequence.TI else []
+    name = user_parameter
+    if not name:
+        preparation = header_preparation(lists, has_ti=bool(ti))
+        name = (preparation.user_parameter if preparation is not None else None) or ""
+    return lists.get(name) or ti or None
 
 
 def _shown(values: list[int], most: int = 8) -> str:

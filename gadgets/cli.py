@@ -8,7 +8,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from gadgets.runtime.chain import ChainError, chains_for_clients, load_chain, resolve_chain, shipped_chains
+from gadgets.runtime.chain import Chain, ChainError, chains_for_clients, load_chain, resolve_chain, shipped_chains
 from gadgets.runtime.pipeline import StreamError
 from qmri_models.protocols import PROTOCOLS, describe_protocols
 from qmri_models.training.configs import ErrorHeadTrainingConfig, FitTrainingConfig, ReconTrainingConfig
@@ -284,12 +284,31 @@ def _chains(_: argparse.Namespace) -> int:
 
 
 def _check_chain(args: argparse.Namespace) -> int:
-    chain = load_chain(args.file)
-    print(f"{args.file}: valid chain '{chain.name}' with {len(chain.stages)} gadgets")
+    from gadgets.gadgetron_config import is_gadgetron_config, parse_gadgetron_config
+
+    try:
+        text = args.file.read_text()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ChainError(f"{args.file}: cannot read chain: {exc}") from exc
+    if not is_gadgetron_config(text):
+        chain = load_chain(args.file)
+        print(f"{args.file}: valid chain '{chain.name}' with {len(chain.stages)} gadgets")
+        _print_stages(chain, indent="  ")
+        return 0
+    config = parse_gadgetron_config(text, source=str(args.file))
+    print(f"{args.file}: valid Gadgetron stream configuration with {len(config.stages)} elements")
+    for stage in config.stages:
+        kind = "our chain" if stage.chain is not None else "Gadgetron"
+        print(f"  {stage.name} ({stage.classname}, {kind})")
+        if stage.chain is not None:
+            _print_stages(stage.chain, indent="    ")
+    return 0
+
+
+def _print_stages(chain: Chain, *, indent: str) -> None:
     for stage in chain.stages:
         settings = ", ".join(f"{k}={v}" for k, v in stage.properties.items())
-        print(f"  {stage.name} ({stage.spec.classname}) {settings}")
-    return 0
+        print(f"{indent}{stage.name} ({stage.spec.classname}) {settings}")
 
 
 def _gadgets(_: argparse.Namespace) -> int:

@@ -4,12 +4,16 @@ import logging
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
+from gadgetron.types.image_array import ImageArray
 
+from gadgets.buffering import AcquisitionBufferConfig, phase_prep_times_ms
+from gadgets.gadgetron_types import image_array_to_phase_images
 from gadgets.items import MapImages, PhaseImages
 from gadgets.runtime.config import GadgetConfig, prop
-from gadgets.runtime.registry import GadgetConnection, register
+from gadgets.runtime.registry import GadgetConnection, of_types, register
 from qmri_models.device import torch_device
 from qmri_models.fitting.maps import MASK_THRESHOLD, MIN_ISLAND_PIXELS, fit_maps
 from qmri_models.fitting.plausibility import MAX_T1_MS, MAX_T2_MS, describe_rejections, plausible_maps
@@ -61,7 +65,7 @@ class ParameterFitConfig(GadgetConfig):
 @register(
     "ParameterFitGadget",
     ParameterFitConfig,
-    consumes=(PhaseImages,),
+    consumes=(PhaseImages, ImageArray),
     produces=(PhaseImages, MapImages),
     sends_under=lambda config: (PhaseImages, MapImages) if config.send_phase_images else (MapImages,),
 )
@@ -69,12 +73,25 @@ def parameter_fit(connection: GadgetConnection) -> None:
     """Fit the chain's signal model to each slice's phase images; send the maps (and the images when asked)."""
     config = ParameterFitConfig.from_connection(connection)
     device = torch_device(config.device)
-    connection.filter(PhaseImages)
+    connection.filter(of_types(PhaseImages, ImageArray))
     for item in connection:
-        maps = fit_slice(item, config, device=str(device))
-        if config.send_phase_images:  # first, so the maps' DICOM can reference the phase images it came from
-            connection.send(item)
-        connection.send(maps)
+        for phases in _phase_images(item, connection.header):
+            maps = fit_slice(phases, config, device=str(device))
+            if config.send_phase_images:  # first, so the maps' DICOM can reference the phase images it came from
+                connection.send(phases)
+            connection.send(maps)
+
+
+def _phase_images(item: PhaseImages | ImageArray, header: Any) -> list[PhaseImages]:
+    """Return our phase images, converting a Gadgetron ``ImageArray`` (from its own reconstruction) slice by slice.
+
+    An array without our meta takes its preparation times where the buffer would find them by default (the
+    protocol, else each image header's ``user_int[7]``).
+    """
+    if isinstance(item, PhaseImages):
+        return [item]
+    defaults = AcquisitionBufferConfig()
+    return image_array_to_phase_images(item, header, lambda hdr, refs: phase_prep_times_ms(hdr, refs, defaults))
 
 
 def fit_slice(item: PhaseImages, config: ParameterFitConfig, *, device: str = "cpu") -> MapImages:
@@ -117,7 +134,5 @@ def fit_slice(item: PhaseImages, config: ParameterFitConfig, *, device: str = "c
         maps=maps,
         primary_map=model.primary_map,
         model=model.name,
-        slice=item.slice,
-        references=item.references,
-        field_of_view_mm=item.field_of_view_mm,
+        context=item.context,
     )

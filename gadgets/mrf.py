@@ -18,7 +18,7 @@ from typing import Any
 import ismrmrd
 import torch
 
-from gadgets.items import MapImages, SubspaceImages
+from gadgets.items import MapImages, SliceContext, SubspaceImages
 from gadgets.runtime.config import GadgetConfig, prop
 from gadgets.runtime.registry import GadgetConnection, register
 from qmri_models.device import torch_device
@@ -232,9 +232,7 @@ def match_slice(
         maps=maps,
         primary_map="T1",
         model=f"{MATCH_MODEL} after {item.method}",
-        slice=item.slice,
-        references=item.references,
-        field_of_view_mm=item.field_of_view_mm,
+        context=item.context,
     )
 
 
@@ -308,7 +306,5 @@ def _reconstruct(state: _SliceState, index: int, recipe: MrfRecipe, protocol: _M
         coefficients=recon.coefficients.cpu().numpy(),
         dictionary=recipe.dictionary,
         method=recipe.options.method,
-        slice=index,
-        references=[state.reference],
-        field_of_view_mm=protocol.field_of_view_mm,
+        context=SliceContext(index, [state.reference], protocol.field_of_view_mm),
     )

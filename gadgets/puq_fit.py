@@ -109,7 +109,5 @@ def fit_puq_slice(item: PhaseImages, config: PuqFitConfig, *, mlp: FitMlp | None
         maps=maps,
         primary_map=model.primary_map,
         model=f"{model.name} PUQ {config.fit}{'' if config.guided else ' unguided'}",
-        slice=item.slice,
-        references=item.references,
-        field_of_view_mm=item.field_of_view_mm,
+        context=item.context,
     )

@@ -87,9 +87,7 @@ def puq_recon(connection: GadgetConnection) -> None:
             PhaseImages(
                 images=np.asarray(images, np.complex64),
                 prep_times_ms=item.prep_times_ms,
-                slice=item.slice,
-                references=item.references,
-                field_of_view_mm=item.field_of_view_mm,
+                context=item.context,
                 sens=crop_readout(sens, item.recon_matrix[1]),
                 sd=None if sd is None else np.asarray(sd, np.float32),
                 samples=samples,

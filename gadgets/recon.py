@@ -78,8 +78,6 @@ def _phase_images(buffer: SliceBuffer, images: np.ndarray, *, sens: np.ndarray |
     return PhaseImages(
         images=images,
         prep_times_ms=buffer.prep_times_ms,
-        slice=buffer.slice,
-        references=buffer.references,
-        field_of_view_mm=buffer.field_of_view_mm,
+        context=buffer.context,
         sens=sens,
     )

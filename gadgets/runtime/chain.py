@@ -101,12 +101,7 @@ def parse_chain(
         site property in a client's chain, or a miswired chain (a gadget that gets nothing it handles, items that
         cannot leave the chain).
     """
-    parser = DefusedXMLParser(target=ET.TreeBuilder(insert_comments=True))
-    try:
-        parser.feed(text.strip("\x00 \n\r\t"))
-        root = parser.close()
-    except (ET.ParseError, DefusedXmlException) as exc:
-        raise ChainError(f"{source}: malformed XML: {exc}") from exc
+    root = read_xml(text, source)
     if root.tag != "configuration":
         raise ChainError(f"{source}: root element is <{root.tag}>, expected a Gadgetron v2 <configuration>")
     version = (root.findtext("version") or "").strip()
@@ -124,7 +119,10 @@ def parse_chain(
         if not isinstance(node.tag, str):
             continue
         if node.tag in _UNSUPPORTED_STREAM_NODES:
-            raise ChainError(f"{source}: <{node.tag}> is not supported; list our gadgets directly in <stream>")
+            raise ChainError(
+                f"{source}: <{node.tag}> is not supported here: a chain for qmri lists our gadgets directly in "
+                "<stream>; <external> blocks belong in Gadgetron configurations (chains/gadgetron/, qmri check-chain)"
+            )
         if node.tag != "gadget":
             raise ChainError(f"{source}: unexpected element <{node.tag}> in <stream>")
         stages.append(_stage(node, gadgets, source, site=site))
@@ -140,7 +138,7 @@ def parse_chain(
     return Chain(
         name=name or (Path(source).stem if source != "config text" else "config text"),
         source=source,
-        description=_first_comment(root),
+        description=first_comment(root),
         stages=tuple(stages),
     )
 
@@ -170,7 +168,23 @@ def _stage(node: ET.Element, gadgets: dict[str, GadgetSpec], source: str, *, sit
     return Stage(name=name, spec=spec, properties=properties, config=config)
 
 
-def _first_comment(root: ET.Element) -> str:
+def read_xml(text: str, source: str) -> ET.Element:
+    """Return the root of chain XML from anyone, parsed safely (no entities, no DTDs), comments kept.
+
+    Raises
+    ------
+    ChainError
+        For malformed XML or XML that defusedxml refuses, naming ``source``.
+    """
+    parser = DefusedXMLParser(target=ET.TreeBuilder(insert_comments=True))
+    try:
+        parser.feed(text.strip("\x00 \n\r\t"))
+        return parser.close()
+    except (ET.ParseError, DefusedXmlException) as exc:
+        raise ChainError(f"{source}: malformed XML: {exc}") from exc
+
+
+def first_comment(root: ET.Element) -> str:
     """Return the first line of the chain's first XML comment, its one-line description."""
     for node in root.iter():
         if node.tag is ET.Comment and node.text:

@@ -52,6 +52,23 @@ class Node:
         return f"'{self.name}' ({self.classname})"
 
 
+@dataclass
+class Flow:
+    """The item types flowing at one point of a chain, each with the gadget that sent it (None: the input)."""
+
+    actual: dict[type, Node | None]
+    """What flows under the chain's properties."""
+    possible: set[type]
+    """What could flow under some properties of the gadgets before."""
+    last: Node | None = None
+    """The gadget just before this point, for messages."""
+
+    @classmethod
+    def arriving(cls, kinds: tuple[type, ...]) -> "Flow":
+        """Return the flow before a chain's first gadget."""
+        return cls(dict.fromkeys(kinds), set(kinds))
+
+
 def check_wiring(nodes: Sequence[Node], boundary: Boundary) -> None:
     """Raise ValueError unless every gadget can get an item it handles and only ``boundary.leaving`` types leave.
 
@@ -69,32 +86,51 @@ def check_wiring(nodes: Sequence[Node], boundary: Boundary) -> None:
         Naming the gadget that gets nothing it handles and the gadget before it with what that one sends, or the
         gadget whose items cannot leave the chain and which gadgets would turn them into something that can.
     """
-    flow: dict[type, Node | None] | None = dict.fromkeys(boundary.arriving)
-    possible: set[type] = set(boundary.arriving)
-    previous: Node | None = None
+    check_leaving(flow_through(nodes, Flow.arriving(boundary.arriving)), boundary)
+
+
+def flow_through(nodes: Sequence[Node], flow: Flow | None) -> Flow | None:
+    """Return what flows after ``nodes`` given what flows before them (None: unknown, after a gadget we do not know).
+
+    Raises
+    ------
+    ValueError
+        Naming a gadget that can get nothing it handles and the gadget before it.
+    """
     for node in nodes:
-        if node.consumes is None:
+        if node.consumes is None or flow is None:
             flow = None
-        elif flow is not None:
-            if node.consumes and not any(issubclass(kind, node.consumes) for kind in possible):
-                before = "the stream's input" if previous is None else f"gadget {previous}"
-                raise ValueError(
-                    f"gadget {node} takes {_names(node.consumes)}, but nothing before it sends one: {before} "
-                    f"passes on {_names(tuple(flow))}"
-                )
-            flow = {kind: sender for kind, sender in flow.items() if not issubclass(kind, node.consumes)}
-            flow.update(dict.fromkeys(node.sends, node))
-            possible = {kind for kind in possible if not issubclass(kind, node.consumes)} | set(node.produces)
-        previous = node
+            continue
+        if node.consumes and not any(issubclass(kind, node.consumes) for kind in flow.possible):
+            before = "the stream's input" if flow.last is None else f"gadget {flow.last}"
+            raise ValueError(
+                f"gadget {node} takes {_names(node.consumes)}, but nothing before it sends one: {before} "
+                f"passes on {_names(tuple(flow.actual))}"
+            )
+        actual = {kind: sender for kind, sender in flow.actual.items() if not issubclass(kind, node.consumes)}
+        actual.update(dict.fromkeys(node.sends, node))
+        possible = {kind for kind in flow.possible if not issubclass(kind, node.consumes)} | set(node.produces)
+        flow = Flow(actual, possible, node)
+    return flow
+
+
+def check_leaving(flow: Flow | None, boundary: Boundary) -> None:
+    """Raise ValueError if a type that cannot leave for ``boundary.peer`` flows (nothing is known after None).
+
+    Raises
+    ------
+    ValueError
+        Naming the gadget that sends it and the gadgets that would take it.
+    """
     if flow is None:
         return
-    stranded = [kind for kind in flow if not issubclass(kind, boundary.leaving)]
+    stranded = [kind for kind in flow.actual if not issubclass(kind, boundary.leaving)]
     if stranded:
         kind = stranded[0]
         takers = sorted(s.classname for s in registered_gadgets().values() if issubclass(kind, s.consumes or ()))
         remedy = f"add a gadget that takes it after it ({', '.join(takers)})" if takers else "no gadget takes it"
         raise ValueError(
-            f"gadget {flow[kind]} sends {kind.__name__}, which cannot leave the chain for {boundary.peer} "
+            f"gadget {flow.actual[kind]} sends {kind.__name__}, which cannot leave the chain for {boundary.peer} "
             f"(only {_names(boundary.leaving)} can); {remedy}"
         )
 

@@ -9,7 +9,7 @@ import pydicom
 import pytest
 
 from gadgets.evaluate import read_series, series_in
-from gadgets.items import PhaseImages
+from gadgets.items import PhaseImages, SliceContext
 from gadgets.output import UNCERTAINTY_ROLE
 from gadgets.puq_fit import PuqFitConfig, fit_puq_slice
 from gadgets.runtime.replay import replay
@@ -68,9 +68,7 @@ def test_puq_fit_without_mc_samples_says_what_to_change() -> None:
     item = PhaseImages(
         images=np.ones((8, 4, 4), np.complex64),
         prep_times_ms=np.arange(8.0),
-        slice=0,
-        references=[],
-        field_of_view_mm=(1.0, 1.0, 1.0),
+        context=SliceContext(0, [], (1.0, 1.0, 1.0)),
     )
     with pytest.raises(ValueError, match="mc_dropout=true"):
         fit_puq_slice(item, PuqFitConfig(), mlp=None, device="cpu")

@@ -33,7 +33,7 @@ MAPS = ("Maps", "MapSeriesGadget", "")
     [
         (
             (BUFFER, FIT, MAPS),
-            r"gadget 'Fit' \(ParameterFitGadget\) takes PhaseImages, but nothing before it sends one: "
+            r"gadget 'Fit' \(ParameterFitGadget\) takes PhaseImages, ImageArray, but nothing before it sends one: "
             r"gadget 'Buffer' \(AcquisitionBufferGadget\) passes on Waveform, Image, SliceBuffer",
         ),
         (
