@@ -12,20 +12,12 @@ from collections.abc import Iterator
 from itertools import pairwise
 from pathlib import Path
 
+from gadgets.runtime import registry
+
 ROOT = Path(__file__).resolve().parents[2]
 PACKAGE = ROOT / "qmri_models"
-GADGET_MODULES = (
-    "gadgets.basic",
-    "gadgets.buffering",
-    "gadgets.recon",
-    "gadgets.fitting",
-    "gadgets.puq_recon",
-    "gadgets.puq_fit",
-    "gadgets.mrf",
-    "gadgets.output",
-    "gadgets.dicom_output",
-    "gadgets.runtime.server",
-)
+GADGET_MODULES = (*registry.GADGET_MODULES, "gadgets.external", "gadgets.gadgetron_config", "gadgets.runtime.server")
+"""Everything that runs on a stream: the registered gadgets, the Gadgetron external and the server."""
 
 
 def _module_name(path: Path) -> str:
