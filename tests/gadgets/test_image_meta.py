@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from gadgets.image_meta import ImageMeaning, meaning_from_meta, meaning_of, meta_text, set_meaning
-from gadgets.items import MapImages, PhaseImages
+from gadgets.items import MapImages, PhaseImages, SliceContext
 from gadgets.output import ImageSeriesConfig, MapSeriesConfig, map_images_to_mrd, phase_images_to_mrd
 from qmri_models.fitting.maps import SliceMaps
 
@@ -76,12 +76,13 @@ def test_output_images_read_back_to_the_meta_they_carry() -> None:
     refs = [ismrmrd.Acquisition.from_array(np.zeros((1, 8), np.complex64)) for _ in range(3)]
     images = (rng.normal(size=(3, 12, 12)) + 1j * rng.normal(size=(3, 12, 12))).astype(np.complex64) * 123.4567
     sd = np.abs(rng.normal(size=(3, 12, 12))).astype(np.float32)
-    phases = PhaseImages(images, np.array([100.0, 180.123456, 1234.5678]), 0, refs, (220.0, 220.0, 8.0), sd=sd)
+    context = SliceContext(0, refs, (220.0, 220.0, 8.0))
+    phases = PhaseImages(images, np.array([100.0, 180.123456, 1234.5678]), context, sd=sd)
     t1 = rng.uniform(200.0, 2500.0, size=(12, 12)).astype(np.float32)
     mask = np.ones((12, 12), bool)
     maps = SliceMaps({"T1": t1}, {"T1": t1 / 10}, {"T1": "ms"}, mask, mask, maxima={"T1": 5000.0})
     written = phase_images_to_mrd(phases, ImageSeriesConfig()) + map_images_to_mrd(
-        MapImages(maps, "T1", "molli", 0, refs, (220.0, 220.0, 8.0)), MapSeriesConfig()
+        MapImages(maps, "T1", "molli", context), MapSeriesConfig()
     )
     assert [meaning_of(image).role for image in written] == ["Image"] * 3 + ["PhaseSD"] * 3 + ["T1", "T1SD"]
     assert [meaning_of(image).prep_time_ms for image in written[:3]] == [100.0, 180.123, 1234.57]

@@ -22,9 +22,19 @@ from qmri_models.simulation.scan import ScanSettings, SimulatedSlice, simulate_s
 
 
 def _molli(n_acs: int, seed: int, *, matrix: int = 64, n_coils: int = 8) -> tuple[SimulatedSlice, np.ndarray]:
-    """A 3x MOLLI slice with ``n_acs`` calibration lines, and those lines."""
+    """A 3x MOLLI slice with ``n_acs`` calibration lines, and those lines.
+
+    White coil noise, as after the chains' prewhitening: these tests are about coil maps and SENSE, and
+    tests/qmri_models/test_prewhitening.py about correlated noise.
+    """
     settings = ScanSettings(
-        contrast="molli", matrix=matrix, n_coils=n_coils, acceleration=3, acs_fraction=n_acs / matrix, seed=seed
+        contrast="molli",
+        matrix=matrix,
+        n_coils=n_coils,
+        acceleration=3,
+        acs_fraction=n_acs / matrix,
+        seed=seed,
+        noise="white",
     )
     (simulated,) = simulate_scan(settings)
     lines = acs_lines(matrix, settings.acs)

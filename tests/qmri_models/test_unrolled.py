@@ -19,8 +19,13 @@ from qmri_models.simulation.scan import ScanSettings, simulate_scan
 
 @pytest.fixture(scope="module")
 def slice_tensors() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """A 32x32, 4-coil, 4x MOLLI slice: k-space, sampled lines, coil maps and the noise-free images."""
-    settings = ScanSettings(contrast="molli", matrix=32, n_coils=4, acceleration=4, acs_fraction=0.25, seed=1)
+    """A 32x32, 4-coil, 4x MOLLI slice: k-space, sampled lines, coil maps and the noise-free images.
+
+    White coil noise, as the network sees after prewhitening, so the coil maps are normalised as ESPIRiT's are.
+    """
+    settings = ScanSettings(
+        contrast="molli", matrix=32, n_coils=4, acceleration=4, acs_fraction=0.25, seed=1, noise="white"
+    )
     sim = simulate_scan(settings)[0]
     return (
         torch.from_numpy(sim.kdata),

@@ -130,7 +130,8 @@ def test_a_client_may_send_a_shipped_chain_text_and_pick_shipped_weights() -> No
     for name in ("t1_molli", "t2prep", "t1_molli_puq", "t2prep_puq", "mrf_fisp"):
         parse_chain(shipped_text(name))  # what the shipped chains write is what a client may write
     chain = parse_chain(variant_text("t2prep_puq", "Recon", weights="t1"))
-    assert chain.stages[1].config.weights == "t1"  # type: ignore[attr-defined]
+    (recon,) = [stage for stage in chain.stages if stage.name == "Recon"]
+    assert recon.config.weights == "t1"  # type: ignore[attr-defined]
 
 
 def test_config_file_names_are_names_not_paths(site_server: MrdServer, tmp_path: Path) -> None:
