@@ -114,6 +114,7 @@ def phase_images_to_image_array(item: PhaseImages) -> ImageArray:
     images = item.images.astype(np.complex64).transpose(2, 1, 0)[:, :, None, None, :, None, None]
     n_phases = item.images.shape[0]
     headers = np.empty((n_phases, 1, 1), dtype=object)
+    references = np.empty((n_phases, 1, 1), dtype=object)
     meta = []
     for phase in range(n_phases):
         image = ismrmrd.Image.from_array(item.images[phase], acquisition=item.references[phase], transpose=False)
@@ -121,11 +122,9 @@ def phase_images_to_image_array(item: PhaseImages) -> ImageArray:
         image.set = phase
         image.field_of_view[:] = item.field_of_view_mm
         headers[phase, 0, 0] = image.getHead()
+        references[phase, 0, 0] = item.references[phase].getHead()
         prep_ms = float(item.prep_times_ms[phase])
         meta.append(meta_text(ImageMeaning(phase_index=phase, prep_time_ms=prep_ms)))
-    references = np.empty((n_phases, 1, 1), dtype=object)
-    for phase in range(n_phases):
-        references[phase, 0, 0] = item.references[phase].getHead()
     return ImageArray(data=np.asfortranarray(images), headers=headers, meta=meta, acq_headers=references)
 
 
