@@ -1,5 +1,6 @@
-"""Every ``qmri`` command answers bad arguments and bad files with one line naming them and a non-zero exit, never a
-traceback (``--debug`` shows it); a failed replay leaves no half-written output."""
+"""Every ``qmri`` command answers bad arguments, bad files and bad settings with one line naming them and exit status 2,
+never a traceback (``--debug`` shows it); a bug is no such line: it keeps its traceback. A failed replay leaves no
+half-written output."""
 
 import logging
 import subprocess
@@ -10,6 +11,7 @@ import ismrmrd
 import numpy as np
 import pytest
 
+import gadgets.cli.chains
 from gadgets.cli import main
 from tests.conftest import make_raw
 
@@ -36,6 +38,9 @@ def one_error_line(caplog: pytest.LogCaptureFixture) -> str:
         (["serve", "--max-connections", "0"], "argument --max-connections: expected a number of at least 1, got 0"),
         (["serve", "--idle-timeout", "nan"], "argument --idle-timeout: expected a positive number, got 'nan'"),
         (["serve", "--site-chains", "/no/such/folder"], "argument --site-chains: /no/such/folder is not a folder"),
+        (["simulate", "mrf", "--out", "m.h5", "--phantom", "spheres"], "unrecognized arguments: --phantom spheres"),
+        (["simulate", "molli", "--out", "m.h5", "--phantom", "cube"], "argument --phantom: invalid choice: 'cube'"),
+        (["train", "puq-fit", "--out", "run", "--epochs", "many"], "argument --epochs: invalid int value: 'many'"),
     ],
 )
 def test_bad_options_are_one_line_naming_the_option(args: list[str], named: str) -> None:
@@ -57,6 +62,10 @@ def test_bad_files_are_one_line_naming_the_file(tmp_path: Path, caplog: pytest.L
         (["check-chain", str(bad_chain)], "chain.xml: malformed XML"),
         (["evaluate", str(tmp_path / "nothing"), str(not_hdf5)], "nothing"),
         (["simulate", "molli", "--matrix", "8", "--out", str(tmp_path / "s.h5")], "matrix must be at least 32"),
+        (["simulate", "mrf", "--truncation", "0", "--out", str(tmp_path / "m.h5")], "truncation must be at least 1"),
+        (["train", "puq-recon", "--steps", "0", "--out", str(tmp_path / "run")], "steps must be at least 1"),
+        (["preview", str(tmp_path / "none.h5"), "--series", "11", "--out", str(tmp_path / "p.png")], "none.h5"),
+        (["dicom-send", str(tmp_path), "--host", "pacs", "--port", "104", "--called-ae", "A" * 17], "called_ae"),
     ]
     for args, named in cases:
         caplog.clear()
@@ -64,6 +73,34 @@ def test_bad_files_are_one_line_naming_the_file(tmp_path: Path, caplog: pytest.L
         assert named in one_error_line(caplog), args
     assert not (tmp_path / "o1").exists()
     assert not (tmp_path / "o2").exists()
+    assert not (tmp_path / "s.h5").exists()
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("bug", [ZeroDivisionError("division by zero"), ValueError("a bug, not bad input")])
+def test_a_bug_is_not_a_one_line_error(
+    bug: Exception, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Only our own errors (chain, stream, file, usage) are one line; a ValueError of a bug propagates as it is."""
+
+    def broken() -> dict[str, Path]:
+        raise bug
+
+    monkeypatch.setattr(gadgets.cli.chains, "shipped_chains", broken)
+    with pytest.raises(type(bug), match=str(bug)):
+        main(["chains"])
+    assert not [r for r in caplog.records if r.name == "qmri"]
+
+
+def test_a_bug_shows_its_traceback() -> None:
+    code = (
+        "import sys, gadgets.cli.chains as chains; from gadgets.cli import main; "
+        "chains.shipped_chains = lambda: 1 / 0; sys.exit(main(['chains']))"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False, timeout=120)
+    assert result.returncode == 1
+    assert "Traceback" in result.stderr
+    assert "ZeroDivisionError: division by zero" in result.stderr
 
 
 def test_debug_shows_the_traceback(tmp_path: Path) -> None:
