@@ -67,6 +67,9 @@ def _gadgets(_: argparse.Namespace) -> int:
 
     for name, spec in sorted(registered_gadgets().items()):
         print(f"{name}: {spec.summary}")
+        takes = ", ".join(kind.__name__ for kind in spec.consumes) or "nothing (everything passes)"
+        sends = ", ".join(kind.__name__ for kind in spec.produces) or "what it takes"
+        print(f"    takes {takes}; sends {sends}; passes on everything else")
         for doc in spec.config.describe():
             site = ", site setting" if doc.site else ""
             print(f"    {doc.name} ({doc.type_name}, default {doc.default}{site}): {doc.doc}")

@@ -14,13 +14,14 @@ if TYPE_CHECKING:
 
 _FLAG_NAMES = {"n_coils": "coils", "n_slices": "slices", "n_frames_full": "frames", "n_interleaves": "interleaves"}
 """The settings' fields whose flags have shorter names."""
-_CARTESIAN_FIELDS = ("matrix", "n_coils", "acceleration", "acs_fraction", "snr", "seed", "n_slices", "phantom")
+_CARTESIAN_FIELDS = ("matrix", "n_coils", "acceleration", "acs_fraction", "snr", "seed", "n_slices", "phantom", "noise")
 _CARTESIAN_HELP = {
     "matrix": "image size in pixels per side",
     "n_coils": "receive coils",
     "acceleration": "1, 4, 6, 8 or 10 (any integer >= 1 works)",
     "acs_fraction": "fully sampled centre fraction (default: PUQ paper's per acceleration)",
     "snr": "mean tissue signal of the brightest phase / noise SD",
+    "noise": "coil noise: correlated between coils with unequal levels, as real arrays, or white",
     "n_slices": "slices, each its own brain slice",
 }
 _MRF_FIELDS = (
@@ -34,6 +35,7 @@ _MRF_FIELDS = (
     "seed",
     "n_slices",
     "schedule_seed",
+    "noise",
 )
 
 

@@ -168,3 +168,5 @@ def test_cli_gadgets_documents_every_property() -> None:
         assert f"    {name} (" in result.stdout
     assert "    node_host (text, default , site setting): " in result.stdout
     assert "    cg_iterations (integer, default 10): " in result.stdout
+    assert "    takes SliceBuffer; sends PhaseImages; passes on everything else" in result.stdout  # the recon
+    assert "    takes PhaseImages, ImageArray; sends PhaseImages, MapImages; passes on" in result.stdout  # the fit
