@@ -9,15 +9,22 @@ those of Gadgetron's mapping gadgets, which scanner-side converters read:
 - ``GADGETRON_SeqDescription`` (appended to the series description) and ``GADGETRON_ImageComment``;
 - ``GADGETRON_WindowCenter`` / ``GADGETRON_WindowWidth``: the display window in the pixel unit;
 - ``PhaseIndex`` and ``PrepTime_ms`` on the images of a multi-phase scan (phase, and its inversion or
-  T2-preparation time in ms).
+  T2-preparation time in ms);
+- on a bound of a calibrated interval (role ``T1Lower``, ``T1Upper`` ...: the quantity, then ``Lower`` or ``Upper``):
+  ``IntervalBound`` (``lower`` or ``upper``), ``IntervalAlpha`` and ``IntervalDelta`` (the risk the interval controls
+  and the probability that the calibration fails to), ``IntervalScale`` (lambda: the bounds are the value -+ lambda
+  times its SD) and ``CalibrationID`` (the calibration file's id).
 
-Numbers are written with 6 significant digits, as Gadgetron's gadgets write them, and an :class:`ImageMeaning`
-keeps its numbers at that precision, so the meaning read back from an image equals the one written to it.
+Numbers are written with 6 significant digits, as Gadgetron's gadgets write them, but for the calibration's numbers,
+which are written in full (shortest exact form) so that a bound can be recomputed exactly from its map and SD. An
+:class:`ImageMeaning` keeps its numbers at the precision the meta stores, so the meaning read back from an image
+equals the one written to it.
 """
 
 import math
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
+from typing import Literal, get_args
 
 import ismrmrd
 
@@ -41,9 +48,24 @@ PHASE_INDEX_KEY = "PhaseIndex"
 """Meta key of the phase of a multi-phase scan an image is of."""
 PREP_TIME_KEY = "PrepTime_ms"
 """Meta key of a phase image's preparation time (inversion or T2-preparation), in ms."""
+BOUND_KEY = "IntervalBound"
+"""Meta key of which bound of a calibrated interval an image is: ``lower`` or ``upper``."""
+ALPHA_KEY = "IntervalAlpha"
+"""Meta key of the risk the interval controls: the tolerated expected fraction of pixels outside it."""
+DELTA_KEY = "IntervalDelta"
+"""Meta key of the probability that the calibration fails to control that risk."""
+SCALE_KEY = "IntervalScale"
+"""Meta key of the calibrated scale lambda: the bounds are the value -+ lambda times its SD."""
+CALIBRATION_ID_KEY = "CalibrationID"
+"""Meta key of the id of the calibration file the interval comes from."""
 
 IMAGE_ROLE = "Image"
 """Role of an image whose meta names none."""
+Bound = Literal["lower", "upper"]
+"""Which bound of an interval an image is."""
+BOUNDS: tuple[Bound, ...] = get_args(Bound)
+_BOUND_SUFFIXES: dict[Bound, str] = {"lower": "Lower", "upper": "Upper"}
+"""What a bound image's role appends to its quantity (``T1Lower``)."""
 _SIGNIFICANT_DIGITS = 6
 """Significant digits of the numbers written to meta."""
 
@@ -58,18 +80,36 @@ def _text(value: float) -> str:
     return f"{value:.{_SIGNIFICANT_DIGITS}g}"
 
 
+def bound_role(quantity: str, bound: Bound) -> str:
+    """Return the role of a bound image of a quantity: ``T1`` and ``lower`` give ``T1Lower``.
+
+    Parameters
+    ----------
+    quantity : The quantity's role (``T1``, ``T2`` ...).
+    bound : ``lower`` or ``upper``.
+
+    Returns
+    -------
+    The role.
+    """
+    if bound not in _BOUND_SUFFIXES:
+        raise ValueError(f"bound must be one of {BOUNDS}; got {bound!r}")
+    return f"{quantity}{_BOUND_SUFFIXES[bound]}"
+
+
 @dataclass(frozen=True)
 class ImageMeaning:
     """What an image is, as its meta says (Gadgetron's keys; see the module docstring).
 
-    Numbers are kept as the meta stores them (6 significant digits), so a meaning read back from the meta written
-    from it is equal to it.
+    Numbers are kept as the meta stores them (6 significant digits; the calibration's numbers in full), so a meaning
+    read back from the meta written from it is equal to it.
 
     Raises
     ------
     ValueError
         If the window's centre is not finite or its width not positive and finite, the preparation time is not
-        finite, or the phase index is negative.
+        finite, the phase index is negative, the bound is neither ``lower`` nor ``upper`` or its role does not end in
+        it (``Lower``, ``Upper``), alpha or delta is not in (0, 1), or the scale is not finite and >= 0.
     """
 
     role: str = IMAGE_ROLE
@@ -88,6 +128,16 @@ class ImageMeaning:
     """Phase of a multi-phase scan the image is of, or None."""
     prep_time_ms: float | None = None
     """Preparation time of a phase image (inversion or T2-preparation time) in ms, or None."""
+    bound: Bound | None = None
+    """Which bound of a calibrated interval the image is (its role is ``<quantity>Lower`` or ``...Upper``), or None."""
+    alpha: float | None = None
+    """Risk the interval controls: tolerated expected fraction of pixels outside it, in (0, 1), or None."""
+    delta: float | None = None
+    """Probability that the calibration fails to control that risk, in (0, 1), or None."""
+    scale: float | None = None
+    """Calibrated scale lambda: the bounds are the value -+ lambda times its SD, >= 0, or None."""
+    calibration_id: str = ""
+    """Id of the calibration file the interval comes from, or empty."""
 
     def __post_init__(self) -> None:
         """Check the numbers and keep them at the precision the meta stores."""
@@ -102,6 +152,16 @@ class ImageMeaning:
             object.__setattr__(self, "prep_time_ms", _stored(self.prep_time_ms))
         if self.phase_index is not None and self.phase_index < 0:
             raise ValueError(f"phase_index must be at least 0; got {self.phase_index}")
+        if self.bound is not None and not self.role.endswith(bound_role("", self.bound)):
+            raise ValueError(
+                f"the role of the {self.bound} bound must end in {bound_role('', self.bound)!r}; got {self.role!r}"
+            )
+        for name in ("alpha", "delta"):
+            value = getattr(self, name)
+            if value is not None and not 0.0 < value < 1.0:
+                raise ValueError(f"{name} must be in (0, 1); got {value}")
+        if self.scale is not None and not 0.0 <= self.scale < math.inf:
+            raise ValueError(f"scale must be finite and at least 0; got {self.scale}")
 
     @property
     def is_uncertainty(self) -> bool:
@@ -110,8 +170,10 @@ class ImageMeaning:
 
     @property
     def quantity(self) -> str:
-        """The mapped quantity, upper case; of an SD map, what it is the SD of (``T1SD`` gives ``T1``)."""
+        """The mapped quantity, upper case; of an SD map or a bound, what it is of (``T1SD``, ``T1Lower``: ``T1``)."""
         role = self.role.upper().replace("*", "STAR")
+        if self.bound is not None:
+            return role.removesuffix(bound_role("", self.bound).upper())
         return role.removesuffix("SD").rstrip("_") if self.is_uncertainty else role
 
 
@@ -146,6 +208,13 @@ def meta_text(meaning: ImageMeaning) -> str:
         meta[PREP_TIME_KEY] = _text(meaning.prep_time_ms)
     if meaning.window is not None:
         meta[WINDOW_CENTER_KEY], meta[WINDOW_WIDTH_KEY] = (_text(value) for value in meaning.window)
+    if meaning.bound is not None:
+        meta[BOUND_KEY] = meaning.bound
+    for key, number in ((ALPHA_KEY, meaning.alpha), (DELTA_KEY, meaning.delta), (SCALE_KEY, meaning.scale)):
+        if number is not None:
+            meta[key] = repr(float(number))
+    if meaning.calibration_id:
+        meta[CALIBRATION_ID_KEY] = meaning.calibration_id
     return meta.serialize()
 
 
@@ -161,13 +230,14 @@ def meaning_from_meta(text: str) -> ImageMeaning:
 
     Returns
     -------
-    The image's role, units, descriptions, window, phase and preparation time.
+    The image's role, units, descriptions, window, phase and preparation time, and the interval it bounds.
 
     Raises
     ------
     ValueError
-        If the text is not XML, or a window, preparation time or phase index in it is not a finite number (an
-        integer for the phase index).
+        If the text is not XML, a window, preparation time, phase index or interval number in it is not a finite
+        number (an integer for the phase index), the bound is neither ``lower`` nor ``upper``, or the interval's
+        fields contradict each other (:class:`ImageMeaning`).
     """
     try:
         meta = ismrmrd.Meta.deserialize(text) if text else ismrmrd.Meta()
@@ -195,6 +265,9 @@ def meaning_from_meta(text: str) -> ImageMeaning:
     phase = first(PHASE_INDEX_KEY)
     if phase and not (phase.isascii() and phase.isdigit()):
         raise ValueError(f"image meta {PHASE_INDEX_KEY} must be an integer of at least 0; got {phase!r}")
+    bound = first(BOUND_KEY)
+    if bound and bound not in BOUNDS:
+        raise ValueError(f"image meta {BOUND_KEY} must be one of {', '.join(BOUNDS)}; got {bound!r}")
     centre, width = number(WINDOW_CENTER_KEY), number(WINDOW_WIDTH_KEY)
     return ImageMeaning(
         role=first(ROLE_KEY) or IMAGE_ROLE,
@@ -205,6 +278,11 @@ def meaning_from_meta(text: str) -> ImageMeaning:
         window=(centre, width) if centre is not None and width is not None and width > 0 else None,
         phase_index=int(phase) if phase else None,
         prep_time_ms=number(PREP_TIME_KEY),
+        bound=next((b for b in BOUNDS if b == bound), None),
+        alpha=number(ALPHA_KEY),
+        delta=number(DELTA_KEY),
+        scale=number(SCALE_KEY),
+        calibration_id=first(CALIBRATION_ID_KEY),
     )
 
 
@@ -217,7 +295,7 @@ def meaning_of(image: ismrmrd.Image) -> ImageMeaning:
 
     Returns
     -------
-    The image's role, units, descriptions, window, phase and preparation time.
+    The image's role, units, descriptions, window, phase and preparation time, and the interval it bounds.
 
     Raises
     ------

@@ -194,22 +194,56 @@ def _map_image(
     window: tuple[float, float] | None = None,
 ) -> ismrmrd.Image:
     """Return one float map image of the slice with Gadgetron's mapping meta; ``window`` None: from the kept pixels."""
-    if window is None:
-        maximum = item.maps.maxima.get(role.removesuffix("SD"))
-        window = percentile_window(values[item.maps.kept], minimum=None if maximum is None else 0.0, maximum=maximum)
+    name = role.removesuffix("SD")
+    meaning = ImageMeaning(
+        role=role,
+        is_map=True,
+        units=item.maps.units[name],
+        sequence_description=f"_{role}_MAP",
+        comment=comment,
+        window=window or map_window(item, values, name),
+    )
+    return map_image(item, values, series, meaning)
+
+
+def map_window(item: MapImages, values: np.ndarray, name: str) -> tuple[float, float]:
+    """Return the display window of a map of the slice: its kept pixels' 1st-99th percentile.
+
+    Clipped into [0, maximum] when the map ``name`` has a plausible maximum (``SliceMaps.maxima``).
+
+    Parameters
+    ----------
+    item : The slice's maps (the kept pixels, the maxima).
+    values : The map, or an image in its unit (its SD, a bound). Shape `(y, x)`.
+    name : The map's name (``T1``, ``T2`` ...).
+
+    Returns
+    -------
+    ``(centre, width)`` in the map's unit.
+    """
+    maximum = item.maps.maxima.get(name)
+    return percentile_window(values[item.maps.kept], minimum=None if maximum is None else 0.0, maximum=maximum)
+
+
+def map_image(item: MapImages, values: np.ndarray, series: int, meaning: ImageMeaning) -> ismrmrd.Image:
+    """Return one float32 image of the slice in series ``series``, geometry from its readouts, meta from ``meaning``.
+
+    Parameters
+    ----------
+    item : The slice's maps (slice index, readouts, field of view).
+    values : Pixel values in the map's unit. Shape `(y, x)`.
+    series : Its ``image_series_index``.
+    meaning : What the image is (``gadgets.image_meta``).
+
+    Returns
+    -------
+    The image; ``image_index`` is the slice index plus 1.
+    """
     image = ismrmrd.Image.from_array(values.astype(np.float32), acquisition=item.references[0], transpose=False)
     image.image_type = ismrmrd.IMTYPE_MAGNITUDE
     image.image_series_index = series
     image.image_index = item.slice + 1
     image.slice = item.slice
     image.field_of_view[:] = item.field_of_view_mm
-    meaning = ImageMeaning(
-        role=role,
-        is_map=True,
-        units=item.maps.units[role.removesuffix("SD")],
-        sequence_description=f"_{role}_MAP",
-        comment=comment,
-        window=window,
-    )
     set_meaning(image, meaning)
     return image

@@ -4,7 +4,7 @@ import ismrmrd
 import numpy as np
 import pytest
 
-from gadgets.image_meta import ImageMeaning, meaning_from_meta, meaning_of, meta_text, set_meaning
+from gadgets.image_meta import ImageMeaning, bound_role, meaning_from_meta, meaning_of, meta_text, set_meaning
 from gadgets.items import MapImages, PhaseImages, SliceContext
 from gadgets.output import ImageSeriesConfig, MapSeriesConfig, map_images_to_mrd, phase_images_to_mrd
 from qmri_models.fitting.maps import SliceMaps
@@ -33,6 +33,20 @@ SD_MAP = ImageMeaning(
     comment="T1 standard deviation (ms) from the fit residual",
     window=(35.123456789, 60.0),
 )
+LOWER = ImageMeaning(
+    role="T1Lower",
+    is_map=True,
+    units="ms",
+    sequence_description="_T1Lower_MAP",
+    comment="T1 lower bound (ms)",
+    window=(1250.0, 1700.25),
+    bound="lower",
+    alpha=0.1,
+    delta=0.05,
+    scale=1.2345678901234567,
+    calibration_id="t1_molli_fit_sd",
+)
+UPPER = ImageMeaning(role="T2Upper", is_map=True, units="ms", bound="upper", alpha=0.2, delta=0.1, scale=3.0)
 
 
 def meta_items(text: str) -> list[tuple[str, str]]:
@@ -63,7 +77,29 @@ def test_map_meta_is_gadgetrons_and_marks_it_quantitative() -> None:
     ]
 
 
-@pytest.mark.parametrize("meaning", [PHASE, MAP, SD_MAP, ImageMeaning()], ids=["phase", "map", "sd_map", "default"])
+def test_bound_meta_says_which_bound_of_which_interval_with_the_scale_in_full() -> None:
+    assert meta_items(meta_text(LOWER)) == [
+        ("GADGETRON_DataRole", "T1Lower"),
+        ("DataRole", "Quantitative"),
+        ("GADGETRON_SeqDescription", "_T1Lower_MAP"),
+        ("GADGETRON_ImageComment", "T1 lower bound (ms)"),
+        ("Units", "ms"),
+        ("GADGETRON_WindowCenter", "1250"),
+        ("GADGETRON_WindowWidth", "1700.25"),
+        ("IntervalBound", "lower"),
+        ("IntervalAlpha", "0.1"),
+        ("IntervalDelta", "0.05"),
+        ("IntervalScale", "1.2345678901234567"),
+        ("CalibrationID", "t1_molli_fit_sd"),
+    ]
+    assert LOWER.scale == 1.2345678901234567  # not rounded: the bounds are recomputed from it exactly
+
+
+@pytest.mark.parametrize(
+    "meaning",
+    [PHASE, MAP, SD_MAP, LOWER, UPPER, ImageMeaning()],
+    ids=["phase", "map", "sd_map", "lower", "upper", "default"],
+)
 def test_meaning_reads_back_equal(meaning: ImageMeaning) -> None:
     assert meaning_from_meta(meta_text(meaning)) == meaning
     image = ismrmrd.Image.from_array(np.zeros((2, 2), np.float32), transpose=False)
@@ -110,6 +146,18 @@ def test_what_an_sd_map_is_the_sd_of() -> None:
     assert phase_sd.quantity == "PHASESD"
 
 
+def test_what_a_bound_is_the_bound_of() -> None:
+    assert (LOWER.quantity, UPPER.quantity) == ("T1", "T2")
+    assert not LOWER.is_uncertainty
+    assert not UPPER.is_uncertainty
+    assert bound_role("T1", "lower") == "T1Lower"
+    assert bound_role("T2*", "upper") == "T2*Upper"
+    assert ImageMeaning(role="T2*Upper", is_map=True, bound="upper").quantity == "T2STAR"
+    assert ImageMeaning(role="T1Lower", is_map=True).quantity == "T1LOWER"  # no bound in the meta: not a bound
+    unbounded = (PHASE, MAP, SD_MAP, ImageMeaning())
+    assert all((m.bound, m.alpha, m.delta, m.scale, m.calibration_id) == (None,) * 4 + ("",) for m in unbounded)
+
+
 def test_empty_meta_gives_the_defaults() -> None:
     assert meaning_from_meta("") == ImageMeaning()
     assert ImageMeaning().role == "Image"
@@ -143,6 +191,9 @@ def test_foreign_meta_first_values_empty_values_and_no_window() -> None:
         ("PrepTime_ms", "inf", "image meta PrepTime_ms must be a finite number; got 'inf'"),
         ("PhaseIndex", "-1", "image meta PhaseIndex must be an integer of at least 0; got '-1'"),
         ("PhaseIndex", "1.5", "image meta PhaseIndex must be an integer of at least 0; got '1.5'"),
+        ("IntervalBound", "middle", "image meta IntervalBound must be one of lower, upper; got 'middle'"),
+        ("IntervalScale", "wide", "image meta IntervalScale must be a number; got 'wide'"),
+        ("IntervalAlpha", "1.5", r"alpha must be in \(0, 1\); got 1.5"),
     ],
 )
 def test_meta_numbers_that_are_not_numbers_are_errors(key: str, value: str, message: str) -> None:
@@ -166,6 +217,12 @@ def test_meta_that_is_not_xml_is_an_error() -> None:
         ),
         ({"prep_time_ms": float("inf")}, "prep_time_ms must be finite; got inf"),
         ({"phase_index": -1}, "phase_index must be at least 0; got -1"),
+        ({"role": "T1", "bound": "lower"}, "the role of the lower bound must end in 'Lower'; got 'T1'"),
+        ({"role": "T1Lower", "bound": "upper"}, "the role of the upper bound must end in 'Upper'; got 'T1Lower'"),
+        ({"alpha": 0.0}, r"alpha must be in \(0, 1\); got 0.0"),
+        ({"delta": float("nan")}, r"delta must be in \(0, 1\); got nan"),
+        ({"scale": -1.0}, "scale must be finite and at least 0; got -1.0"),
+        ({"scale": float("inf")}, "scale must be finite and at least 0; got inf"),
     ],
 )
 def test_a_meaning_with_impossible_numbers_is_refused(fields: dict[str, object], message: str) -> None:
