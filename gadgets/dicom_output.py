@@ -1,5 +1,8 @@
 """DICOM output: every MRD image written as DICOM as it arrives, and C-STORE of the files to a DICOM node.
 
+Structure reports (JSON text of StructureReportGadget) become DICOM Structured Reports that reference the slice's map
+(``gadgets.dicom.structured_report``); the text goes on to the client too.
+
 The images go on to the client unchanged. Each image is on disk before it is passed on, so a stream that fails later
 loses no file. With a node set, every file is also copied to an outbox folder and the outbox is flushed (C-STORE)
 after each slice, every :data:`FLUSH_EVERY_FILES` files and at the end of the stream. A node that is down never fails
@@ -14,9 +17,11 @@ import ismrmrd
 
 from gadgets.dicom.files import DicomSeriesWriter
 from gadgets.dicom.store import DicomNode, Outbox
+from gadgets.dicom.structured_report import StructuredReportWriter
 from gadgets.runtime.config import GadgetConfig, PropertyError, prop
 from gadgets.runtime.output_folder import inside
 from gadgets.runtime.registry import GadgetConnection, register
+from gadgets.structure_report import is_structure_report
 
 log = logging.getLogger(__name__)
 
@@ -55,23 +60,31 @@ class DicomOutputConfig(GadgetConfig):
         return DicomNode(self.node_host.strip(), self.node_port, called_ae=self.called_ae, calling_ae=self.calling_ae)
 
 
-@register("DicomOutputGadget", DicomOutputConfig, consumes=(ismrmrd.Image,), produces=(ismrmrd.Image, str))
+@register("DicomOutputGadget", DicomOutputConfig, consumes=(ismrmrd.Image, str), produces=(ismrmrd.Image, str))
 def dicom_output(connection: GadgetConnection) -> None:
-    """Write every MRD image as DICOM (MR images; maps as Parametric Maps) and pass it on; C-STORE to a node if set."""
+    """Write every MRD image as DICOM (maps as Parametric Maps), structure reports as SRs; pass all on; C-STORE too."""
     config = DicomOutputConfig.from_connection(connection)
     output_dir = Path(getattr(connection, "output_dir", None) or Path.cwd())
     writer = DicomSeriesWriter(connection.header, inside(output_dir, config.folder, "folder"))
     node = config.node()
     sender = _NodeSender(node, Outbox(inside(output_dir, config.outbox, "outbox"))) if node is not None else None
-    n_files = 0
-    connection.filter(ismrmrd.Image)
+    reports = StructuredReportWriter(writer.folder, writer.nonce)
+    n_files, slice_index = 0, 0
+    connection.filter(lambda item: isinstance(item, ismrmrd.Image) or is_structure_report(item))
     for item in connection:
-        paths = writer.write(item)
+        if isinstance(item, ismrmrd.Image):
+            paths = writer.write(item)
+            paths += reports.image_written(item, paths)
+            slice_index = item.slice
+        else:
+            paths = reports.report(item)
         n_files += len(paths)
         if sender is not None:
-            sender.add(paths, item.slice)
+            sender.add(paths, slice_index)
         connection.send(item)
     log.info("wrote %d DICOM file(s) to %s", n_files, writer.folder)
+    if reports.waiting:
+        log.warning("no map was written for the structure reports of (slice, map) %s: no SR for them", reports.waiting)
     if sender is not None:
         warning = sender.finish()
         if warning is not None:

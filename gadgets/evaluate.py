@@ -10,6 +10,9 @@ import numpy as np
 from gadgets.image_meta import meaning_of
 from qmri_models.metrics import TissueScore, nrmse, score_map_per_tissue
 from qmri_models.simulation.raw_writer import TRUTH_GROUP
+from qmri_models.structures.geometry import SliceGeometry
+from qmri_models.structures.rois import rois_from_labels
+from qmri_models.structures.statistics import structure_statistics
 
 
 @dataclass(frozen=True)
@@ -136,4 +139,73 @@ def score_maps(out_dir: Path, raw: Path, *, series: int = 11) -> list[MapScores]
             raise ValueError(f"series {series} holds {role!r} images; only {', '.join(TRUTH_MAPS)} maps can be scored")
         s = int(image.slice)
         scores.append(MapScores(s, role, score_map_per_tissue(values, truths[role][s], labels[s], names)))
+    return scores
+
+
+@dataclass(frozen=True)
+class StructureScore:
+    """A map's mean in one structure (a tissue class of the truth) beside the truth's mean over the same pixels."""
+
+    structure: str
+    pixels: int
+    """Pixels of the structure where the map has a value (fitted, kept: positive and finite)."""
+    volume_ml: float
+    """Volume of those pixels in ml."""
+    map_mean_ms: float
+    truth_mean_ms: float
+
+    @property
+    def relative_error(self) -> float:
+        """``(map mean - truth mean) / truth mean``."""
+        return (self.map_mean_ms - self.truth_mean_ms) / self.truth_mean_ms
+
+
+@dataclass(frozen=True)
+class MapStructureScores:
+    """The structure scores of one slice's map."""
+
+    slice: int
+    map_name: str
+    structures: list[StructureScore]
+
+
+def score_structures(out_dir: Path, raw: Path, *, series: int = 11) -> list[MapStructureScores]:
+    """Return each slice's map mean per tissue class of the truth, beside the truth's mean, for a replay.
+
+    The structures are the truth's tissue classes (``/truth/labels``) restricted to the pixels where the map has a
+    value (positive and finite; zero marks pixels not fitted or rejected); both means run over those pixels, so the
+    error is the map's, not the mask's. The volume comes from the image's field of view and matrix.
+
+    Parameters
+    ----------
+    out_dir : Replay output directory (holding images.h5).
+    raw : The simulated raw file (holding /truth).
+    series : Series of the maps (its images' role says T1 or T2).
+
+    Returns
+    -------
+    One entry per slice; structures in label order, those without a mapped pixel left out.
+    """
+    data, images = read_series(Path(out_dir) / "images.h5", series)
+    (labels, *maps), names = read_truth(raw, "labels", *TRUTH_MAPS.values())
+    truths = dict(zip(TRUTH_MAPS, maps, strict=True))
+    scores = []
+    for values, image in zip(data, images, strict=True):
+        role = meaning_of(image).role
+        if role not in truths:
+            raise ValueError(f"series {series} holds {role!r} images; only {', '.join(TRUTH_MAPS)} maps can be scored")
+        s = int(image.slice)
+        mapped = np.isfinite(values) & (values > 0)
+        rois = rois_from_labels(np.where(mapped, labels[s], 0), dict(enumerate(names[1:], start=1)))
+        fov_x, fov_y, fov_z = (float(f) for f in image.field_of_view)
+        n_y, n_x = values.shape
+        geometry = SliceGeometry(fov_mm=(fov_y, fov_x), matrix=(n_y, n_x), slice_thickness_mm=fov_z)
+        measured = structure_statistics(np.where(mapped, values, 0.0), rois, geometry, quantity=role)
+        true = structure_statistics(truths[role][s], rois, geometry, quantity=role)
+        structures = [
+            StructureScore(m.structure, m.sample_pixels[0], m.volume_ml, m.mean_ms, t.mean_ms)
+            for m, t in zip(measured, true, strict=True)
+            if m.mean_ms is not None and t.mean_ms is not None
+        ]
+        scores.append(MapStructureScores(s, role, structures))
     return scores

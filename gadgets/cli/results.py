@@ -28,7 +28,7 @@ def _evaluate_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    from gadgets.evaluate import map_series_in, score_maps, score_phase_images, series_in
+    from gadgets.evaluate import map_series_in, score_maps, score_phase_images, score_structures, series_in
 
     images = args.out_dir / "images.h5"
     present = series_in(images)
@@ -55,6 +55,18 @@ def _evaluate(args: argparse.Namespace) -> int:
                 print(
                     f"  {t.tissue:<14} {t.n_pixels:7d} {t.median_ape_percent:12.2f} {t.mape_percent:8.2f} "
                     f"{t.nrmse:8.4f} {t.ssim:6.3f}"
+                )
+        with user_errors():
+            structure_entries = score_structures(args.out_dir, args.raw, series=series)
+        for structures in structure_entries:
+            print(
+                f"slice {structures.slice} {structures.map_name} (series {series}) mean per tissue class, truth beside:"
+            )
+            print(f"  {'tissue':<14} {'pixels':>7} {'ml':>7} {'map ms':>8} {'truth ms':>8} {'error %':>8}")
+            for st in structures.structures:
+                print(
+                    f"  {st.structure:<14} {st.pixels:7d} {st.volume_ml:7.2f} {st.map_mean_ms:8.1f} "
+                    f"{st.truth_mean_ms:8.1f} {100 * st.relative_error:+8.2f}"
                 )
     return 0
 

@@ -21,6 +21,7 @@ GADGET_MODULES = (
     "gadgets.puq_recon",
     "gadgets.puq_fit",
     "gadgets.mrf",
+    "gadgets.structure_report",
     "gadgets.output",
     "gadgets.dicom_output",
 )
