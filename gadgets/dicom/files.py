@@ -5,7 +5,9 @@ Which DICOM objects, and why
 Quantitative maps (``gadgets.image_meta``: T1, T2, their SD maps ...) become highdicom Parametric Map
 instances with Float Pixel Data, so every float32 value in ms arrives exactly as the fit produced it. Their Real
 World Value Mapping (identity slope and intercept) names the unit in UCUM (``ms``) and the quantity (DCM ``T1``,
-``T2`` ...; ``Standard Deviation`` for uncertainty maps). A classic MR Image cannot hold float pixels: a 16-bit
+``T2`` ...; ``Standard Deviation`` for uncertainty maps; none for the lower and upper bounds of a calibrated interval,
+which are no estimates of the quantity and have no DICOM code: their series description, LUT explanation and content
+description say which bound of which interval they are). A classic MR Image cannot hold float pixels: a 16-bit
 integer map with a slope would lose up to half a step, and MR viewers ignore Rescale Slope.
 
 Every other image (the per-phase magnitude images) becomes a classic MR Image Storage instance, which every PACS and
@@ -477,7 +479,7 @@ class DicomSeriesWriter:
         value_range = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 0.0)
         quantity = meaning.quantity
         units = _ucum(meaning.units or _DEFAULT_UNITS.get(quantity, "1"))
-        what = "uncertainty (standard deviation)" if meaning.is_uncertainty else "map"
+        what, definition = _map_kind(meaning)
         mapping = hd.pm.RealWorldValueMapping(
             lut_label=meaning.role[:16],
             lut_explanation=f"{quantity} {what} ({units.meaning})"[:64],
@@ -485,7 +487,7 @@ class DicomSeriesWriter:
             value_range=value_range,
             slope=1.0,
             intercept=0.0,
-            quantity_definition=codes.DCM.StandardDeviation if meaning.is_uncertainty else _QUANTITIES.get(quantity),
+            quantity_definition=definition,
         )
         centre, width = meaning.window or percentile_window(finite)
         sources = self._sources_on(slice_index, planes)
@@ -550,15 +552,39 @@ def series_description(protocol: str, meaning: ImageMeaning) -> str:
 
     Returns
     -------
-    ``<protocol><sequence description>``, plus ``<quantity> map [<unit>]`` or ``<quantity> uncertainty SD
-    [<unit>]`` for maps.
+    ``<protocol><sequence description>``, plus ``<quantity> map [<unit>]``, ``<quantity> uncertainty SD [<unit>]``
+    or ``<quantity> lower bound 90% [<unit>]`` (the bound of a calibrated interval, its coverage) for maps.
     """
     base = f"{protocol}{meaning.sequence_description}".strip()
     if not meaning.is_map:
         return base[:64] or meaning.role[:64]
     units = meaning.units or _DEFAULT_UNITS.get(meaning.quantity, "1")
-    label = f"{meaning.quantity} {'uncertainty SD' if meaning.is_uncertainty else 'map'} [{units}]"
+    if meaning.is_uncertainty:
+        kind = "uncertainty SD"
+    elif meaning.bound is not None:
+        kind = f"{meaning.bound} bound {_coverage(meaning)}".strip()
+    else:
+        kind = "map"
+    label = f"{meaning.quantity} {kind} [{units}]"
     return f"{base[: 63 - len(label)]} {label}".strip()
+
+
+def _coverage(meaning: ImageMeaning) -> str:
+    """Return the promised coverage of a bound's interval (``90%`` for alpha 0.1), or empty when alpha is unknown."""
+    return "" if meaning.alpha is None else f"{100 * (1 - meaning.alpha):g}%"
+
+
+def _map_kind(meaning: ImageMeaning) -> tuple[str, Code | None]:
+    """Return what a map series is, for people, and its Quantity Definition code (None: no code fits).
+
+    An SD map is a Standard Deviation; a bound of an interval is neither the quantity (its values are not estimates
+    of it) nor any DICOM quantity, so it gets no code and says what it is in words.
+    """
+    if meaning.is_uncertainty:
+        return "uncertainty (standard deviation)", codes.DCM.StandardDeviation
+    if meaning.bound is not None:
+        return f"{meaning.bound} bound of {_coverage(meaning) or 'a'} calibrated interval", None
+    return "map", _QUANTITIES.get(meaning.quantity)
 
 
 def quantise_uint16(values: np.ndarray) -> tuple[np.ndarray, float, float]:

@@ -22,6 +22,7 @@ GADGET_MODULES = (
     "gadgets.puq_fit",
     "gadgets.mrf",
     "gadgets.structure_report",
+    "gadgets.intervals",
     "gadgets.output",
     "gadgets.dicom_output",
 )

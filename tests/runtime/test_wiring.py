@@ -44,7 +44,7 @@ MAPS = ("Maps", "MapSeriesGadget", "")
         (
             (BUFFER, RECON, FIT),
             r"gadget 'Fit' \(ParameterFitGadget\) sends MapImages, which cannot leave the chain for the client .*"
-            r"add a gadget that takes it after it \(MapSeriesGadget\)",
+            r"add a gadget that takes it after it \(.*\bMapSeriesGadget\b.*\)",
         ),
         (
             (BUFFER, RECON, ("Fit", "ParameterFitGadget", '<property name="send_phase_images" value="true"/>'), MAPS),
