@@ -1,0 +1,190 @@
+"""``qmri calibrate`` and the calibration run: the shipped calibrations hold their coverage on fresh slices, the
+command writes a file and card that agree and that its own command line reproduces, and bad settings are named.
+
+The slow tests replay simulated slices through the classical chains."""
+
+import math
+import re
+import shlex
+from pathlib import Path
+
+import pytest
+
+from gadgets.calibration_run import (
+    CALIBRATION_SEED,
+    CHECK_SEED,
+    SEEDS_PER_ACCELERATION,
+    CalibrationData,
+    CalibrationSettings,
+    card_path,
+    check_coverage,
+    pooled_coverage,
+)
+from gadgets.cli import build_parser, main
+from qmri_models.calibration.files import load_interval_calibration, shipped_calibrations
+
+SHIPPED = ("t1_molli", "t2prep")
+FRESH_SEED = 300_000
+"""Seed of the slow test's fresh slices: apart from the calibration's and from the card's check."""
+
+
+def card_scale_rows(card: str) -> dict[int, tuple[float, int, float, float]]:
+    """Return ``{acceleration: (scale, n, risk, ucb)}`` of a model card's scales table."""
+    section = card.partition("## Scales")[2].partition("\n## ")[0]
+    rows = {}
+    for line in section.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) == 5 and cells[0].isdecimal():
+            rows[int(cells[0])] = (float(cells[1]), int(cells[2]), float(cells[3]), float(cells[4]))
+    return rows
+
+
+def card_coverage_rows(card: str) -> dict[int, float]:
+    """Return ``{acceleration: coverage}`` of a model card's fresh-slice check."""
+    section = card.partition("## Check on fresh slices")[2].partition("\n## ")[0]
+    rows = {}
+    for line in section.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) >= 5 and cells[0].isdecimal():
+            rows[int(cells[0])] = float(cells[4])
+    return rows
+
+
+def assert_card_matches(path: Path) -> None:
+    """The card beside a calibration file shows the file's scales, risks, bounds, id and command."""
+    calibration = load_interval_calibration(path)
+    card = card_path(path).read_text()
+    rows = card_scale_rows(card)
+    assert sorted(rows) == list(calibration.accelerations)
+    for acceleration, (scale, n, risk, ucb) in rows.items():
+        c = calibration.scale_for(acceleration)
+        assert (scale, n) == (round(c.scale, 2), c.n_items)
+        assert risk == pytest.approx(c.risk, abs=5e-5)
+        assert ucb == pytest.approx(c.risk_ucb, abs=5e-5)
+    assert f"`{calibration.id}`" in card
+    assert calibration.command in card
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_shipped_calibration_loads_with_its_recipe_and_card(name: str) -> None:
+    calibration = load_interval_calibration(name)
+    assert (calibration.chain, calibration.uncertainty) == (name, "fit_sd")
+    assert calibration.quantity == {"t1_molli": "T1", "t2prep": "T2"}[name]
+    assert (calibration.alpha, calibration.delta, calibration.bound) == (0.1, 0.1, "hoeffding_bentkus")
+    assert calibration.accelerations == (1, 2, 4)
+    recipe = calibration.recipe
+    assert (recipe["matrix"], recipe["n_coils"], recipe["snr"], recipe["noise"]) == (64, 8, 50.0, "correlated")
+    for acceleration in calibration.accelerations:
+        c = calibration.scale_for(acceleration)
+        assert c.n_items == recipe["n_slices"] >= 60
+        assert c.risk <= c.risk_ucb <= calibration.alpha
+        assert 1.0 <= c.scale < recipe["max_scale"]
+    assert_card_matches(shipped_calibrations()[name])
+    checked = card_coverage_rows(card_path(shipped_calibrations()[name]).read_text())
+    assert sorted(checked) == [1, 2, 4]
+    assert min(checked.values()) >= 1 - calibration.alpha - 0.01, checked
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_shipped_command_line_parses_back_to_the_recipe(name: str) -> None:
+    calibration = load_interval_calibration(name)
+    words = shlex.split(calibration.command)
+    assert words[:2] == ["qmri", "calibrate"]
+    args = build_parser().parse_args(words[1:])
+    assert (args.chain, args.alpha, args.delta, args.bound) == (name, 0.1, 0.1, calibration.bound)
+    assert tuple(args.accelerations) == calibration.accelerations
+    recipe = calibration.recipe
+    assert (args.n_slices, args.matrix, args.n_coils, args.snr, args.seed) == (
+        recipe["n_slices"],
+        recipe["matrix"],
+        recipe["n_coils"],
+        recipe["snr"],
+        recipe["seed"],
+    )
+
+
+def test_calibration_and_check_slices_never_share_a_seed() -> None:
+    def seeds(data: CalibrationData) -> set[int]:
+        return {data.file_seed(a, i) for a in range(1, 11) for i in range(len(data.file_sizes()))}
+
+    calibration = CalibrationData()
+    check = CalibrationData(seed=CHECK_SEED, n_slices=SEEDS_PER_ACCELERATION * calibration.slices_per_file)
+    assert seeds(calibration).isdisjoint(seeds(check))
+    assert min(seeds(calibration)) > 20_000 > 11 + 1000  # above the tests' and the training's seeds
+    assert calibration.seed == CALIBRATION_SEED
+    assert calibration.file_sizes() == [10] * 10
+    assert CalibrationData(n_slices=25, slices_per_file=10).file_sizes() == [10, 10, 5]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"alpha": 1.0}, "alpha must be in"),
+        ({"accelerations": (2, 2)}, "accelerations must be distinct"),
+        ({"accelerations": (0,)}, "accelerations must be at least 1"),
+        ({"scale_step": 0.0}, "need 0 < scale_step"),
+        ({"check_slices": -1}, "check_slices must be at least 0"),
+    ],
+)
+def test_settings_name_the_bad_value(kwargs: dict, match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        CalibrationSettings(chain="t1_molli", **kwargs)
+
+
+def test_data_names_the_bad_value() -> None:
+    with pytest.raises(ValueError, match="n_slices must be at least 1"):
+        CalibrationData(n_slices=0)
+    with pytest.raises(ValueError, match="needs more than 1000 files"):
+        CalibrationData(n_slices=2001, slices_per_file=2)
+
+
+def test_candidate_scales_are_the_grid() -> None:
+    lambdas = CalibrationSettings(chain="t2prep", max_scale=1.0, scale_step=0.25).lambdas()
+    assert lambdas.tolist() == [0.0, 0.25, 0.5, 0.75, 1.0]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", SHIPPED)
+def test_shipped_calibration_covers_fresh_slices(name: str) -> None:
+    """About 10 new slices per acceleration: pooled pixel coverage at least 1 - alpha - 1 point, near the card's."""
+    calibration = load_interval_calibration(name)
+    rows = check_coverage(calibration, n_slices=10, seed=FRESH_SEED, progress=False)
+    card = card_coverage_rows(card_path(shipped_calibrations()[name]).read_text())
+    report = {r.acceleration: (round(r.coverage, 4), r.width_percent, r.median_width_percent) for r in rows}
+    assert pooled_coverage(rows) >= 1 - calibration.alpha - 0.01, report
+    for row in rows:
+        assert row.coverage == pytest.approx(card[row.acceleration], abs=0.04), report
+        assert row.n_slices == 10
+        assert row.n_covered <= row.n_pixels
+        assert all(math.isfinite(w) and w > 0 for w in row.median_width_percent.values()), report
+
+
+@pytest.mark.slow
+def test_calibrate_writes_a_file_and_card_its_command_reproduces(tmp_path: Path) -> None:
+    out = tmp_path / "t2.json"
+    flags = ["--chain", "t2prep", "--alpha", "0.2", "--delta", "0.2", "--accelerations", "1", "--slices", "24"]
+    small = ["--slices-per-file", "12", "--matrix", "32", "--coils", "4", "--check-slices", "4", "--quiet"]
+    assert main(["calibrate", *flags, *small, "--out", str(out)]) == 0
+    calibration = load_interval_calibration(out)
+    assert calibration.id == "t2prep-fit_sd-a0.2-d0.2"
+    assert calibration.recipe["file_seeds"] == {"1": [CALIBRATION_SEED + 1000, CALIBRATION_SEED + 1001]}
+    c = calibration.scale_for(1)
+    assert c.n_items == 24
+    assert c.risk <= c.risk_ucb <= 0.2
+    assert_card_matches(out)
+    assert sorted(card_coverage_rows(card_path(out).read_text())) == [1]
+
+    again = tmp_path / "again.json"
+    words = shlex.split(calibration.command)
+    words[words.index("--out") + 1] = str(again)
+    assert main([*words[1:], "--quiet"]) == 0
+    assert load_interval_calibration(again).scales == calibration.scales
+
+
+@pytest.mark.slow
+def test_too_few_slices_is_one_line_naming_the_bound(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    out = tmp_path / "few.json"
+    flags = ["--chain", "t1_molli", "--accelerations", "1", "--slices", "3", "--matrix", "32", "--coils", "4"]
+    assert main(["calibrate", *flags, "--quiet", "--out", str(out)]) == 2
+    assert re.search(r"no scale controls the risk at alpha=0.1, delta=0.1 with n=3 items", caplog.text)
+    assert not out.exists()
