@@ -282,8 +282,8 @@ class CalibrationSettings:
             raise ValueError(f"check_slices must be at least 0, got {self.check_slices}")
 
     def lambdas(self) -> np.ndarray:
-        """Return the candidate scales ``0, scale_step, ..., max_scale``. Shape `(n_lambdas,)`."""
-        return np.arange(round(self.max_scale / self.scale_step) + 1) * self.scale_step
+        """Return the candidate scales ``0, scale_step, ..., max_scale``, to 12 decimals. Shape `(n_lambdas,)`."""
+        return np.round(np.arange(round(self.max_scale / self.scale_step) + 1) * self.scale_step, 12)
 
 
 def calibrate_chain(
