@@ -3,12 +3,14 @@
 The interval is ``value -+ scale * SD`` of the map's SD, with the scale lambda a calibration file holds for the
 stream's acceleration (``qmri_models.calibration.files``, made by ``qmri calibrate``): with probability at least
 1 - delta over the calibration draw, the expected fraction of kept pixels whose true value lies outside it is at most
-alpha (``qmri_models.calibration.risk_control``). A stream at an acceleration the file does not cover is an error, not
-a series without a guarantee: a scale calibrated at another acceleration promises nothing there.
+alpha (``qmri_models.calibration.risk_control``). A scale calibrated at another acceleration promises nothing, so a
+stream at an acceleration the file does not cover gets no bound series: by default its maps still flow and the client
+gets one WARNING text saying why (``uncalibrated=skip``); ``uncalibrated=error`` ends the stream instead.
 """
 
+import logging
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import ismrmrd
 import numpy as np
@@ -20,6 +22,8 @@ from gadgets.runtime.config import GadgetConfig, prop
 from gadgets.runtime.registry import GadgetConnection, register
 from qmri_models.calibration.files import IntervalCalibration, load_interval_calibration, shipped_calibrations
 from qmri_models.calibration.intervals import scaled_interval
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -34,9 +38,14 @@ class MapIntervalConfig(GadgetConfig):
     )
     lower_series_index: int = prop(21, "image_series_index of the lower bound of the map's interval", minimum=0)
     upper_series_index: int = prop(22, "image_series_index of the upper bound of the map's interval", minimum=0)
+    uncalibrated: Literal["skip", "error"] = prop(
+        "skip",
+        "at an acceleration the calibration does not cover: skip (the maps without bound series, one WARNING text "
+        "to the client) or error (end the stream)",
+    )
 
 
-@register("MapIntervalGadget", MapIntervalConfig, consumes=(MapImages,), produces=(MapImages, ismrmrd.Image))
+@register("MapIntervalGadget", MapIntervalConfig, consumes=(MapImages,), produces=(MapImages, ismrmrd.Image, str))
 def map_intervals(connection: GadgetConnection) -> None:
     """Send each slice's calibrated lower and upper bounds of its map (value -+ scale * SD), then pass the maps on."""
     config = MapIntervalConfig.from_connection(connection)
@@ -47,11 +56,21 @@ def map_intervals(connection: GadgetConnection) -> None:
         )
     calibration = load_interval_calibration(config.calibration)
     acceleration = header_acceleration(connection.header)
-    calibration.scale_for(acceleration)  # before any slice: an uncalibrated acceleration ends the stream at once
+    calibrated = acceleration in calibration.scales
+    if not calibrated:
+        if config.uncalibrated == "error":
+            calibration.scale_for(acceleration)  # raises, naming the calibrated accelerations, before any slice
+        warning = (
+            f"WARNING no interval bounds for this scan: calibration {calibration.id} covers accelerations "
+            f"{sorted(calibration.scales)}, the scan is at {acceleration}; the maps and SD maps are sent without them"
+        )
+        log.warning("%s", warning)
+        connection.send(warning)
     connection.filter(MapImages)
     for item in connection:
-        for image in interval_images(item, calibration, acceleration, config):
-            connection.send(image)
+        if calibrated:
+            for image in interval_images(item, calibration, acceleration, config):
+                connection.send(image)
         connection.send(item)
 
 

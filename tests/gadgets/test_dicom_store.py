@@ -567,8 +567,9 @@ def replay_dicom_files(results: Path) -> dict[str, str]:
 
 def test_the_replay_fixture_is_what_a_user_finds(results: Path) -> None:
     files = replay_dicom_files(results)
-    assert len(files) == 10
-    assert {Path(name).parent.name for name in files} == {"series_0001", "series_0011", "series_0012"}
+    assert len(files) == 12
+    series = {"series_0001", "series_0011", "series_0012", "series_0021", "series_0022"}
+    assert {Path(name).parent.name for name in files} == series
     assert [p for p in (results / "dicom").iterdir() if p.is_file()] == []  # only series subfolders
 
 
@@ -680,7 +681,7 @@ def test_dicom_send_stores_a_replay_in_orthanc_and_leaves_every_file(orthanc: Or
     assert cli.returncode == 0, cli.stdout + cli.stderr
     assert per_file(cli.stdout, "stored") == [f"stored  {name}" for name in files]
     assert cli.stdout.splitlines()[-1] == (
-        f"{orthanc.node()}: stored 10 of 10 DICOM file(s) under {dicom}, 0 other entries skipped; "
+        f"{orthanc.node()}: stored 12 of 12 DICOM file(s) under {dicom}, 0 other entries skipped; "
         "no file moved or deleted"
     )
     assert snapshot(results) == before
@@ -716,7 +717,7 @@ def test_dicom_send_uses_one_association_and_skips_what_is_not_dicom_or_a_link(
         == f"skipped outside.dcm: symbolic link to {tmp_path / 'outside' / 'mr_0.dcm'} (out of {dicom}): not followed"
     )
     assert linked_folder.startswith(f"skipped outside_series: symbolic link to {tmp_path / 'outside'} (out of")
-    assert "stored 10 of 10 DICOM file(s)" in cli.stdout
+    assert "stored 12 of 12 DICOM file(s)" in cli.stdout
     assert "3 other entries skipped" in cli.stdout
     assert snapshot(results) == before
 
@@ -777,8 +778,8 @@ def test_dicom_send_with_the_node_down_says_so_once_and_keeps_every_file(results
     assert error.startswith(f"error: cannot reach PACS@127.0.0.1:{down.port} (")
     assert "refused" in error.lower()
     assert "is the node running" in error
-    assert error.endswith("; 10 file(s) not sent")
-    assert cli.stdout.splitlines()[-1].startswith(f"{down}: stored 0 of 10 DICOM file(s)")
+    assert error.endswith("; 12 file(s) not sent")
+    assert cli.stdout.splitlines()[-1].startswith(f"{down}: stored 0 of 12 DICOM file(s)")
     assert snapshot(results) == before
 
 

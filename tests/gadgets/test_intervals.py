@@ -2,13 +2,11 @@
 
 from dataclasses import replace
 from pathlib import Path
-from xml.etree.ElementTree import SubElement, tostring
 
 import ismrmrd
 import numpy as np
 import pydicom
 import pytest
-from defusedxml.ElementTree import fromstring
 
 from gadgets.dicom.files import DicomSeriesWriter, series_description
 from gadgets.evaluate import read_series
@@ -23,7 +21,7 @@ from gadgets.runtime.wiring import Boundary
 from qmri_models.calibration.files import IntervalCalibration, save_interval_calibration
 from qmri_models.calibration.risk_control import Calibration
 from qmri_models.fitting.maps import SliceMaps
-from tests.chain_variants import shipped_text, with_gadget
+from tests.chain_variants import variant_text, with_gadget
 from tests.conftest import dciodvfy_lines, make_raw, raw_header_and_items
 
 SCALE = 1.6180339887498949
@@ -178,9 +176,10 @@ MAPS_IN = Boundary(arriving=(MapImages, str), leaving=(MapImages, ismrmrd.Image,
 """A one-gadget chain's ends: maps (and text) in, what the gadget sends out."""
 
 
-def interval_gadget_chain(calibration_property: str = "") -> Chain:
+def interval_gadget_chain(calibration_property: str = "", uncalibrated: str = "skip") -> Chain:
     """A site chain of MapIntervalGadget alone, with the given calibration property (none if empty)."""
     prop = f'<property name="calibration" value="{calibration_property}"/>' if calibration_property else ""
+    prop += f'<property name="uncalibrated" value="{uncalibrated}"/>'
     return parse_chain(
         "<configuration><version>2</version><stream><gadget><name>Intervals</name><dll>qmri</dll>"
         f"<classname>MapIntervalGadget</classname>{prop}</gadget></stream></configuration>",
@@ -203,10 +202,24 @@ def test_gadget_sends_the_bounds_then_passes_the_maps_on(
 def test_an_uncalibrated_acceleration_ends_the_stream_naming_the_calibrated_ones(
     t1_file: Path, tiny_scan: tuple[ismrmrd.xsd.ismrmrdHeader, list[object]]
 ) -> None:
-    """An ERROR, not a bound series without a guarantee: a scale from another acceleration promises nothing."""
+    """With uncalibrated=error: no bound series without a guarantee, and no maps either."""
     at_3 = header(tiny_scan[0], 3)
     with pytest.raises(StreamError, match=r"no scale for acceleration 3; it was calibrated at \[2, 4\]"):
-        run_chain(interval_gadget_chain(str(t1_file)), at_3, iter([slice_maps()]), lambda _: None)
+        run_chain(interval_gadget_chain(str(t1_file), "error"), at_3, iter([slice_maps()]), lambda _: None)
+
+
+def test_an_uncalibrated_acceleration_keeps_the_maps_and_warns_by_default(
+    t1_file: Path, tiny_scan: tuple[ismrmrd.xsd.ismrmrdHeader, list[object]]
+) -> None:
+    """A scale from another acceleration promises nothing: no bounds, the maps still flow, the client is told."""
+    item = slice_maps()
+    sent: list[object] = []
+    run_chain(interval_gadget_chain(str(t1_file)), header(tiny_scan[0], 3), iter([item]), sent.append)
+    warning, maps = sent
+    assert isinstance(warning, str)
+    assert warning.startswith("WARNING no interval bounds for this scan")
+    assert "covers accelerations [2, 4], the scan is at 3" in warning
+    assert maps is item
 
 
 def test_a_missing_calibration_is_an_error(
@@ -220,30 +233,23 @@ def test_a_missing_calibration_is_an_error(
 
 
 def test_a_client_chain_may_not_name_a_calibration_file(t1_file: Path) -> None:
-    text = with_gadget("t1_molli", "Intervals", "MapIntervalGadget", calibration=t1_file)
+    text = variant_text("t1_molli", "Intervals", calibration=t1_file)
     with pytest.raises(ChainError, match="calibration"):
         parse_chain(text)
+    parse_chain(variant_text("t1_molli", "Intervals", calibration="t2prep"))  # a shipped name is a client's choice
 
 
 def test_bounds_after_the_map_series_are_refused_by_the_wiring_check() -> None:
     """MapSeriesGadget turns the maps into images: nothing after it sends MapIntervalGadget any MapImages."""
-    text = with_gadget("t1_molli", "Intervals", "MapIntervalGadget")
+    text = with_gadget("t1_molli", "MoreIntervals", "MapIntervalGadget", calibration="t1_molli")
     with pytest.raises(ChainError, match=r"MapIntervalGadget.* takes MapImages, but nothing before it sends one"):
         parse_chain(text)
 
 
 def with_intervals_before_maps(chain: str, calibration_file: Path) -> Chain:
-    """A site chain: a shipped chain with MapIntervalGadget (the calibration file) just before its map series."""
-    root = fromstring(shipped_text(chain))
-    stream = root.find("stream")
-    names = [gadget.findtext("name") for gadget in stream.findall("gadget")]
-    node = SubElement(stream, "gadget")
-    stream.remove(node)
-    stream.insert(names.index("Maps"), node)
-    for tag, text in (("name", "Intervals"), ("dll", "qmri"), ("classname", "MapIntervalGadget")):
-        SubElement(node, tag).text = text
-    SubElement(node, "property", name="calibration", value=str(calibration_file))
-    return parse_chain(tostring(root, encoding="unicode"), name=f"{chain} with intervals", site=True)
+    """A site chain: a shipped chain whose MapIntervalGadget reads the given calibration file."""
+    text = variant_text(chain, "Intervals", calibration=calibration_file)
+    return parse_chain(text, name=f"{chain} with intervals", site=True)
 
 
 @pytest.fixture(scope="module")

@@ -179,9 +179,9 @@ def test_server_returns_maps_and_sd_while_the_dicom_node_is_down(tmp_path: Path)
     assert not reply.errors
     (warning,) = [text for text in reply.texts if text.startswith("WARNING")]
     assert "qmri dicom-flush" in warning
-    assert len(list((output / "dicom_outbox").glob("*.dcm"))) == 2
+    assert len(list((output / "dicom_outbox").glob("*.dcm"))) == 4  # map, SD and the interval's two bounds
     roles = sorted(meta_of(image)["GADGETRON_DataRole"] for image in reply.images)
-    assert roles == ["T1", "T1SD"]
+    assert roles == ["T1", "T1Lower", "T1SD", "T1Upper"]
     t1 = next(image for image in reply.images if meta_of(image)["GADGETRON_DataRole"] == "T1")
     assert t1.image_series_index == 11
     assert t1.data.dtype == np.float32
@@ -190,17 +190,17 @@ def test_server_returns_maps_and_sd_while_the_dicom_node_is_down(tmp_path: Path)
         labels = f["truth"]["labels"][0]
     wm = labels == 1
     assert abs(np.median(t1.data[0, 0][wm] / truth[wm]) - 1.0) < 0.03
-    assert len(list((output / "dicom").glob("*/series_*/*.dcm"))) == 2
+    assert len(list((output / "dicom").glob("*/series_*/*.dcm"))) == 4
 
 
 def test_map_series_properties_move_series_and_window(tmp_path: Path) -> None:
     raw = make_raw(tmp_path / "t2.h5", contrast="t2prep", seed=8)
-    chain = chain_variant("t2prep", "Maps", map_series_index=21, send_sd="false", window_center=60, window_width=120)
+    chain = chain_variant("t2prep", "Maps", map_series_index=31, send_sd="false", window_center=60, window_width=120)
     out = tmp_path / "out"
     replay(raw, chain, out, progress=False)
     with ismrmrd.Dataset(str(out / "images.h5"), "dataset", create_if_needed=False) as dataset:
-        assert sorted(dataset.list()) == ["image_21", "xml"]
-    _, images = read_series(out / "images.h5", 21)
+        assert sorted(dataset.list()) == ["image_21", "image_22", "image_31", "xml"]  # the bounds stay at 21, 22
+    _, images = read_series(out / "images.h5", 31)
     meta = meta_of(images[0])
     assert (meta["GADGETRON_WindowCenter"], meta["GADGETRON_WindowWidth"]) == ("60", "120")
 

@@ -201,8 +201,8 @@ def test_chain_sends_json_text_after_the_maps_and_writes_the_sr(molli_r2: Path, 
 
     run_chain(report_chain(), header, items, out.append, output_dir=tmp_path)
 
-    assert [type(o).__name__ for o in out] == ["Image", "Image", "str"]
-    body = json.loads(out[2])  # type: ignore[arg-type]
+    assert [type(o).__name__ for o in out] == ["Image"] * 4 + ["str"]  # bounds 21, 22, map 11, SD 12, report
+    body = json.loads(out[4])  # type: ignore[arg-type]
     assert (body["type"], body["version"], body["quantity"], body["units"]) == (REPORT_TYPE, 1, "T1", "ms")
     got = {s["name"]: s for s in body["structures"]}
     for name, truth in true_class_means(molli_r2).items():
@@ -254,11 +254,11 @@ def test_clients_get_the_text_and_their_images(molli_r2: Path, server: MrdServer
     reply = send_stream(host, port, header, items, config_text=chain_text())
 
     assert reply.errors == []
-    assert sorted(int(im.image_series_index) for im in reply.images) == [11, 12]
+    assert sorted(int(im.image_series_index) for im in reply.images) == [11, 12, 21, 22]
     (text,) = reply.texts
     assert json.loads(text)["type"] == REPORT_TYPE
     streamed = stream_mode_images(chain_file(tmp_path), header, items, "--output", str(tmp_path / "stream"))
-    assert sorted(int(im.image_series_index) for im in streamed) == [11, 12]
+    assert sorted(int(im.image_series_index) for im in streamed) == [11, 12, 21, 22]
 
 
 def chain_file(folder: Path) -> str:
