@@ -1,0 +1,66 @@
+"""``qmri evaluate-uncertainty``: a classical chain's calibrated intervals scored on fresh simulated slices."""
+
+import argparse
+import json
+import shlex
+from pathlib import Path
+from typing import get_args
+
+from gadgets.cli.arguments import Subcommands, add_command, positive_int, user_errors
+
+
+def add_commands(commands: Subcommands) -> None:
+    """Add ``evaluate-uncertainty``."""
+    add_command(
+        commands,
+        "evaluate-uncertainty",
+        "coverage, width and width-error correlation of a classical chain's calibrated intervals on fresh slices",
+        _arguments,
+    )
+
+
+def _arguments(p: argparse.ArgumentParser) -> None:
+    from gadgets.calibration_run import ClassicalChain
+    from gadgets.uncertainty_evaluation import DEFAULT_SLICES, EVALUATION_SEED
+
+    p.add_argument("--chain", required=True, choices=get_args(ClassicalChain), help="the shipped classical chain")
+    p.add_argument(
+        "--calibration", help="its calibration: a shipped name or a file of qmri calibrate (default: the chain's)"
+    )
+    p.add_argument(
+        "--accelerations", type=positive_int, nargs="+", help="accelerations to evaluate (default: the calibrated)"
+    )
+    p.add_argument("--slices", type=positive_int, default=DEFAULT_SLICES, help="fresh slices per acceleration")
+    p.add_argument("--matrix", type=positive_int, help="image size (default: the calibration's)")
+    p.add_argument("--seed", type=int, default=EVALUATION_SEED, help="base seed of the fresh slices")
+    p.add_argument("--out", type=Path, help="also write the figures, every structure included, as JSON")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(run=_evaluate_uncertainty)
+
+
+def _evaluate_uncertainty(args: argparse.Namespace) -> int:
+    from gadgets.uncertainty_evaluation import evaluate_uncertainty, report_json, report_table
+    from qmri_models.calibration.files import load_interval_calibration
+
+    with user_errors():  # a calibration file that is not one, an acceleration it does not cover, a bad seed
+        calibration = load_interval_calibration(args.calibration or args.chain)
+        if calibration.chain != args.chain:
+            raise ValueError(f"calibration {calibration.id!r} is of chain {calibration.chain!r}, not {args.chain!r}")
+        reports = evaluate_uncertainty(
+            calibration,
+            accelerations=args.accelerations or calibration.accelerations,
+            n_slices=args.slices,
+            matrix=args.matrix,
+            seed=args.seed,
+            progress=not args.quiet,
+        )
+    print(report_table(calibration, reports))
+    if args.out is not None:
+        words = ["qmri", "evaluate-uncertainty", "--chain", args.chain, "--calibration", args.calibration or args.chain]
+        words += ["--accelerations", *(str(r.acceleration) for r in reports), "--slices", str(args.slices)]
+        words += [*(["--matrix", str(args.matrix)] if args.matrix else []), "--seed", str(args.seed)]
+        result = report_json(calibration, reports, command=shlex.join(words), seed=args.seed)
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(result, indent=2, allow_nan=False) + "\n", encoding="utf-8")
+        print(f"written: {args.out}")
+    return 0

@@ -1,0 +1,259 @@
+"""``qmri evaluate-uncertainty``: a classical chain's calibrated intervals on fresh simulated slices (issue 15, part 4).
+
+Per acceleration, new slices of the calibration's recipe (base seed ``EVALUATION_SEED``, apart from the calibration's
+and its check's) are replayed through the shipped chain (``gadgets.calibration_run.replay_slices``), and its map and
+fit SD are scored against the simulator's truth on the calibration's tissue pixels (truth white matter, grey matter,
+lesion; kept by the fit):
+
+- pixel coverage of the calibrated interval ``map +- scale * SD`` (what MapIntervalGadget sends as series 21 and 22;
+  its clamping of the lower bound at 0 covers no other positive truth) and its mean width relative to the map in
+  white and grey matter;
+- seed 001's correlations between the interval's full width and the absolute error, after a Gaussian blur of SD 2
+  pixels, globally and per patch (``qmri_models.calibration.evaluation``), per slice, then mean and SD over slices;
+- seed 002's question: per slice and truth class (white, grey matter), the error of the structure's mean map value
+  and the mean voxel SD inside it; over structures x slices, the correlation of that mean SD with the absolute error
+  of the mean. The fraction of structures whose ``|error of the mean| <= scale * mean SD`` (the pixel interval's
+  half-width, averaged over the structure) is descriptive only: the calibration controls pixel coverage, and no
+  interval of a structure's mean is calibrated here.
+"""
+
+import dataclasses
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from gadgets.calibration_run import REPORTED_TISSUES, CalibrationData, map_chain, replay_slices
+from qmri_models.calibration.evaluation import (
+    BLUR_SIGMA_PX,
+    PATCHES_PER_SIDE,
+    ErrorCorrelation,
+    error_correlation,
+    pearson,
+    spearman,
+    structure_error,
+)
+from qmri_models.calibration.files import IntervalCalibration
+from qmri_models.calibration.intervals import scaled_interval
+
+EVALUATION_SEED = 400_000
+"""Base seed of the evaluation slices (the calibration's is 100 000, its check's 200 000, 300 000 taken too)."""
+DEFAULT_SLICES = 20
+"""Fresh slices per acceleration (issue 15's evaluation)."""
+STRUCTURE_TISSUES = REPORTED_TISSUES
+"""Truth classes whose structure means are scored (white and grey matter)."""
+CORRELATION_NAMES = tuple(f.name for f in dataclasses.fields(ErrorCorrelation))
+"""The correlation figures of each slice, in table order."""
+
+
+@dataclass(frozen=True)
+class Summary:
+    """Mean and SD over the slices where a figure is defined."""
+
+    mean: float | None
+    sd: float | None
+    n: int
+    """Slices where it is defined."""
+
+
+def summarise(values: Sequence[float | None]) -> Summary:
+    """Return the mean and SD of the defined values (None where none is)."""
+    defined = np.array([v for v in values if v is not None], dtype=np.float64)
+    if not defined.size:
+        return Summary(None, None, 0)
+    return Summary(float(defined.mean()), float(defined.std()), int(defined.size))
+
+
+@dataclass(frozen=True)
+class StructureRow:
+    """One structure (a truth class of one slice) as seed 002 scores it."""
+
+    slice_index: int
+    tissue: str
+    n_pixels: int
+    mean_error: float
+    """Mean map minus mean truth over the structure's kept pixels, in ms."""
+    mean_truth: float
+    """Mean truth over them, in ms."""
+    mean_sd: float
+    """Mean fit SD over them, in ms."""
+
+
+@dataclass(frozen=True)
+class AccelerationReport:
+    """Everything measured at one acceleration."""
+
+    acceleration: int
+    scale: float
+    n_slices: int
+    n_pixels: int
+    coverage: float
+    """Fraction of tissue pixels whose truth lies in ``map +- scale * SD``."""
+    width_percent: dict[str, float]
+    """Per reported tissue, mean full width ``2 scale SD / map`` in percent."""
+    median_width_percent: dict[str, float]
+    correlations: dict[str, Summary]
+    """Per figure of ``ErrorCorrelation``, its mean and SD over slices."""
+    structures: list[StructureRow]
+    structure_pearson: float | None
+    """Over structures x slices: Pearson of the mean voxel SD with the absolute error of the structure mean."""
+    structure_spearman: float | None
+    structure_within_half_width: float
+    """Descriptive, not a calibrated coverage: fraction of structures with ``|mean error| <= scale * mean SD``."""
+
+
+def evaluate_acceleration(
+    calibration: IntervalCalibration, data: CalibrationData, acceleration: int, *, progress: bool
+) -> AccelerationReport:
+    """Return the coverage, width, width-error correlations and structure errors of one acceleration.
+
+    Parameters
+    ----------
+    calibration : The chain's calibration (its chain is replayed; its scale at ``acceleration`` is used).
+    data : The fresh slices (``data.n_slices`` of them).
+    acceleration : Undersampling factor.
+    progress : Show a progress bar on stderr.
+    """
+    scale = calibration.scale_for(acceleration).scale
+    maps = replay_slices(map_chain(calibration.chain), data, acceleration, progress=progress)
+    mask = maps.mask(data.tissues)
+    lower, upper = scaled_interval(maps.value, maps.sd, maps.sd, scale)
+    covered = (lower <= maps.truth) & (maps.truth <= upper)
+    width = upper - lower
+    relative = width / np.where(maps.value > 0, maps.value, np.inf)
+    widths = {tissue: 100.0 * relative[maps.mask([tissue])] for tissue in REPORTED_TISSUES}
+    error = np.abs(maps.value - maps.truth)
+    per_slice = [error_correlation(width[i], error[i], mask[i]) for i in range(len(mask))]
+    structures = [
+        StructureRow(
+            slice_index=i,
+            tissue=tissue,
+            n_pixels=s.n_pixels,
+            mean_error=s.mean_error,
+            mean_truth=float(maps.truth[i][where].mean()),
+            mean_sd=s.mean_sd,
+        )
+        for tissue in STRUCTURE_TISSUES
+        for i, where in enumerate(maps.mask([tissue]))
+        if where.any()
+        for s in [structure_error(maps.value[i], maps.truth[i], maps.sd[i], where)]
+    ]
+    sds = np.array([s.mean_sd for s in structures])
+    errors = np.abs([s.mean_error for s in structures])
+    return AccelerationReport(
+        acceleration=acceleration,
+        scale=scale,
+        n_slices=data.n_slices,
+        n_pixels=int(mask.sum()),
+        coverage=float((covered & mask).sum() / mask.sum()),
+        width_percent={t: float(w.mean()) for t, w in widths.items()},
+        median_width_percent={t: float(np.median(w)) for t, w in widths.items()},
+        correlations={name: summarise([getattr(c, name) for c in per_slice]) for name in CORRELATION_NAMES},
+        structures=structures,
+        structure_pearson=pearson(sds, errors),
+        structure_spearman=spearman(sds, errors),
+        structure_within_half_width=float(np.mean(errors <= scale * sds)),
+    )
+
+
+def evaluate_uncertainty(
+    calibration: IntervalCalibration,
+    *,
+    accelerations: Sequence[int],
+    n_slices: int,
+    matrix: int | None = None,
+    seed: int = EVALUATION_SEED,
+    progress: bool = True,
+) -> list[AccelerationReport]:
+    """Return the evaluation of a classical chain's calibrated intervals at each acceleration (module docstring).
+
+    Parameters
+    ----------
+    calibration : The chain's calibration; its recipe says what to simulate.
+    accelerations : Calibrated accelerations to evaluate.
+    n_slices : Fresh slices per acceleration.
+    matrix : Image size (None: the recipe's).
+    seed : Base seed of the fresh slices; not the calibration's.
+    progress : Show progress bars on stderr.
+    """
+    recipe = CalibrationData.from_recipe(calibration.recipe)
+    if seed == recipe.seed:
+        raise ValueError(f"seed {seed} is the calibration's own: fresh slices need another")
+    data = dataclasses.replace(recipe, n_slices=n_slices, seed=seed, matrix=recipe.matrix if matrix is None else matrix)
+    for acceleration in accelerations:
+        calibration.scale_for(acceleration)  # every acceleration is calibrated, before any replay
+    return [evaluate_acceleration(calibration, data, a, progress=progress) for a in accelerations]
+
+
+def _number(value: float | None, digits: int = 3) -> str:
+    """Return a figure for the table, ``-`` when undefined."""
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def _summary(summary: Summary) -> str:
+    """Return ``mean ± SD`` for the table."""
+    return "-" if summary.mean is None else f"{summary.mean:.2f}±{summary.sd:.2f}"
+
+
+def report_table(calibration: IntervalCalibration, reports: Sequence[AccelerationReport]) -> str:
+    """Return the three tables (pixel coverage and width, width-error correlation, structures) as Markdown."""
+    target = 1 - calibration.alpha
+    tissues = " | ".join(f"width {t.replace('_', ' ')} % mean / median" for t in REPORTED_TISSUES)
+    lines = [
+        f"{calibration.chain}: {calibration.quantity} ± λ · fit SD, calibration {calibration.id} "
+        f"(target pixel coverage ≥ {target:g})",
+        "",
+        f"| R | λ | slices | pixels | coverage | {tissues} |",
+        "|---|---|---|---|---|" + "---|" * len(REPORTED_TISSUES),
+        *(
+            f"| {r.acceleration} | {r.scale:.2f} | {r.n_slices} | {r.n_pixels} | {r.coverage:.4f} | "
+            + " | ".join(f"{r.width_percent[t]:.1f} / {r.median_width_percent[t]:.1f}" for t in REPORTED_TISSUES)
+            + " |"
+            for r in reports
+        ),
+        "",
+        f"Interval width vs |error|, both blurred (Gaussian SD {BLUR_SIGMA_PX:g} px, normalised to the tissue "
+        f"mask); per slice, then mean ± SD over slices. Region: mean of the correlations within each of "
+        f"{PATCHES_PER_SIDE}x{PATCHES_PER_SIDE} patches (seed 001); patch means: correlation of the patches' mean "
+        "width and mean error.",
+        "",
+        "| R | Pearson | Spearman | region Pearson | region Spearman | patch-mean Pearson | patch-mean Spearman |",
+        "|---|---|---|---|---|---|---|",
+        *(
+            f"| {r.acceleration} | " + " | ".join(_summary(r.correlations[name]) for name in CORRELATION_NAMES) + " |"
+            for r in reports
+        ),
+        "",
+        "Structures (truth white and grey matter per slice): error of the structure's mean vs truth, mean voxel SD; "
+        "correlation over structures x slices of the mean SD with |error of the mean|. 'within λ·mean SD' is "
+        "descriptive (the fraction with |error of the mean| <= λ · mean SD), not a calibrated coverage.",
+        "",
+        "| R | structures | mean |error| ms | mean of mean SD ms | Pearson | Spearman | within λ·mean SD |",
+        "|---|---|---|---|---|---|---|",
+        *(
+            f"| {r.acceleration} | {len(r.structures)} | {np.mean(np.abs([s.mean_error for s in r.structures])):.1f} | "
+            f"{np.mean([s.mean_sd for s in r.structures]):.1f} | {_number(r.structure_pearson)} | "
+            f"{_number(r.structure_spearman)} | {r.structure_within_half_width:.3f} |"
+            for r in reports
+        ),
+    ]
+    return "\n".join(lines)
+
+
+def report_json(
+    calibration: IntervalCalibration, reports: Sequence[AccelerationReport], *, command: str, seed: int
+) -> dict[str, Any]:
+    """Return the evaluation as a JSON-able dict: the calibration, the command, the seed and every report."""
+    return {
+        "chain": calibration.chain,
+        "calibration_id": calibration.id,
+        "quantity": calibration.quantity,
+        "alpha": calibration.alpha,
+        "delta": calibration.delta,
+        "seed": seed,
+        "blur_sigma_px": BLUR_SIGMA_PX,
+        "patches_per_side": PATCHES_PER_SIDE,
+        "command": command,
+        "accelerations": [dataclasses.asdict(r) for r in reports],
+    }
