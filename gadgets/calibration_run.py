@@ -386,27 +386,56 @@ def check_coverage(
         raise ValueError(f"seed {seed} is the calibration's own: fresh slices need another")
     data = dataclasses.replace(recipe, n_slices=n_slices, seed=seed)
     chain = map_chain(calibration.chain)
-    rows = []
-    for acceleration in calibration.accelerations if accelerations is None else accelerations:
-        scale = calibration.scale_for(acceleration).scale
-        maps = replay_slices(chain, data, acceleration, progress=progress)
-        mask = maps.mask(data.tissues)
-        lower, upper = scaled_interval(maps.value, maps.sd, maps.sd, scale)
-        covered = (lower <= maps.truth) & (maps.truth <= upper)
-        width = 2.0 * scale * maps.sd / np.where(maps.value > 0, maps.value, np.inf)
-        widths = {tissue: 100.0 * width[maps.mask([tissue])] for tissue in REPORTED_TISSUES}
-        rows.append(
-            Coverage(
-                acceleration=acceleration,
-                scale=scale,
-                n_slices=n_slices,
-                n_pixels=int(mask.sum()),
-                n_covered=int((covered & mask).sum()),
-                width_percent={t: float(w.mean()) for t, w in widths.items()},
-                median_width_percent={t: float(np.median(w)) for t, w in widths.items()},
-            )
+    return [
+        interval_coverage(
+            replay_slices(chain, data, acceleration, progress=progress),
+            data,
+            acceleration,
+            calibration.scale_for(acceleration).scale,
         )
-    return rows
+        for acceleration in (calibration.accelerations if accelerations is None else accelerations)
+    ]
+
+
+def interval_coverage(maps: ReplayedMaps, data: CalibrationData, acceleration: int, scale: float) -> Coverage:
+    """Return how often ``map -+ scale * SD`` covers the truth in the tissue of replayed slices, and how wide it is.
+
+    Parameters
+    ----------
+    maps : The replayed slices' maps, SDs and truth.
+    data : Their recipe (its tissues are the coverage mask, with the fit's kept pixels).
+    acceleration : Their undersampling factor.
+    scale : The interval's lambda.
+    """
+    mask = maps.mask(data.tissues)
+    lower, upper = scaled_interval(maps.value, maps.sd, maps.sd, scale)
+    covered = (lower <= maps.truth) & (maps.truth <= upper)
+    width = 2.0 * scale * maps.sd / np.where(maps.value > 0, maps.value, np.inf)
+    widths = {tissue: 100.0 * width[maps.mask([tissue])] for tissue in REPORTED_TISSUES}
+    return Coverage(
+        acceleration=acceleration,
+        scale=scale,
+        n_slices=len(mask),
+        n_pixels=int(mask.sum()),
+        n_covered=int((covered & mask).sum()),
+        width_percent={t: float(w.mean()) for t, w in widths.items()},
+        median_width_percent={t: float(np.median(w)) for t, w in widths.items()},
+    )
+
+
+def coverage_table(rows: Sequence[Coverage]) -> list[str]:
+    """Return the Markdown table of coverage and width per acceleration (header and one line per row)."""
+    tissues = " | ".join(f"width {t.replace('_', ' ')} %, mean / median" for t in REPORTED_TISSUES)
+    return [
+        f"| acceleration | λ | slices | pixels | coverage | {tissues} |",
+        "|---|---|---|---|---|" + "---|" * len(REPORTED_TISSUES),
+        *(
+            f"| {r.acceleration} | {r.scale:.2f} | {r.n_slices} | {r.n_pixels} | {r.coverage:.4f} | "
+            + " | ".join(f"{r.width_percent[t]:.1f} / {r.median_width_percent[t]:.1f}" for t in REPORTED_TISSUES)
+            + " |"
+            for r in rows
+        ),
+    ]
 
 
 def pooled_coverage(rows: Sequence[Coverage]) -> float:
@@ -454,7 +483,6 @@ def model_card(calibration: IntervalCalibration, checks: Sequence[Coverage], *, 
         ),
     ]
     if checks:
-        tissues = " | ".join(f"width {t.replace('_', ' ')} %, mean / median" for t in REPORTED_TISSUES)
         lines += [
             "",
             "## Check on fresh slices",
@@ -463,14 +491,7 @@ def model_card(calibration: IntervalCalibration, checks: Sequence[Coverage], *, 
             f"fraction of tissue pixels whose true {quantity} lies in the interval (target at least "
             f"{1 - calibration.alpha:g}); width is the mean full width `2 λ SD / {quantity}`.",
             "",
-            f"| acceleration | λ | slices | pixels | coverage | {tissues} |",
-            "|---|---|---|---|---|" + "---|" * len(REPORTED_TISSUES),
-            *(
-                f"| {r.acceleration} | {r.scale:.2f} | {r.n_slices} | {r.n_pixels} | {r.coverage:.4f} | "
-                + " | ".join(f"{r.width_percent[t]:.1f} / {r.median_width_percent[t]:.1f}" for t in REPORTED_TISSUES)
-                + " |"
-                for r in checks
-            ),
+            *coverage_table(checks),
             "",
             f"All accelerations together: coverage {pooled_coverage(checks):.4f}.",
         ]

@@ -24,7 +24,15 @@ from typing import Any
 
 import numpy as np
 
-from gadgets.calibration_run import REPORTED_TISSUES, CalibrationData, map_chain, replay_slices
+from gadgets.calibration_run import (
+    REPORTED_TISSUES,
+    CalibrationData,
+    Coverage,
+    coverage_table,
+    interval_coverage,
+    map_chain,
+    replay_slices,
+)
 from qmri_models.calibration.evaluation import (
     BLUR_SIGMA_PX,
     PATCHES_PER_SIDE,
@@ -35,7 +43,6 @@ from qmri_models.calibration.evaluation import (
     structure_error,
 )
 from qmri_models.calibration.files import IntervalCalibration
-from qmri_models.calibration.intervals import scaled_interval
 
 EVALUATION_SEED = 400_000
 """Base seed of the evaluation slices (the calibration's is 100 000, its check's 200 000, 300 000 taken too)."""
@@ -84,15 +91,8 @@ class StructureRow:
 class AccelerationReport:
     """Everything measured at one acceleration."""
 
-    acceleration: int
-    scale: float
-    n_slices: int
-    n_pixels: int
-    coverage: float
-    """Fraction of tissue pixels whose truth lies in ``map +- scale * SD``."""
-    width_percent: dict[str, float]
-    """Per reported tissue, mean full width ``2 scale SD / map`` in percent."""
-    median_width_percent: dict[str, float]
+    pixels: Coverage
+    """Pixel coverage of ``map +- scale * SD`` in tissue and its width (``gadgets.calibration_run``)."""
     correlations: dict[str, Summary]
     """Per figure of ``ErrorCorrelation``, its mean and SD over slices."""
     structures: list[StructureRow]
@@ -118,11 +118,7 @@ def evaluate_acceleration(
     scale = calibration.scale_for(acceleration).scale
     maps = replay_slices(map_chain(calibration.chain), data, acceleration, progress=progress)
     mask = maps.mask(data.tissues)
-    lower, upper = scaled_interval(maps.value, maps.sd, maps.sd, scale)
-    covered = (lower <= maps.truth) & (maps.truth <= upper)
-    width = upper - lower
-    relative = width / np.where(maps.value > 0, maps.value, np.inf)
-    widths = {tissue: 100.0 * relative[maps.mask([tissue])] for tissue in REPORTED_TISSUES}
+    width = 2.0 * scale * maps.sd
     error = np.abs(maps.value - maps.truth)
     per_slice = [error_correlation(width[i], error[i], mask[i]) for i in range(len(mask))]
     structures = [
@@ -142,13 +138,7 @@ def evaluate_acceleration(
     sds = np.array([s.mean_sd for s in structures])
     errors = np.abs([s.mean_error for s in structures])
     return AccelerationReport(
-        acceleration=acceleration,
-        scale=scale,
-        n_slices=data.n_slices,
-        n_pixels=int(mask.sum()),
-        coverage=float((covered & mask).sum() / mask.sum()),
-        width_percent={t: float(w.mean()) for t, w in widths.items()},
-        median_width_percent={t: float(np.median(w)) for t, w in widths.items()},
+        pixels=interval_coverage(maps, data, acceleration, scale),
         correlations={name: summarise([getattr(c, name) for c in per_slice]) for name in CORRELATION_NAMES},
         structures=structures,
         structure_pearson=pearson(sds, errors),
@@ -199,19 +189,11 @@ def _summary(summary: Summary) -> str:
 def report_table(calibration: IntervalCalibration, reports: Sequence[AccelerationReport]) -> str:
     """Return the three tables (pixel coverage and width, width-error correlation, structures) as Markdown."""
     target = 1 - calibration.alpha
-    tissues = " | ".join(f"width {t.replace('_', ' ')} % mean / median" for t in REPORTED_TISSUES)
     lines = [
         f"{calibration.chain}: {calibration.quantity} ± λ · fit SD, calibration {calibration.id} "
         f"(target pixel coverage ≥ {target:g})",
         "",
-        f"| R | λ | slices | pixels | coverage | {tissues} |",
-        "|---|---|---|---|---|" + "---|" * len(REPORTED_TISSUES),
-        *(
-            f"| {r.acceleration} | {r.scale:.2f} | {r.n_slices} | {r.n_pixels} | {r.coverage:.4f} | "
-            + " | ".join(f"{r.width_percent[t]:.1f} / {r.median_width_percent[t]:.1f}" for t in REPORTED_TISSUES)
-            + " |"
-            for r in reports
-        ),
+        *coverage_table([r.pixels for r in reports]),
         "",
         f"Interval width vs |error|, both blurred (Gaussian SD {BLUR_SIGMA_PX:g} px, normalised to the tissue "
         f"mask); per slice, then mean ± SD over slices. Region: mean of the correlations within each of "
@@ -221,7 +203,9 @@ def report_table(calibration: IntervalCalibration, reports: Sequence[Acceleratio
         "| R | Pearson | Spearman | region Pearson | region Spearman | patch-mean Pearson | patch-mean Spearman |",
         "|---|---|---|---|---|---|---|",
         *(
-            f"| {r.acceleration} | " + " | ".join(_summary(r.correlations[name]) for name in CORRELATION_NAMES) + " |"
+            f"| {r.pixels.acceleration} | "
+            + " | ".join(_summary(r.correlations[name]) for name in CORRELATION_NAMES)
+            + " |"
             for r in reports
         ),
         "",
@@ -232,7 +216,8 @@ def report_table(calibration: IntervalCalibration, reports: Sequence[Acceleratio
         "| R | structures | mean |error| ms | mean of mean SD ms | Pearson | Spearman | within λ·mean SD |",
         "|---|---|---|---|---|---|---|",
         *(
-            f"| {r.acceleration} | {len(r.structures)} | {np.mean(np.abs([s.mean_error for s in r.structures])):.1f} | "
+            f"| {r.pixels.acceleration} | {len(r.structures)} | "
+            f"{np.mean(np.abs([s.mean_error for s in r.structures])):.1f} | "
             f"{np.mean([s.mean_sd for s in r.structures]):.1f} | {_number(r.structure_pearson)} | "
             f"{_number(r.structure_spearman)} | {r.structure_within_half_width:.3f} |"
             for r in reports
@@ -255,5 +240,9 @@ def report_json(
         "blur_sigma_px": BLUR_SIGMA_PX,
         "patches_per_side": PATCHES_PER_SIDE,
         "command": command,
-        "accelerations": [dataclasses.asdict(r) for r in reports],
+        "accelerations": [
+            {**dataclasses.asdict(r.pixels), "coverage": r.pixels.coverage}
+            | {k: v for k, v in dataclasses.asdict(r).items() if k != "pixels"}
+            for r in reports
+        ],
     }

@@ -57,7 +57,7 @@ def _evaluate_uncertainty(args: argparse.Namespace) -> int:
     print(report_table(calibration, reports))
     if args.out is not None:
         words = ["qmri", "evaluate-uncertainty", "--chain", args.chain, "--calibration", args.calibration or args.chain]
-        words += ["--accelerations", *(str(r.acceleration) for r in reports), "--slices", str(args.slices)]
+        words += ["--accelerations", *(str(r.pixels.acceleration) for r in reports), "--slices", str(args.slices)]
         words += [*(["--matrix", str(args.matrix)] if args.matrix else []), "--seed", str(args.seed)]
         result = report_json(calibration, reports, command=shlex.join(words), seed=args.seed)
         args.out.parent.mkdir(parents=True, exist_ok=True)
