@@ -17,16 +17,21 @@ JSON schema (version 1)
      "classified_on": ["T1"],           the maps the classes come from (["T1", "T2"] with both)
      "sd_method": "...",                how the voxel SD map was made (fit residual, MC samples ...)
      "voxel_ml": 0.0354,                volume of one voxel: field of view / matrix times slice thickness
+     "n_samples": 100,                  maps of the reconstruction's samples measured (MC dropout); null without
      "structures": [
        {"name": "white_matter",         a class of the classification (``outlier``: pixels no class explains)
         "pixels": 812, "volume_ml": 28.7,
         "mean": 905.2, "median": 901.7, mean and median of the map inside the structure, in ``units``
-        "mean_voxel_sd": 31.4},          mean of the voxel SD map inside it, in ``units``
+        "mean_voxel_sd": 31.4,          mean of the voxel SD map inside it, in ``units``
+        "mean_sd": 6.2,                 SD (ddof 0) over the samples of the structure's mean, in ``units``
+        "mean_cv": 0.0069},             that SD over the mean of the samples' structure means
        ...]}
 
-Numbers that are undefined (an empty class, a map without an SD map) are ``null``, never NaN. The maps carry no
-per-sample maps (the PUQ fit keeps only the SD over its MC samples), so the report has the mean voxel SD and no
-spread of the structure's mean over samples.
+Numbers that are undefined (an empty class, a map without an SD map, maps without samples) are ``null``, never NaN.
+The samples are the maps the PUQ fit makes of every MC sample (``SliceMaps.samples``; the classical fit has none),
+measured in the same structures as the map: ``mean_sd`` says how far off the structure's mean may be, which the mean
+voxel SD does not (seed paper 002). ``n_samples``, ``mean_sd`` and ``mean_cv`` were added to version 1 without
+changing any other field's meaning; ``StructureReport.from_json`` reads reports without them as null.
 """
 
 import json
@@ -62,6 +67,8 @@ class StructureValues:
     mean: float | None
     median: float | None
     mean_voxel_sd: float | None
+    mean_sd: float | None = None
+    mean_cv: float | None = None
 
 
 @dataclass(frozen=True)
@@ -76,6 +83,7 @@ class StructureReport:
     sd_method: str
     voxel_ml: float
     structures: tuple[StructureValues, ...]
+    n_samples: int | None = None
 
     def to_json(self) -> str:
         """Return the report as the JSON text of the schema in the module docstring."""
@@ -89,6 +97,7 @@ class StructureReport:
             "classified_on": list(self.classified_on),
             "sd_method": self.sd_method,
             "voxel_ml": self.voxel_ml,
+            "n_samples": self.n_samples,
             "structures": [vars(s) for s in self.structures],
         }
         return json.dumps(body, allow_nan=False)
@@ -116,6 +125,7 @@ class StructureReport:
                 sd_method=str(body["sd_method"]),
                 voxel_ml=float(body["voxel_ml"]),
                 structures=structures,
+                n_samples=None if body.get("n_samples") is None else int(body["n_samples"]),
             )
         except (KeyError, TypeError) as exc:
             raise ValueError(f"{REPORT_TYPE} lacks or mistypes a field ({exc}): {text[:120]!r}") from exc
@@ -164,7 +174,7 @@ class StructureReportConfig(GadgetConfig):
     sends_under=lambda config: (MapImages, str) if config.send_json else (MapImages,),
 )
 def structure_report(connection: GadgetConnection) -> None:
-    """Classify each slice's maps into tissue classes and send every class's volume, mean and median as JSON text."""
+    """Classify each slice's maps into tissue classes; send every class's volume, mean, median and spread as JSON."""
     config = StructureReportConfig.from_connection(connection)
     connection.filter(MapImages)
     for item in connection:
@@ -182,7 +192,8 @@ def slice_reports(item: MapImages, class_names: tuple[str, ...]) -> list[Structu
     """Return the structure reports of one slice: one per classified map (the primary map, and T2 beside T1).
 
     The classes come from T1 alone, or from T1 and T2 when the slice has both maps (the primary map alone when it
-    is neither), inside the fit's kept pixels (fitted, not rejected as implausible).
+    is neither), inside the fit's kept pixels (fitted, not rejected as implausible). A measured map with samples
+    (``SliceMaps.samples``) has every structure's mean measured on each sample too, in the same structures.
 
     Parameters
     ----------
@@ -214,6 +225,10 @@ def slice_reports(item: MapImages, class_names: tuple[str, ...]) -> list[Structu
         statistics = structure_statistics(
             maps.values[quantity], rois, geometry, quantity=quantity, sd_ms=maps.sds.get(quantity)
         )
+        samples = maps.samples.get(quantity)
+        over_samples = (
+            [None] * len(rois) if samples is None else structure_statistics(samples, rois, geometry, quantity=quantity)
+        )
         structures = tuple(
             StructureValues(
                 name=s.structure,
@@ -222,8 +237,10 @@ def slice_reports(item: MapImages, class_names: tuple[str, ...]) -> list[Structu
                 mean=s.mean_ms,
                 median=s.median_ms,
                 mean_voxel_sd=s.mean_voxel_sd_ms,
+                mean_sd=None if spread is None else spread.mean_sd_ms,
+                mean_cv=None if spread is None else spread.mean_cv,
             )
-            for s in statistics
+            for s, spread in zip(statistics, over_samples, strict=True)
         )
         reports.append(
             StructureReport(
@@ -235,6 +252,7 @@ def slice_reports(item: MapImages, class_names: tuple[str, ...]) -> list[Structu
                 sd_method=maps.sd_method,
                 voxel_ml=geometry.voxel_ml,
                 structures=structures,
+                n_samples=None if samples is None else len(samples),
             )
         )
     return reports

@@ -12,7 +12,10 @@ Unguided (the ablation): equal weights, or the MLP trained with its uncertainty 
 The map SD is not the fitter's: every MC sample is fitted the same way (all samples of the slice in one batched
 fit) and the SD of the map over the samples is reported, so it carries the reconstruction's uncertainty into the
 map. Each sample's map is clamped into its plausible range first (``plausibility.bounded``: a sample fitted to
-10^8 ms counts at the maximum), then the maps of the mean go through ``plausibility.plausible_maps``.
+10^8 ms counts at the maximum), then the maps of the mean go through ``plausibility.plausible_maps``. The clamped
+maps of every sample of the primary map (T1, T2) stay in ``SliceMaps.samples``, so what is measured on the map (a
+structure's mean) can be measured on every sample too; the plausibility step rejects pixels of the mean's maps and
+leaves the samples as they are.
 """
 
 from collections.abc import Mapping
@@ -92,7 +95,9 @@ def fit_guided_maps(
 
     Returns
     -------
-    Maps of the mean images, implausible pixels rejected; SDs over the samples (``sd_method`` says so).
+    Maps of the mean images, implausible pixels rejected; SDs over the samples (``sd_method`` says so); the primary
+    map of every sample, clamped into its plausible range, in ``samples`` (their SD over samples is the SD map at
+    every pixel not rejected).
     """
     if samples.ndim != 4 or samples.shape[1:] != mean.shape or samples.shape[0] < 2:
         raise ValueError(f"samples must be (T >= 2, {', '.join(map(str, mean.shape))}), got {samples.shape}")
@@ -123,17 +128,18 @@ def fit_guided_maps(
         device=device,
         max_iterations=max_iterations,
     )
-    spreads = {
-        name: _spread(values.reshape(ny, n_samples, nx), 1, mask, maxima.get(name))
+    sample_maps = {
+        name: _sample_maps(np.moveaxis(values.reshape(ny, n_samples, nx), 1, 0), maxima.get(name))
         for name, values in per_sample.values.items()
     }
     guided_maps = SliceMaps(
         values=at_mean.values,
-        sds=spreads,
+        sds={name: _spread(maps, mask) for name, maps in sample_maps.items()},
         units=at_mean.units,
         mask=mask,
         converged=at_mean.converged,
         sd_method=SAMPLE_SPREAD,
+        samples={model.primary_map: sample_maps[model.primary_map]},
     )
     return plausible_maps(guided_maps, maxima)
 
@@ -177,27 +183,34 @@ def _learned(
     maxima: Mapping[str, float],
     device: str | torch.device,
 ) -> SliceMaps:
-    """Return the MLP's map of the mean images and its SD over the samples' maps."""
+    """Return the MLP's map of the mean images, its SD over the samples' maps and the samples' maps."""
     name = model.primary_map
-    per_sample = np.stack([learned_map(mlp, sample, sd, mask, device=device) for sample in samples])
+    per_sample = _sample_maps(
+        np.stack([learned_map(mlp, sample, sd, mask, device=device) for sample in samples]), maxima.get(name)
+    )
     return SliceMaps(
         values={name: learned_map(mlp, mean, sd, mask, device=device)},
-        sds={name: _spread(per_sample, 0, mask, maxima.get(name))},
+        sds={name: _spread(per_sample, mask)},
         units={name: map_units(model)[name]},
         mask=mask,
         converged=mask.copy(),
         sd_method=SAMPLE_SPREAD,
+        samples={name: per_sample},
     )
 
 
-def _spread(per_sample: np.ndarray, axis: int, mask: np.ndarray, maximum: float | None) -> np.ndarray:
-    """Return the SD of a map over the samples along ``axis``, each clamped into [0, maximum] first (when given).
+def _sample_maps(per_sample: np.ndarray, maximum: float | None) -> np.ndarray:
+    """Return every sample's map of the slice, clamped into [0, maximum] when a maximum is given.
 
-    ``per_sample`` holds every sample's map of the slice (shape `(y, samples, x)` or `(samples, y, x)`); the result
-    is `(y, x)` float32, zero outside ``mask``.
+    ``per_sample`` has shape `(samples, y, x)`; the result is a new C-contiguous float32 array of that shape.
     """
     values = per_sample if maximum is None else bounded(per_sample, maximum)
-    return np.where(mask, values.std(axis=axis), 0.0).astype(np.float32)
+    return np.ascontiguousarray(values, dtype=np.float32)
+
+
+def _spread(sample_maps: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Return the SD over the samples of `(samples, y, x)` maps: `(y, x)` float32, zero outside ``mask``."""
+    return np.where(mask, sample_maps.std(axis=0), 0.0).astype(np.float32)
 
 
 def _pixels_of(values: np.ndarray, pixels: np.ndarray, n_phases: int, device: str | torch.device) -> torch.Tensor:

@@ -43,6 +43,9 @@ class SliceMaps:
     ``qmri_models.fitting.plausibility`` (0: kept). Shape `(y, x)` uint8; None before the plausibility step."""
     maxima: Mapping[str, float] = field(default_factory=dict)
     """Plausible maximum of every checked map in its unit (``T1``, ``T2`` in ms); empty before the plausibility step."""
+    samples: Mapping[str, np.ndarray] = field(default_factory=dict, repr=False)
+    """Map name to its map of every sample of the reconstruction (MC dropout), the maps whose SD is the spread over
+    them: each shape `(samples, y, x)` float32, unit in ``units``, zero outside the mask. Empty for a single fit."""
 
     @property
     def kept(self) -> np.ndarray:

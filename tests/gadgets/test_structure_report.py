@@ -3,6 +3,7 @@
 import json
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 from xml.etree.ElementTree import Element, SubElement, tostring
 
@@ -30,7 +31,7 @@ from tests.chain_variants import shipped_text
 from tests.conftest import dciodvfy_lines, make_raw, raw_header_and_items, stream_mode_images
 from tests.gadgets.test_dicom_store import Orthanc, orthanc, orthanc_binary, orthanc_down, stopping  # noqa: F401
 
-FIELDS = {"name", "pixels", "volume_ml", "mean", "median", "mean_voxel_sd"}
+FIELDS = {"name", "pixels", "volume_ml", "mean", "median", "mean_voxel_sd", "mean_sd", "mean_cv"}
 """The fields of every structure in the JSON (gadgets.structure_report's schema)."""
 
 
@@ -112,9 +113,37 @@ def test_empty_structure_is_null_in_json() -> None:
         "mean": None,
         "median": None,
         "mean_voxel_sd": None,
+        "mean_sd": None,
+        "mean_cv": None,
     }
     with pytest.raises(ValueError, match=r"not a qmri\.structure_report version 1"):
         StructureReport.from_json(json.dumps({"type": REPORT_TYPE, "version": 99}))
+
+
+def test_report_with_samples_has_the_spread_of_each_structure_mean() -> None:
+    item, labels, names, t1 = truth_maps()
+    classes = ("fat", "white_matter", "grey_matter", "csf")
+    # each sample shifts every class by its own offset: the spread of a class's mean is that of its offsets
+    offsets = np.random.default_rng(5).normal(0.0, 20.0, (7, len(names))).astype(np.float32)
+    samples = np.where(labels > 0, t1[None] + offsets[:, labels], 0).astype(np.float32)
+    with_samples = replace(item, maps=replace(item.maps, samples={"T1": samples}))
+
+    (report,) = slice_reports(with_samples, classes)
+
+    body = json.loads(report.to_json())
+    assert body["n_samples"] == 7
+    got = {s["name"]: s for s in body["structures"]}
+    for name in classes:
+        inside = labels == names.index(name)
+        sample_means = samples[:, inside].astype(np.float64).mean(axis=1)
+        assert got[name]["mean_sd"] == pytest.approx(np.std(sample_means), rel=1e-4)
+        assert got[name]["mean_sd"] == pytest.approx(np.std(offsets[:, names.index(name)]), rel=1e-3)
+        assert got[name]["mean_cv"] == pytest.approx(np.std(sample_means) / sample_means.mean(), rel=1e-4)
+        assert got[name]["mean"] == pytest.approx(t1[inside].mean(), rel=1e-6)  # the map's, not the samples'
+    assert StructureReport.from_json(report.to_json()) == report
+    (without,) = slice_reports(item, classes)
+    assert without.n_samples is None
+    assert all(s.mean_sd is None and s.mean_cv is None for s in without.structures)
 
 
 def parametric_map(tmp_path: Path, item: MapImages) -> Path:
