@@ -17,7 +17,7 @@ demo: $(STAMP)
 	$(VENV)/bin/qmri replay $(OUT)/molli_R4.h5 --chain t1_molli --out $(OUT)/molli_R4
 	$(VENV)/bin/qmri evaluate $(OUT)/molli_R4 $(OUT)/molli_R4.h5
 	$(VENV)/bin/qmri preview $(OUT)/molli_R4/images.h5 --series 11 --out $(OUT)/molli_R4/t1_map.png
-	@echo "demo done: raw file $(OUT)/molli_R4.h5 (truth in /truth), T1 and SD maps $(OUT)/molli_R4/images.h5 (series 11, 12), T1 map to look at $(OUT)/molli_R4/t1_map.png, DICOM $(OUT)/molli_R4/dicom"
+	@echo "demo done: raw file $(OUT)/molli_R4.h5 (truth in /truth), T1 and SD maps $(OUT)/molli_R4/images.h5 (series 11, 12; the calibrated 90% interval in 21, 22), T1 map to look at $(OUT)/molli_R4/t1_map.png, DICOM $(OUT)/molli_R4/dicom"
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

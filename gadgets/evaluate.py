@@ -129,17 +129,42 @@ def score_maps(out_dir: Path, raw: Path, *, series: int = 11) -> list[MapScores]
     -------
     One entry per slice.
     """
+    return [
+        MapScores(m.slice, m.role, score_map_per_tissue(m.values, m.truth, m.labels, m.names))
+        for m in _maps_with_truth(out_dir, raw, series)
+    ]
+
+
+@dataclass(frozen=True)
+class _MapWithTruth:
+    """One slice's map from a replay beside the raw file's truth for it."""
+
+    slice: int
+    role: str
+    values: np.ndarray
+    """The map. Shape `(y, x)`."""
+    truth: np.ndarray
+    """The true map of the same quantity. Shape `(y, x)`."""
+    labels: np.ndarray
+    """The truth's tissue labels. Shape `(y, x)` int."""
+    names: list[str]
+    """Tissue name of every label value."""
+    image: ismrmrd.Image
+
+
+def _maps_with_truth(out_dir: Path, raw: Path, series: int) -> list[_MapWithTruth]:
+    """Return every slice's map of a replay's series with its truth, refusing a series that is no T1 or T2 map."""
     data, images = read_series(Path(out_dir) / "images.h5", series)
     (labels, *maps), names = read_truth(raw, "labels", *TRUTH_MAPS.values())
     truths = dict(zip(TRUTH_MAPS, maps, strict=True))
-    scores = []
+    found = []
     for values, image in zip(data, images, strict=True):
         role = meaning_of(image).role
         if role not in truths:
             raise ValueError(f"series {series} holds {role!r} images; only {', '.join(TRUTH_MAPS)} maps can be scored")
         s = int(image.slice)
-        scores.append(MapScores(s, role, score_map_per_tissue(values, truths[role][s], labels[s], names)))
-    return scores
+        found.append(_MapWithTruth(s, role, values, truths[role][s], labels[s], names, image))
+    return found
 
 
 @dataclass(frozen=True)
@@ -186,26 +211,19 @@ def score_structures(out_dir: Path, raw: Path, *, series: int = 11) -> list[MapS
     -------
     One entry per slice; structures in label order, those without a mapped pixel left out.
     """
-    data, images = read_series(Path(out_dir) / "images.h5", series)
-    (labels, *maps), names = read_truth(raw, "labels", *TRUTH_MAPS.values())
-    truths = dict(zip(TRUTH_MAPS, maps, strict=True))
     scores = []
-    for values, image in zip(data, images, strict=True):
-        role = meaning_of(image).role
-        if role not in truths:
-            raise ValueError(f"series {series} holds {role!r} images; only {', '.join(TRUTH_MAPS)} maps can be scored")
-        s = int(image.slice)
-        mapped = np.isfinite(values) & (values > 0)
-        rois = rois_from_labels(np.where(mapped, labels[s], 0), dict(enumerate(names[1:], start=1)))
-        fov_x, fov_y, fov_z = (float(f) for f in image.field_of_view)
-        n_y, n_x = values.shape
+    for m in _maps_with_truth(out_dir, raw, series):
+        mapped = np.isfinite(m.values) & (m.values > 0)
+        rois = rois_from_labels(np.where(mapped, m.labels, 0), dict(enumerate(m.names[1:], start=1)))
+        fov_x, fov_y, fov_z = (float(f) for f in m.image.field_of_view)
+        n_y, n_x = m.values.shape
         geometry = SliceGeometry(fov_mm=(fov_y, fov_x), matrix=(n_y, n_x), slice_thickness_mm=fov_z)
-        measured = structure_statistics(np.where(mapped, values, 0.0), rois, geometry, quantity=role)
-        true = structure_statistics(truths[role][s], rois, geometry, quantity=role)
+        measured = structure_statistics(np.where(mapped, m.values, 0.0), rois, geometry, quantity=m.role)
+        true = structure_statistics(m.truth, rois, geometry, quantity=m.role)
         structures = [
-            StructureScore(m.structure, m.sample_pixels[0], m.volume_ml, m.mean_ms, t.mean_ms)
-            for m, t in zip(measured, true, strict=True)
-            if m.mean_ms is not None and t.mean_ms is not None
+            StructureScore(mine.structure, mine.sample_pixels[0], mine.volume_ml, mine.mean_ms, t.mean_ms)
+            for mine, t in zip(measured, true, strict=True)
+            if mine.mean_ms is not None and t.mean_ms is not None
         ]
-        scores.append(MapStructureScores(s, role, structures))
+        scores.append(MapStructureScores(m.slice, m.role, structures))
     return scores
