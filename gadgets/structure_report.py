@@ -142,6 +142,10 @@ def is_structure_report(item: Any) -> bool:
     return isinstance(body, dict) and body.get("type") == REPORT_TYPE
 
 
+MAX_CLASSES = 8
+"""Most tissue classes a chain may ask for: each is a Gaussian mixture component fitted on every slice."""
+
+
 @dataclass(frozen=True)
 class StructureReportConfig(GadgetConfig):
     """Properties of StructureReportGadget."""
@@ -154,6 +158,10 @@ class StructureReportConfig(GadgetConfig):
 
     def __post_init__(self) -> None:
         names = self.class_names
+        if len(names) > MAX_CLASSES:
+            raise PropertyError(
+                "classes", f"at most {MAX_CLASSES} classes (each is a mixture component), got {len(names)}"
+            )
         if not names or len(set(names)) != len(names) or {OUTSIDE_NAME, OUTLIER_NAME} & set(names):
             raise PropertyError(
                 "classes",

@@ -201,6 +201,8 @@ def test_wiring_takes_the_gadget_before_the_map_series_and_refuses_it_after() ->
 def test_classes_property_is_checked() -> None:
     with pytest.raises(ValueError, match="classes"):
         report_chain(classes="white_matter,outlier")
+    with pytest.raises(ValueError, match="at most 8 classes"):  # a client cannot ask for a 100-component mixture
+        report_chain(classes=",".join(f"c{i}" for i in range(9)))
 
 
 # End to end: a 64^2, 8-coil, 2x undersampled MOLLI slice (seed 0, 5 ACS lines) through t1_molli (CG-SENSE,
