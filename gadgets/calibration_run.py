@@ -1,9 +1,13 @@
-"""Calibrate a classical mapping chain's interval ``map +- scale * SD`` on fresh simulated slices, and check it.
+"""Calibrate a mapping chain's interval ``map +- scale * SD`` on fresh simulated slices, and check it.
 
-The chain runs as it ships: every calibration slice is simulated (``qmri_models.simulation``, seeds of their own),
-replayed through the chain in-process into a temporary folder, and its map (series 11) and the fit's SD (series 12)
-are read back beside the simulator's truth. A slice's loss is the fraction of its tissue pixels (truth labels in
-``CalibrationData.tissues``, kept by the fit: map > 0) whose true value lies outside ``map +- scale * SD``;
+The chain runs as it ships (less its MapIntervalGadget, whose bounds are what is being calibrated): every calibration
+slice is simulated (``qmri_models.simulation``, seeds of their own), replayed through the chain in-process into a
+temporary folder, and its map (series 11) and SD (series 12; the fit's, or for PUQ the MC spread, by default combined
+with the learned fit's distance to the model fit) are read back beside the simulator's truth. A chain with a learned
+map also sends the model-based fit of the same images (series 16): from it, per acceleration, the out-of-distribution
+threshold is set (``qmri_models.calibration.out_of_distribution``). A slice's loss is the fraction of its tissue
+pixels (truth labels in ``CalibrationData.tissues``, kept by the fit: map > 0) whose true value lies outside
+``map +- scale * SD``;
 ``qmri_models.calibration.risk_control.calibrate_interval_scale`` picks, per acceleration, the smallest scale whose
 upper confidence bound on the mean loss is at most alpha (RCPS). ``check_coverage`` replays new slices of the same
 recipe and measures the coverage and width of the calibrated intervals; ``model_card`` writes both as Markdown.
@@ -27,21 +31,28 @@ from tqdm import tqdm
 from gadgets.evaluate import TRUTH_MAPS, read_series, read_truth
 from gadgets.fitting import ParameterFitConfig
 from gadgets.image_meta import meaning_of
+from gadgets.intervals import MapIntervalConfig
 from gadgets.output import MapSeriesConfig
+from gadgets.puq_fit import PuqFitConfig
+from gadgets.puq_recon import PuqReconConfig
 from gadgets.runtime.chain import Chain, resolve_chain
 from gadgets.runtime.replay import replay
 from qmri_models.calibration.bounds import DEFAULT_BOUND, BoundName
-from qmri_models.calibration.files import IntervalCalibration, UncertaintyName, calibration_id
+from qmri_models.calibration.files import UNCERTAINTY_WORDS, IntervalCalibration, UncertaintyName, calibration_id
 from qmri_models.calibration.intervals import scaled_interval
+from qmri_models.calibration.out_of_distribution import (
+    OOD_LEVEL,
+    OutOfDistribution,
+    conformal_threshold,
+    disagreement_scores,
+)
 from qmri_models.calibration.risk_control import calibrate_interval_scale
 from qmri_models.protocols import protocol_spec
 from qmri_models.simulation.raw_writer import write_raw
 from qmri_models.simulation.scan import NoiseModel, ScanSettings, simulate_scan
 
-ClassicalChain = Literal["t1_molli", "t2prep"]
-"""The shipped classical chains (CG-SENSE + least-squares fit) whose fit SD can be calibrated."""
-UNCERTAINTY: UncertaintyName = "fit_sd"
-"""The uncertainty the classical chains' intervals scale: the fit's SD map."""
+CalibratedChain = Literal["t1_molli", "t2prep", "t1_molli_puq", "t2prep_puq"]
+"""The shipped mapping chains whose map SD can be calibrated: classical (CG-SENSE + least-squares fit) and PUQ."""
 CALIBRATION_SEED = 100_000
 """Base seed of the calibration slices."""
 CHECK_SEED = 200_000
@@ -147,6 +158,16 @@ class ReplayedMaps:
     labels: np.ndarray
     """Truth tissue label of every pixel, an index into ``label_names``."""
     label_names: tuple[str, ...]
+    model_fit: np.ndarray | None = None
+    """Beside a learned map: the model-based fit of the same images (ms), 0 where the map is 0; else None."""
+
+    def save(self, path: Path) -> None:
+        """Write the arrays to an ``.npz`` file (for analyses beyond the calibration, without replaying)."""
+        arrays = {"value": self.value, "sd": self.sd, "truth": self.truth, "labels": self.labels}
+        if self.model_fit is not None:
+            arrays["model_fit"] = self.model_fit
+        arrays["label_names"] = np.array(self.label_names)
+        np.savez_compressed(path, **arrays)  # type: ignore[arg-type]  # numpy's stub types **kwds as its bool flag
 
     def mask(self, tissues: Sequence[str]) -> np.ndarray:
         """Return the pixels that count: a truth label in ``tissues`` and kept by the fit. Shape `(slices, y, x)`."""
@@ -168,30 +189,53 @@ class MapChain:
     """The map's role (``T1``, ``T2``)."""
     map_series: int
     sd_series: int
+    uncertainty: UncertaintyName
+    """The kind of SD the chain's maps carry (``SliceMaps.sd_kind``)."""
+    model_fit_series: int | None
+    """Series of the model-based fit beside a learned map, or None."""
+    mc_samples: int | None
+    """MC samples per slice of a PUQ reconstruction, or None."""
 
 
 def map_chain(name: str) -> MapChain:
-    """Return the shipped chain ``name`` with its fit's protocol and its map and SD series.
+    """Return the shipped chain ``name`` (without its MapIntervalGadget) with what a calibration needs of it.
 
     Raises
     ------
     ValueError
-        If the chain has no ParameterFitGadget or no MapSeriesGadget that sends the SD.
+        If the chain has no ParameterFitGadget (or PuqFitGadget) or no MapSeriesGadget that sends the SD.
     """
-    chain = resolve_chain(name)
+    shipped = resolve_chain(name)
+    chain = dataclasses.replace(
+        shipped, stages=tuple(s for s in shipped.stages if not isinstance(s.config, MapIntervalConfig))
+    )
     fits = [s.config for s in chain.stages if isinstance(s.config, ParameterFitConfig)]
     outputs = [s.config for s in chain.stages if isinstance(s.config, MapSeriesConfig) and s.config.send_sd]
     if len(fits) != 1 or len(outputs) != 1:
         raise ValueError(
             f"chain {name!r} needs one ParameterFitGadget and one MapSeriesGadget sending the SD to be calibrated"
         )
-    contrast = fits[0].model
+    fit, output = fits[0], outputs[0]
+    learned = isinstance(fit, PuqFitConfig) and fit.fit == "learned"
+    uncertainty: UncertaintyName = "fit_sd"
+    if isinstance(fit, PuqFitConfig):
+        uncertainty = "mc_sd_disagreement" if learned and fit.sd_with_disagreement else "mc_sd"
+    recons = [s.config.mc_samples for s in chain.stages if isinstance(s.config, PuqReconConfig)]
     return MapChain(
-        chain, contrast, protocol_spec(contrast).quantity, outputs[0].map_series_index, outputs[0].sd_series_index
+        chain,
+        fit.model,
+        protocol_spec(fit.model).quantity,
+        output.map_series_index,
+        output.sd_series_index,
+        uncertainty,
+        output.model_fit_series_index if learned and output.send_model_fit else None,
+        recons[0] if recons else None,
     )
 
 
-def replay_slices(chain: MapChain, data: CalibrationData, acceleration: int, *, progress: bool) -> ReplayedMaps:
+def replay_slices(
+    chain: MapChain, data: CalibrationData, acceleration: int, *, progress: bool, keep: Path | None = None
+) -> ReplayedMaps:
     """Return the maps ``chain`` makes of ``data``'s slices at ``acceleration`` (simulated, replayed, read back).
 
     Parameters
@@ -200,6 +244,7 @@ def replay_slices(chain: MapChain, data: CalibrationData, acceleration: int, *, 
     data : The slices.
     acceleration : Undersampling factor of the simulated scans.
     progress : Show a progress bar over the raw files on stderr.
+    keep : Also write the replayed maps there (``ReplayedMaps.save``), or None.
 
     Returns
     -------
@@ -215,13 +260,18 @@ def replay_slices(chain: MapChain, data: CalibrationData, acceleration: int, *, 
             write_raw(raw, settings, simulate_scan(settings))
             images = replay(raw, chain.chain, Path(folder) / f"out_{index}", progress=False)
             parts.append(_read_maps(chain, images, raw))
-    return ReplayedMaps(
+    model_fits = [p.model_fit for p in parts if p.model_fit is not None]
+    maps = ReplayedMaps(
         value=np.concatenate([p.value for p in parts]),
         sd=np.concatenate([p.sd for p in parts]),
         truth=np.concatenate([p.truth for p in parts]),
         labels=np.concatenate([p.labels for p in parts]),
         label_names=parts[0].label_names,
+        model_fit=np.concatenate(model_fits) if model_fits else None,
     )
+    if keep is not None:
+        maps.save(keep)
+    return maps
 
 
 def _read_maps(chain: MapChain, images_file: Path, raw: Path) -> ReplayedMaps:
@@ -238,12 +288,19 @@ def _read_maps(chain: MapChain, images_file: Path, raw: Path) -> ReplayedMaps:
         raise ValueError(
             f"{raw}: {labels.shape[0]} slices, but {len(maps)} maps and {len(sd_images)} SD maps came back"
         )
+    model_fit = None
+    if chain.model_fit_series is not None:
+        fits, fit_images = read_series(images_file, chain.model_fit_series)
+        if len(fit_images) != labels.shape[0]:
+            raise ValueError(f"{raw}: {labels.shape[0]} slices, but {len(fit_images)} model-fit maps came back")
+        model_fit = fits[np.argsort([int(image.slice) for image in fit_images])].astype(np.float64)
     return ReplayedMaps(
         value=values[map_order].astype(np.float64),
         sd=sds[sd_order].astype(np.float64),
         truth=truth.astype(np.float64),
         labels=labels,
         label_names=tuple(names),
+        model_fit=model_fit,
     )
 
 
@@ -251,8 +308,8 @@ def _read_maps(chain: MapChain, images_file: Path, raw: Path) -> ReplayedMaps:
 class CalibrationSettings:
     """What to calibrate: which chain, at which risk, with which bound, at which accelerations, over which scales."""
 
-    chain: ClassicalChain
-    """The shipped classical chain."""
+    chain: CalibratedChain
+    """The shipped mapping chain."""
     alpha: float = 0.1
     """Risk to control: the expected fraction of tissue pixels outside the interval, in (0, 1)."""
     delta: float = 0.1
@@ -260,16 +317,20 @@ class CalibrationSettings:
     bound: BoundName = DEFAULT_BOUND
     """Upper confidence bound on the risk."""
     accelerations: tuple[int, ...] = (1, 2, 4)
-    """Undersampling factors to calibrate (what the classical chains are used at)."""
+    """Undersampling factors to calibrate (the classical chains' use; PUQ's networks were trained at 6, 8 and 10)."""
     max_scale: float = 20.0
     """Largest candidate scale lambda."""
     scale_step: float = 0.01
     """Spacing of the candidate scales."""
     check_slices: int = 10
     """Fresh slices per acceleration that check the calibration for the model card (0: no check)."""
+    ood_level: float = OOD_LEVEL
+    """Chains with a learned map: fraction of calibration tissue pixels the out-of-distribution threshold flags."""
+    keep_maps: Path | None = None
+    """Folder to keep the replayed maps in (``calibration_R<R>.npz``, ``check_R<R>.npz``), or None."""
 
     def __post_init__(self) -> None:
-        for name in ("alpha", "delta"):
+        for name in ("alpha", "delta", "ood_level"):
             if not 0.0 < getattr(self, name) < 1.0:
                 raise ValueError(f"{name} must be in (0, 1), got {getattr(self, name)}")
         if not self.accelerations or len(set(self.accelerations)) != len(self.accelerations):
@@ -289,7 +350,10 @@ class CalibrationSettings:
 def calibrate_chain(
     settings: CalibrationSettings, data: CalibrationData, *, command: str, progress: bool = True
 ) -> IntervalCalibration:
-    """Return the calibration of a chain's interval ``map +- scale * fit SD`` at every acceleration.
+    """Return the calibration of a chain's interval ``map +- scale * SD`` at every acceleration.
+
+    For a chain with a learned map, also the out-of-distribution thresholds: per acceleration the conformal
+    ``1 - settings.ood_level`` quantile of the learned map's distance to the model fit over the tissue pixels.
 
     Parameters
     ----------
@@ -309,8 +373,14 @@ def calibrate_chain(
     """
     chain = map_chain(settings.chain)
     scales = {}
+    thresholds = {}
     for acceleration in settings.accelerations:
-        maps = replay_slices(chain, data, acceleration, progress=progress)
+        keep = None if settings.keep_maps is None else settings.keep_maps / f"calibration_R{acceleration}.npz"
+        maps = replay_slices(chain, data, acceleration, progress=progress, keep=keep)
+        if maps.model_fit is not None:
+            mask = maps.mask(data.tissues)
+            scores = disagreement_scores(maps.value[mask], maps.model_fit[mask])
+            thresholds[acceleration] = conformal_threshold(scores, settings.ood_level)
         scales[acceleration] = calibrate_interval_scale(
             maps.value,
             maps.truth,
@@ -323,17 +393,19 @@ def calibrate_chain(
             mask=maps.mask(data.tissues),
         )
     grid = {"max_scale": settings.max_scale, "scale_step": settings.scale_step}
+    chain_settings = {} if chain.mc_samples is None else {"mc_samples": chain.mc_samples}
     return IntervalCalibration(
-        id=calibration_id(settings.chain, UNCERTAINTY, settings.alpha, settings.delta),
+        id=calibration_id(settings.chain, chain.uncertainty, settings.alpha, settings.delta),
         chain=settings.chain,
         quantity=chain.quantity,  # type: ignore[arg-type]  # protocols map to T1 or T2; the record validates it
-        uncertainty=UNCERTAINTY,
+        uncertainty=chain.uncertainty,
         alpha=settings.alpha,
         delta=settings.delta,
         bound=settings.bound,
         scales=scales,
-        recipe=data.recipe(chain.contrast, settings.accelerations) | grid,
+        recipe=data.recipe(chain.contrast, settings.accelerations) | grid | chain_settings,
         command=command,
+        out_of_distribution=OutOfDistribution(settings.ood_level, thresholds) if thresholds else None,
     )
 
 
@@ -352,6 +424,8 @@ class Coverage:
     """Per reported tissue (``REPORTED_TISSUES``): mean of the full width ``2 scale SD / map`` in percent."""
     median_width_percent: dict[str, float]
     """The same, median (the mean follows the few pixels whose fit is poorly determined)."""
+    n_flagged: int | None = None
+    """Of the tissue pixels, those flagged out of distribution (learned maps with a threshold), else None."""
 
     @property
     def coverage(self) -> float:
@@ -366,16 +440,18 @@ def check_coverage(
     seed: int = CHECK_SEED,
     accelerations: Sequence[int] | None = None,
     progress: bool = True,
+    keep_maps: Path | None = None,
 ) -> list[Coverage]:
     """Return the coverage and width of a calibration's intervals on new slices of its recipe, per acceleration.
 
     Parameters
     ----------
-    calibration : A classical chain's calibration (its recipe says what to simulate).
+    calibration : A chain's calibration (its recipe says what to simulate).
     n_slices : Fresh slices per acceleration.
     seed : Their base seed (apart from the calibration's).
     accelerations : The calibrated accelerations to check (all if None).
     progress : Show progress bars on stderr.
+    keep_maps : Folder to keep the replayed maps in (``check_R<R>.npz``), or None.
 
     Returns
     -------
@@ -386,18 +462,25 @@ def check_coverage(
         raise ValueError(f"seed {seed} is the calibration's own: fresh slices need another")
     data = dataclasses.replace(recipe, n_slices=n_slices, seed=seed)
     chain = map_chain(calibration.chain)
-    return [
-        interval_coverage(
-            replay_slices(chain, data, acceleration, progress=progress),
-            data,
-            acceleration,
-            calibration.scale_for(acceleration).scale,
-        )
-        for acceleration in (calibration.accelerations if accelerations is None else accelerations)
-    ]
+    ood = calibration.out_of_distribution
+    checks = []
+    for acceleration in calibration.accelerations if accelerations is None else accelerations:
+        keep = None if keep_maps is None else keep_maps / f"check_R{acceleration}.npz"
+        maps = replay_slices(chain, data, acceleration, progress=progress, keep=keep)
+        threshold = None if ood is None else ood.thresholds.get(acceleration)
+        scale = calibration.scale_for(acceleration).scale
+        checks.append(interval_coverage(maps, data, acceleration, scale, ood_threshold=threshold))
+    return checks
 
 
-def interval_coverage(maps: ReplayedMaps, data: CalibrationData, acceleration: int, scale: float) -> Coverage:
+def interval_coverage(
+    maps: ReplayedMaps,
+    data: CalibrationData,
+    acceleration: int,
+    scale: float,
+    *,
+    ood_threshold: float | None = None,
+) -> Coverage:
     """Return how often ``map -+ scale * SD`` covers the truth in the tissue of replayed slices, and how wide it is.
 
     Parameters
@@ -406,6 +489,8 @@ def interval_coverage(maps: ReplayedMaps, data: CalibrationData, acceleration: i
     data : Their recipe (its tissues are the coverage mask, with the fit's kept pixels).
     acceleration : Their undersampling factor.
     scale : The interval's lambda.
+    ood_threshold : The out-of-distribution threshold at this acceleration, to count the flagged tissue pixels
+        (needs ``maps.model_fit``), or None.
     """
     mask = maps.mask(data.tissues)
     lower, upper = scaled_interval(maps.value, maps.sd, maps.sd, scale)
@@ -420,19 +505,27 @@ def interval_coverage(maps: ReplayedMaps, data: CalibrationData, acceleration: i
         n_covered=int((covered & mask).sum()),
         width_percent={t: float(w.mean()) for t, w in widths.items()},
         median_width_percent={t: float(np.median(w)) for t, w in widths.items()},
+        n_flagged=(
+            None
+            if ood_threshold is None or maps.model_fit is None
+            else int((disagreement_scores(maps.value[mask], maps.model_fit[mask]) > ood_threshold).sum())
+        ),
     )
 
 
 def coverage_table(rows: Sequence[Coverage]) -> list[str]:
     """Return the Markdown table of coverage and width per acceleration (header and one line per row)."""
     tissues = " | ".join(f"width {t.replace('_', ' ')} %, mean / median" for t in REPORTED_TISSUES)
+    flags = any(r.n_flagged is not None for r in rows)
     return [
-        f"| acceleration | λ | slices | pixels | coverage | {tissues} |",
-        "|---|---|---|---|---|" + "---|" * len(REPORTED_TISSUES),
+        f"| acceleration | λ | slices | pixels | coverage | {tissues} |"
+        + (" flagged out of distribution % |" if flags else ""),
+        "|---|---|---|---|---|" + "---|" * (len(REPORTED_TISSUES) + flags),
         *(
             f"| {r.acceleration} | {r.scale:.2f} | {r.n_slices} | {r.n_pixels} | {r.coverage:.4f} | "
             + " | ".join(f"{r.width_percent[t]:.1f} / {r.median_width_percent[t]:.1f}" for t in REPORTED_TISSUES)
             + " |"
+            + (f" {'-' if r.n_flagged is None else f'{100 * r.n_flagged / r.n_pixels:.2f}'} |" if flags else "")
             for r in rows
         ),
     ]
@@ -455,15 +548,16 @@ def model_card(calibration: IntervalCalibration, checks: Sequence[Coverage], *, 
     recipe = calibration.recipe
     quantity = calibration.quantity
     lines = [
-        f"# Calibrated {quantity} intervals of `{calibration.chain}`: {quantity} ± λ · fit SD",
+        f"# Calibrated {quantity} intervals of `{calibration.chain}`: {quantity} ± λ · SD",
         "",
         f"Calibration `{calibration.id}` (`{file_name}`): the interval `{quantity} ± λ · SD` around the map of "
-        f"series 11 with the fit's SD of series 12, λ per acceleration. For a new slice drawn as the calibration "
-        f"slices were, the expected fraction of tissue pixels whose true {quantity} lies outside the interval is at "
-        f"most alpha = {calibration.alpha:g}, with probability at least 1 - delta = {1 - calibration.delta:g} over the "
-        f"calibration draw (risk-controlling prediction sets, Bates et al. 2021, with the `{calibration.bound}` "
-        "upper confidence bound; seed 001). The guarantee holds for data like the calibration data below: brain "
-        "slices of the simulator at these settings, not phantoms or other anatomy.",
+        f"series 11 with the SD of series 12 ({UNCERTAINTY_WORDS[calibration.uncertainty]}), λ per acceleration. "
+        "For a new slice drawn as the calibration slices were, the expected fraction of tissue pixels whose true "
+        f"{quantity} lies outside the interval is at most alpha = {calibration.alpha:g}, with probability at least "
+        f"1 - delta = {1 - calibration.delta:g} over the calibration draw (risk-controlling prediction sets, Bates "
+        f"et al. 2021, with the `{calibration.bound}` upper confidence bound; seed 001). The guarantee holds for "
+        "data like the calibration data below: brain slices of the simulator at these settings, not phantoms or "
+        "other anatomy.",
         "",
         "## Calibration data",
         "",
@@ -482,6 +576,21 @@ def model_card(calibration: IntervalCalibration, checks: Sequence[Coverage], *, 
             for a, c in ((a, calibration.scale_for(a)) for a in calibration.accelerations)
         ),
     ]
+    ood = calibration.out_of_distribution
+    if ood is not None:
+        lines += [
+            "",
+            "## Out-of-distribution flags",
+            "",
+            f"A pixel is flagged (series 23) where the learned {quantity} differs from the model-based fit of the same "
+            f"images (series 16) by more than the threshold below, relative to its value: the conformal "
+            f"{1 - ood.level:g} quantile of that difference over all calibration tissue pixels, so at most about "
+            f"{100 * ood.level:g}% of brain pixels like these are flagged.",
+            "",
+            "| acceleration | threshold (relative difference) |",
+            "|---|---|",
+            *(f"| {a} | {t:.4f} |" for a, t in sorted(ood.thresholds.items())),
+        ]
     if checks:
         lines += [
             "",

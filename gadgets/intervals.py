@@ -6,6 +6,13 @@ stream's acceleration (``qmri_models.calibration.files``, made by ``qmri calibra
 alpha (``qmri_models.calibration.risk_control``). A scale calibrated at another acceleration promises nothing, so a
 stream at an acceleration the file does not cover gets no bound series: by default its maps still flow and the client
 gets one WARNING text saying why (``uncalibrated=skip``); ``uncalibrated=error`` ends the stream instead.
+
+The calibration must be of the SD the maps carry (``SliceMaps.sd_kind``: the fit's, the MC spread, or the MC spread
+combined with the learned fit's distance to the model fit); another is refused, since its scale promises nothing.
+When the calibration holds out-of-distribution thresholds and the maps a model-based fit beside a learned map (PUQ),
+each slice also gets a flag series: 1 where the learned map lies further from the model fit than all but ``level``
+of the calibration's pixels (``qmri_models.calibration.out_of_distribution``), and a WARNING text when more than
+``WARN_FLAGGED_FRACTION`` of the slice's kept pixels are flagged.
 """
 
 import logging
@@ -22,8 +29,12 @@ from gadgets.runtime.config import GadgetConfig, prop
 from gadgets.runtime.registry import GadgetConnection, register
 from qmri_models.calibration.files import IntervalCalibration, load_interval_calibration, shipped_calibrations
 from qmri_models.calibration.intervals import scaled_interval
+from qmri_models.calibration.out_of_distribution import OutOfDistribution
 
 log = logging.getLogger(__name__)
+
+WARN_FLAGGED_FRACTION = 0.05
+"""A slice whose flagged fraction of kept pixels exceeds this gets a WARNING text (5x the default flag level)."""
 
 
 @dataclass(frozen=True)
@@ -38,6 +49,11 @@ class MapIntervalConfig(GadgetConfig):
     )
     lower_series_index: int = prop(21, "image_series_index of the lower bound of the map's interval", minimum=0)
     upper_series_index: int = prop(22, "image_series_index of the upper bound of the map's interval", minimum=0)
+    flag_series_index: int = prop(
+        23,
+        "image_series_index of the out-of-distribution flags of a learned map (1: flagged), when calibrated",
+        minimum=0,
+    )
     uncalibrated: Literal["skip", "error"] = prop(
         "skip",
         "at an acceleration the calibration does not cover: skip (the maps without bound series, one WARNING text "
@@ -47,7 +63,7 @@ class MapIntervalConfig(GadgetConfig):
 
 @register("MapIntervalGadget", MapIntervalConfig, consumes=(MapImages,), produces=(MapImages, ismrmrd.Image, str))
 def map_intervals(connection: GadgetConnection) -> None:
-    """Send each slice's calibrated lower and upper bounds of its map (value -+ scale * SD), then pass the maps on."""
+    """Send each slice's calibrated bounds of its map (value -+ scale * SD) and its flags, then pass the maps on."""
     config = MapIntervalConfig.from_connection(connection)
     if not config.calibration:
         raise ValueError(
@@ -71,6 +87,14 @@ def map_intervals(connection: GadgetConnection) -> None:
         if calibrated:
             for image in interval_images(item, calibration, acceleration, config):
                 connection.send(image)
+            flags = out_of_distribution_flags(item, calibration, acceleration)
+            if flags is not None and calibration.out_of_distribution is not None:
+                ood = calibration.out_of_distribution
+                connection.send(flag_image(item, flags, ood, calibration, acceleration, config))
+                warning = flag_warning(item, flags)
+                if warning:
+                    log.warning("%s", warning)
+                    connection.send(warning)
         connection.send(item)
 
 
@@ -137,6 +161,11 @@ def interval_images(
         )
     if name not in item.maps.sds:
         raise ValueError(f"the {item.model} maps have no {name} SD, which the interval {name} -+ scale * SD needs")
+    if calibration.uncertainty != item.maps.sd_kind:
+        raise ValueError(
+            f"calibration {calibration.id!r} scales the SD kind {calibration.uncertainty}, but the {item.model} maps' "
+            f"SD is {item.maps.sd_kind} ({item.maps.sd_method}): use a calibration made on this chain"
+        )
     scale = calibration.scale_for(acceleration)
     kept = item.maps.kept
     value = item.maps.values[name]
@@ -175,3 +204,60 @@ def interval_images(
         )
         images.append(map_image(item, values, series, meaning))
     return images
+
+
+def out_of_distribution_flags(
+    item: MapImages, calibration: IntervalCalibration, acceleration: int
+) -> np.ndarray | None:
+    """Return the slice's flagged pixels `(y, x)` bool (kept pixels only), or None without thresholds or model fit."""
+    name = item.primary_map
+    ood = calibration.out_of_distribution
+    if ood is None or name not in item.maps.model_fit or acceleration not in ood.thresholds:
+        return None
+    kept = item.maps.kept
+    return ood.flags(item.maps.values[name], item.maps.model_fit[name], acceleration) & kept
+
+
+def flag_image(
+    item: MapImages,
+    flags: np.ndarray,
+    ood: OutOfDistribution,
+    calibration: IntervalCalibration,
+    acceleration: int,
+    config: MapIntervalConfig,
+) -> ismrmrd.Image:
+    """Return the flag image of the slice: 1 at flagged pixels, 0 elsewhere, role ``<map>OutOfDistribution``.
+
+    ``ood`` is the calibration's out-of-distribution record whose threshold at ``acceleration`` made ``flags``.
+    """
+    name = item.primary_map
+    role = f"{name}OutOfDistribution"
+    meaning = ImageMeaning(
+        role=role,
+        is_map=True,
+        units="1",
+        sequence_description=f"_{role}_MAP",
+        comment=(
+            f"1 where the learned {name} differs from the model-based fit by more than "
+            f"{100 * ood.thresholds[acceleration]:.3g}% of its value, which at most {100 * ood.level:g}% of the "
+            f"calibration's brain pixels did at R={acceleration} (calibration {calibration.id}): outside what the "
+            "learned fit knows, read its value with care"
+        ),
+        window=(0.5, 1.0),
+        calibration_id=calibration.id,
+    )
+    return map_image(item, flags.astype(np.float32), config.flag_series_index, meaning)
+
+
+def flag_warning(item: MapImages, flags: np.ndarray) -> str:
+    """Return the WARNING text of a slice with more than ``WARN_FLAGGED_FRACTION`` of its kept pixels flagged, or ''."""
+    kept = int(item.maps.kept.sum())
+    flagged = int(flags.sum())
+    if kept == 0 or flagged <= WARN_FLAGGED_FRACTION * kept:
+        return ""
+    name = item.primary_map
+    return (
+        f"WARNING slice {item.slice}: {flagged} of {kept} {name} pixels ({100 * flagged / kept:.0f}%) are outside "
+        f"what the learned fit was calibrated on (flag series); compare the learned {name} with the model-based fit "
+        "there before reading values"
+    )

@@ -110,6 +110,10 @@ class MapSeriesConfig(GadgetConfig):
     window_width: float = prop(0.0, "window width of the map in its unit (0: the kept pixels' 1st-99th percentile)")
     extra_maps: str = prop("", "further maps to send, comma-separated (e.g. T2,PD,MatchScore for MRF); none if empty")
     extra_series_index: int = prop(13, "image_series_index of the first further map; the others follow", minimum=0)
+    send_model_fit: bool = prop(
+        True, "send the model-based fit beside a learned map (PUQ's learned fit), when there is one"
+    )
+    model_fit_series_index: int = prop(16, "image_series_index of the model-based fit beside a learned map", minimum=0)
 
     @property
     def extra_map_names(self) -> list[str]:
@@ -128,7 +132,7 @@ def map_series(connection: GadgetConnection) -> None:
 
 
 def map_images_to_mrd(item: MapImages, config: MapSeriesConfig) -> list[ismrmrd.Image]:
-    """Return the map image, (when asked) its SD image, then the further maps of one slice.
+    """Return the map image, (when asked) its SD image, the further maps, then (when there is one) the model fit.
 
     Values are in the map's unit (ms for T1 and T2) as float32, zero outside the fit mask and at pixels the
     plausibility step rejected, whose SD is marked at the quantity's plausible maximum (the comments say so). Meaning
@@ -144,7 +148,8 @@ def map_images_to_mrd(item: MapImages, config: MapSeriesConfig) -> list[ismrmrd.
 
     Returns
     -------
-    The map image, the SD image, then the further maps in ``extra_maps`` order.
+    The map image, the SD image, the further maps in ``extra_maps`` order, then the model-based fit of a learned map
+    (``SliceMaps.model_fit``, role ``<map>ModelFit``).
 
     Raises
     ------
@@ -163,7 +168,32 @@ def map_images_to_mrd(item: MapImages, config: MapSeriesConfig) -> list[ismrmrd.
             raise ValueError(f"extra_maps names {extra!r}, but the {item.model} maps are {', '.join(maps.values)}")
         series = config.extra_series_index + offset
         images.append(_map_image(item, maps.values[extra], series, extra, _map_comment(item, extra)))
+    if config.send_model_fit and name in maps.model_fit:
+        images.append(model_fit_image(item, config.model_fit_series_index))
     return images
+
+
+def model_fit_image(item: MapImages, series: int) -> ismrmrd.Image:
+    """Return the model-based fit of the slice's learned primary map as a map image of role ``<map>ModelFit``.
+
+    Zero where the learned map is zero (not fitted or rejected), windowed as the learned map so the two compare.
+    """
+    name = item.primary_map
+    maps = item.maps
+    values = np.where(maps.kept, maps.model_fit[name], 0.0)
+    role = f"{name}ModelFit"
+    meaning = ImageMeaning(
+        role=role,
+        is_map=True,
+        units=maps.units[name],
+        sequence_description=f"_{role}_MAP",
+        comment=(
+            f"{name} ({maps.units[name]}) of the model-based fit of the same images as the learned {name} map; "
+            "where the two differ the learned map is doubtful"
+        ),
+        window=map_window(item, maps.values[name], name),
+    )
+    return map_image(item, values, series, meaning)
 
 
 def _map_comment(item: MapImages, name: str) -> str:

@@ -1,4 +1,8 @@
-"""PUQ stage 2 on the stream: maps from the MC mean images guided by their per-phase uncertainty, SD over samples."""
+"""PUQ stage 2 on the stream: maps from the MC mean images guided by their per-phase uncertainty, SD over samples.
+
+The learned fit also sends the model-based fit of the same images on (``SliceMaps.model_fit``; MapSeriesGadget's
+series 16), and by default its map SD grows with their disagreement (``qmri_models.fitting.guided``).
+"""
 
 import dataclasses
 import logging
@@ -35,6 +39,11 @@ class PuqFitConfig(ParameterFitConfig):
         "learned", "learned: the PUQ paper's pixelwise MLP; model_based: Levenberg-Marquardt weighted by 1/SD^2"
     )
     guided: bool = prop(True, "use the per-phase uncertainty (false: equal weights / the unguided MLP, the ablation)")
+    sd_with_disagreement: bool = prop(
+        True,
+        "learned fit: the map SD combines the MC spread with the learned map's distance to the model-based fit of "
+        "the same images (grows where the learned fit is doubtful); false: the MC spread alone",
+    )
     fit_weights: str = prop(
         "t1",
         "learned fit: t1 or t2 shipped weights, or (site chains only) a fit_weights.pt from qmri train",
@@ -92,6 +101,7 @@ def fit_puq_slice(item: PhaseImages, config: PuqFitConfig, *, mlp: FitMlp | None
         maxima=config.maxima,
         device=device,
         max_iterations=config.max_iterations,
+        with_disagreement=config.sd_with_disagreement,
     )
     log.info(
         "slice %d: %s %s fit (%s) of %d pixels and its %d MC samples in %.2f s on %s",

@@ -18,7 +18,18 @@ if TYPE_CHECKING:
 
 _FLAG_NAMES = {"n_coils": "coils", "n_slices": "slices"}
 """The fields whose flags have shorter names."""
-_SETTINGS_FIELDS = ("chain", "alpha", "delta", "bound", "accelerations", "max_scale", "scale_step", "check_slices")
+_SETTINGS_FIELDS = (
+    "chain",
+    "alpha",
+    "delta",
+    "bound",
+    "accelerations",
+    "max_scale",
+    "scale_step",
+    "check_slices",
+    "ood_level",
+    "keep_maps",
+)
 _DATA_FIELDS = (
     "n_slices",
     "matrix",
@@ -37,7 +48,7 @@ def add_commands(commands: Subcommands) -> None:
     add_command(
         commands,
         "calibrate",
-        "calibrate the interval map +- scale * fit SD of a classical chain on fresh simulated slices",
+        "calibrate the interval map +- scale * SD of a mapping chain on fresh simulated slices",
         _arguments,
     )
 
@@ -64,11 +75,14 @@ def _calibrate(
 
     settings = settings_flags.build(args)
     data = data_flags.build(args)
-    command = _command(args, (*_SETTINGS_FIELDS, *_DATA_FIELDS))
+    recorded = tuple(name for name in _SETTINGS_FIELDS if name != "keep_maps")  # where maps go is no recipe
+    command = _command(args, (*recorded, *_DATA_FIELDS))
     with user_errors():  # too few slices for the bound to reach alpha, or too small a largest scale
         calibration = calibrate_chain(settings, data, command=command, progress=not args.quiet)
     checks = (
-        check_coverage(calibration, n_slices=settings.check_slices, progress=not args.quiet)
+        check_coverage(
+            calibration, n_slices=settings.check_slices, progress=not args.quiet, keep_maps=settings.keep_maps
+        )
         if settings.check_slices
         else []
     )

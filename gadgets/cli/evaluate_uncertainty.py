@@ -1,4 +1,4 @@
-"""``qmri evaluate-uncertainty``: a classical chain's calibrated intervals scored on fresh simulated slices."""
+"""``qmri evaluate-uncertainty``: a mapping chain's calibrated intervals scored on fresh simulated slices."""
 
 import argparse
 import json
@@ -14,16 +14,16 @@ def add_commands(commands: Subcommands) -> None:
     add_command(
         commands,
         "evaluate-uncertainty",
-        "coverage, width and width-error correlation of a classical chain's calibrated intervals on fresh slices",
+        "coverage, width and width-error correlation of a chain's calibrated intervals on fresh slices",
         _arguments,
     )
 
 
 def _arguments(p: argparse.ArgumentParser) -> None:
-    from gadgets.calibration_run import ClassicalChain
+    from gadgets.calibration_run import CalibratedChain
     from gadgets.uncertainty_evaluation import DEFAULT_SLICES, EVALUATION_SEED
 
-    p.add_argument("--chain", required=True, choices=get_args(ClassicalChain), help="the shipped classical chain")
+    p.add_argument("--chain", required=True, choices=get_args(CalibratedChain), help="the shipped mapping chain")
     p.add_argument(
         "--calibration", help="its calibration: a shipped name or a file of qmri calibrate (default: the chain's)"
     )

@@ -16,7 +16,9 @@ from pathlib import Path
 from typing import Any, Literal, get_args
 
 from qmri_models.calibration.bounds import BOUND_NAMES, BoundName
+from qmri_models.calibration.out_of_distribution import OutOfDistribution
 from qmri_models.calibration.risk_control import Calibration
+from qmri_models.fitting.maps import SD_KINDS, SdKind
 
 SHIPPED_DIR = Path(__file__).resolve().parent.parent / "pretrained" / "calibration"
 """The shipped calibration files (``<name>.json``) and their model cards (``<name>.md``)."""
@@ -24,9 +26,15 @@ SHIPPED_DIR = Path(__file__).resolve().parent.parent / "pretrained" / "calibrati
 QuantityName = Literal["T1", "T2"]
 """The map quantities a calibration can cover (the maps' DataRole), in ms."""
 QUANTITY_NAMES: tuple[QuantityName, ...] = get_args(QuantityName)
-UncertaintyName = Literal["fit_sd"]
-"""The uncertainty an interval scales: ``fit_sd``, the fit's SD map (series 12 of the classical chains)."""
-UNCERTAINTY_NAMES: tuple[UncertaintyName, ...] = get_args(UncertaintyName)
+UncertaintyName = SdKind
+"""The uncertainty an interval scales: the map's SD of that kind (series 12), ``qmri_models.fitting.maps.SdKind``."""
+UNCERTAINTY_NAMES: tuple[UncertaintyName, ...] = SD_KINDS
+UNCERTAINTY_WORDS: dict[UncertaintyName, str] = {
+    "fit_sd": "the fit's SD",
+    "mc_sd": "the SD over the MC samples' maps",
+    "mc_sd_disagreement": "the SD over the MC samples' maps combined with the learned map's distance to the model fit",
+}
+"""Each uncertainty kind in words, for model cards."""
 
 _ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 """A calibration id: letters, digits, ``_ . -`` (it travels in image meta and DICOM text)."""
@@ -99,6 +107,8 @@ class IntervalCalibration:
     """The calibration data: matrix, coils, SNR, noise model, seeds, slices per acceleration, the mask (JSON-able)."""
     command: str
     """The command that made the file."""
+    out_of_distribution: OutOfDistribution | None = None
+    """For a learned map: the thresholds that flag pixels outside what the calibration saw; None otherwise."""
 
     def __post_init__(self) -> None:
         for name in ("id", "chain", "command"):
@@ -137,6 +147,11 @@ class IntervalCalibration:
             json.dumps(self.recipe, allow_nan=False)
         except (TypeError, ValueError) as error:
             raise ValueError(f"interval calibration field 'recipe' must be JSON-able: {error}") from error
+        if self.out_of_distribution is not None and not isinstance(self.out_of_distribution, OutOfDistribution):
+            raise TypeError(
+                "interval calibration field 'out_of_distribution' must be an OutOfDistribution or None, got "
+                f"{type(self.out_of_distribution).__name__}"
+            )
 
     @property
     def accelerations(self) -> tuple[int, ...]:
@@ -156,6 +171,7 @@ class IntervalCalibration:
         """Return the calibration as a JSON-able dict (acceleration keys as decimal strings, as JSON keys must be)."""
         data = {f.name: getattr(self, f.name) for f in fields(self)}
         data["scales"] = {str(k): self.scales[k].to_dict() for k in self.accelerations}
+        data["out_of_distribution"] = None if self.out_of_distribution is None else self.out_of_distribution.to_dict()
         return data
 
     @classmethod
@@ -178,7 +194,14 @@ class IntervalCalibration:
                 parsed[acceleration] = Calibration.from_dict(values)
             except (TypeError, ValueError) as error:
                 raise ValueError(f"interval calibration field 'scales' at acceleration {key}: {error}") from error
-        return cls(**{**data, "scales": parsed})
+        ood = data["out_of_distribution"]
+        return cls(
+            **{
+                **data,
+                "scales": parsed,
+                "out_of_distribution": None if ood is None else OutOfDistribution.from_dict(ood),
+            }
+        )
 
 
 def shipped_calibrations() -> dict[str, Path]:

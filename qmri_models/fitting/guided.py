@@ -5,7 +5,10 @@ Two fits, as the PUQ paper and the model-based alternative:
 - ``model_based``: the weighted Levenberg-Marquardt fit of the signal model, each phase of each pixel weighted by
   ``1 / sd^2``. The SD is floored at ``SD_FLOOR`` of the pixel's largest signal, so a phase the network is
   (over-)confident about cannot take all the weight.
-- ``learned``: the pixelwise MLP (``qmri_models.networks.fit_mlp``).
+- ``learned``: the pixelwise MLP (``qmri_models.networks.fit_mlp``). The model-based fit of the same mean images
+  is made too and kept (``SliceMaps.model_fit``): the MLP knows only what it was trained on, and where its map and
+  the signal model's disagree the learned answer is doubtful. With ``with_disagreement`` (the default) the map SD
+  is ``sqrt(spread^2 + (learned - model_based)^2)`` (``sd_kind`` ``mc_sd_disagreement``), so it grows there.
 
 Unguided (the ablation): equal weights, or the MLP trained with its uncertainty inputs zero.
 
@@ -18,6 +21,7 @@ structure's mean) can be measured on every sample too; the plausibility step rej
 leaves the samples as they are.
 """
 
+import dataclasses
 from collections.abc import Mapping
 from typing import Literal
 
@@ -41,6 +45,8 @@ SD_FLOOR = 0.01
 """Smallest per-phase SD used in the weights, as a fraction of the pixel's largest signal magnitude."""
 SAMPLE_SPREAD = "SD over the MC reconstructions"
 """How the map SD is made here (``SliceMaps.sd_method``)."""
+SPREAD_AND_DISAGREEMENT = "SD over the MC reconstructions combined with the learned fit's distance to the model fit"
+"""How the learned fit's map SD is made with ``with_disagreement`` (``SliceMaps.sd_method``)."""
 
 
 def phase_weights(mean: np.ndarray, sd: np.ndarray) -> np.ndarray:
@@ -74,6 +80,7 @@ def fit_guided_maps(
     maxima: Mapping[str, float] = PLAUSIBLE_MAXIMA,
     device: str | torch.device = "cpu",
     max_iterations: int = 100,
+    with_disagreement: bool = True,
 ) -> SliceMaps:
     """Return the maps of one slice from its MC reconstruction, with the map SD over the samples.
 
@@ -91,13 +98,15 @@ def fit_guided_maps(
     min_island_pixels : Smallest island of the mask kept, in pixels (8-connected).
     maxima : Largest plausible value of every checked map in its unit (``plausible_maps``).
     device : Where to fit.
-    max_iterations : Most Levenberg-Marquardt iterations (model-based).
+    max_iterations : Most Levenberg-Marquardt iterations (the model-based fit, also made beside the learned one).
+    with_disagreement : Learned fit: combine the spread over samples with the learned map's distance to the
+        model-based fit (module docstring); False: the spread alone.
 
     Returns
     -------
-    Maps of the mean images, implausible pixels rejected; SDs over the samples (``sd_method`` says so); the primary
-    map of every sample, clamped into its plausible range, in ``samples`` (their SD over samples is the SD map at
-    every pixel not rejected).
+    Maps of the mean images, implausible pixels rejected; SDs over the samples (``sd_method`` and ``sd_kind`` say
+    how); the primary map of every sample, clamped into its plausible range, in ``samples`` (their SD over samples is
+    the ``mc_sd`` SD map at every pixel not rejected); for the learned fit the model-based map in ``model_fit``.
     """
     if samples.ndim != 4 or samples.shape[1:] != mean.shape or samples.shape[0] < 2:
         raise ValueError(f"samples must be (T >= 2, {', '.join(map(str, mean.shape))}), got {samples.shape}")
@@ -111,11 +120,17 @@ def fit_guided_maps(
             raise ValueError(f"the MLP fits {mlp.map_name.upper()}, the {model.name} model {model.primary_map}")
         if mlp.guided != guided:
             raise ValueError(f"the MLP was trained {'with' if mlp.guided else 'without'} guidance; guided={guided}")
-        return plausible_maps(_learned(model, mlp, mean, sd, samples, mask, maxima, device), maxima)
-    if fit != "model_based":
+    elif fit != "model_based":
         raise ValueError(f"fit must be model_based or learned, got {fit!r}")
     weights = phase_weights(mean, sd) if guided else None
     at_mean = fit_maps(model, mean, times_ms, mask=mask, weights=weights, device=device, max_iterations=max_iterations)
+    if mlp is not None and fit == "learned":
+        name = model.primary_map
+        model_fit = _sample_maps(at_mean.values[name][None], maxima.get(name))[0]
+        learned = _learned(model, mlp, mean, sd, samples, mask, maxima, device)
+        if with_disagreement:
+            learned = _with_disagreement(learned, model_fit, name)
+        return plausible_maps(dataclasses.replace(learned, model_fit={name: model_fit}), maxima)
     n_samples, n_phases, ny, nx = samples.shape
     side_by_side = np.moveaxis(samples, 0, 2).reshape(n_phases, ny, n_samples * nx)
     tiled_weights = None if weights is None else np.tile(weights, (1, 1, n_samples))
@@ -140,6 +155,7 @@ def fit_guided_maps(
         converged=at_mean.converged,
         sd_method=SAMPLE_SPREAD,
         samples={model.primary_map: sample_maps[model.primary_map]},
+        sd_kind="mc_sd",
     )
     return plausible_maps(guided_maps, maxima)
 
@@ -196,6 +212,16 @@ def _learned(
         converged=mask.copy(),
         sd_method=SAMPLE_SPREAD,
         samples={name: per_sample},
+        sd_kind="mc_sd",
+    )
+
+
+def _with_disagreement(maps: SliceMaps, model_fit: np.ndarray, name: str) -> SliceMaps:
+    """Return the learned maps with the SD of ``name`` combined with its distance to ``model_fit`` `(y, x)`."""
+    distance = np.where(maps.mask, maps.values[name] - model_fit, 0.0)
+    combined = np.hypot(maps.sds[name], distance).astype(np.float32)
+    return dataclasses.replace(
+        maps, sds={**maps.sds, name: combined}, sd_method=SPREAD_AND_DISAGREEMENT, sd_kind="mc_sd_disagreement"
     )
 
 

@@ -2,6 +2,7 @@
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Literal, get_args
 
 import numpy as np
 import torch
@@ -20,6 +21,12 @@ MIN_ISLAND_PIXELS = 20
 """Default smallest island (8-connected pixels) the fit mask keeps (``remove_islands``). Picked from the masks of
 simulated CG-SENSE brain slices (64^2 R1 and R4, 160^2 R4, 256^2 R4): the noise islands had 1 to 10 pixels (one of
 52), the smallest tissue island 269 pixels (at 64^2); 20 pixels is 7 mm across at 160^2 (220 mm field of view)."""
+
+SdKind = Literal["fit_sd", "mc_sd", "mc_sd_disagreement"]
+"""What a map's SD is: ``fit_sd`` the least-squares fit's (from its residual); ``mc_sd`` the spread of the maps of
+the MC samples; ``mc_sd_disagreement`` that spread combined with how far the learned map lies from the model-based
+fit of the same images, ``sqrt(mc_sd^2 + (learned - model_based)^2)``, so it grows where the learned fit is doubtful."""
+SD_KINDS: tuple[SdKind, ...] = get_args(SdKind)
 
 
 @dataclass(frozen=True)
@@ -46,6 +53,11 @@ class SliceMaps:
     samples: Mapping[str, np.ndarray] = field(default_factory=dict, repr=False)
     """Map name to its map of every sample of the reconstruction (MC dropout), the maps whose SD is the spread over
     them: each shape `(samples, y, x)` float32, unit in ``units``, zero outside the mask. Empty for a single fit."""
+    sd_kind: SdKind = "fit_sd"
+    """What the SDs are (``SdKind``): what a calibrated interval that scales them must have been calibrated on."""
+    model_fit: Mapping[str, np.ndarray] = field(default_factory=dict, repr=False)
+    """When a map is learned: map name to the model-based (weighted least-squares) fit of the same images, shape
+    `(y, x)` float32 in the map's unit, clamped into its plausible range, zero outside the mask. Empty otherwise."""
 
     @property
     def kept(self) -> np.ndarray:

@@ -18,6 +18,7 @@ from gadgets.calibration_run import (
     CalibrationSettings,
     card_path,
     check_coverage,
+    map_chain,
     pooled_coverage,
 )
 from gadgets.cli import build_parser, main
@@ -136,6 +137,16 @@ def test_data_names_the_bad_value() -> None:
         CalibrationData(n_slices=0)
     with pytest.raises(ValueError, match="needs more than 1000 files"):
         CalibrationData(n_slices=2001, slices_per_file=2)
+
+
+def test_a_puq_chain_is_calibrated_on_its_combined_sd_without_its_interval_gadget() -> None:
+    classical = map_chain("t1_molli")
+    assert (classical.uncertainty, classical.model_fit_series, classical.mc_samples) == ("fit_sd", None, None)
+    assert "MapIntervalGadget" not in [s.spec.classname for s in classical.chain.stages]
+    puq = map_chain("t2prep_puq")
+    assert (puq.uncertainty, puq.model_fit_series, puq.mc_samples) == ("mc_sd_disagreement", 16, 20)
+    assert (puq.contrast, puq.quantity, puq.map_series, puq.sd_series) == ("t2prep", "T2", 11, 12)
+    assert "MapIntervalGadget" not in [s.spec.classname for s in puq.chain.stages]
 
 
 def test_candidate_scales_are_the_grid() -> None:

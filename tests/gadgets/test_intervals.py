@@ -19,6 +19,7 @@ from gadgets.runtime.pipeline import StreamError, run_chain
 from gadgets.runtime.replay import replay
 from gadgets.runtime.wiring import Boundary
 from qmri_models.calibration.files import IntervalCalibration, save_interval_calibration
+from qmri_models.calibration.out_of_distribution import OutOfDistribution
 from qmri_models.calibration.risk_control import Calibration
 from qmri_models.fitting.maps import SliceMaps
 from tests.chain_variants import variant_text, with_gadget
@@ -340,3 +341,63 @@ def test_bound_images_written_alone_pass_dciodvfy(
 def test_a_foreign_bound_without_alpha_still_says_which_bound_it_is() -> None:
     meaning = ImageMeaning(role="T2Upper", is_map=True, units="ms", bound="upper")
     assert series_description("t2prep", meaning) == "t2prep T2 upper bound [ms]"
+
+
+def learned_calibration(threshold: float = 0.1) -> IntervalCalibration:
+    """A PUQ-like calibration: the combined SD kind, with an out-of-distribution threshold at acceleration 2."""
+    return replace(
+        calibration(),
+        id="test_t1-mc_sd_disagreement-a0.1-d0.05",
+        uncertainty="mc_sd_disagreement",
+        out_of_distribution=OutOfDistribution(level=0.01, thresholds={2: threshold}),
+    )
+
+
+def learned_maps(far: int) -> MapImages:
+    """``slice_maps`` as a learned map with combined SD, whose model fit is 20% off in the first ``far`` kept pixels."""
+    item = slice_maps()
+    t1 = item.maps.values["T1"]
+    model_fit = t1 * 1.05
+    kept = np.flatnonzero(item.maps.kept)
+    model_fit.ravel()[kept[:far]] = t1.ravel()[kept[:far]] * 1.2
+    maps = replace(item.maps, sd_kind="mc_sd_disagreement", model_fit={"T1": model_fit.astype(np.float32)})
+    return replace(item, maps=maps)
+
+
+def test_a_calibration_of_another_sd_kind_is_refused() -> None:
+    with pytest.raises(ValueError, match="scales the SD kind mc_sd_disagreement, but the molli maps' SD is fit_sd"):
+        interval_images(slice_maps(), learned_calibration(), 2, MapIntervalConfig())
+
+
+def test_learned_maps_get_a_flag_series_where_they_leave_the_model_fit(
+    tmp_path: Path, tiny_scan: tuple[ismrmrd.xsd.ismrmrdHeader, list[object]]
+) -> None:
+    path = tmp_path / "learned.json"
+    save_interval_calibration(learned_calibration(), path)
+    item = learned_maps(far=30)
+    sent: list[object] = []
+    run_chain(interval_gadget_chain(str(path)), tiny_scan[0], iter([item]), sent.append)
+    _lower, _upper, flags, warning, maps = sent
+    assert maps is item
+    assert isinstance(flags, ismrmrd.Image)
+    meaning = meaning_of(flags)
+    assert (flags.image_series_index, meaning.role, meaning.units) == (23, "T1OutOfDistribution", "1")
+    assert meaning.calibration_id == "test_t1-mc_sd_disagreement-a0.1-d0.05"
+    assert "more than 10% of its value" in meaning.comment
+    expected = np.zeros(item.maps.kept.size, np.float32)
+    expected[np.flatnonzero(item.maps.kept)[:30]] = 1.0  # 20% off flagged, 5% off not, unkept never
+    np.testing.assert_array_equal(flags.data[0, 0].ravel(), expected)
+    assert isinstance(warning, str)
+    assert warning.startswith(f"WARNING slice 2: 30 of {item.maps.kept.sum()} T1 pixels")
+
+
+def test_a_few_flagged_pixels_send_the_flags_without_a_warning(
+    tmp_path: Path, tiny_scan: tuple[ismrmrd.xsd.ismrmrdHeader, list[object]]
+) -> None:
+    path = tmp_path / "learned.json"
+    save_interval_calibration(learned_calibration(), path)
+    sent: list[object] = []
+    run_chain(interval_gadget_chain(str(path)), tiny_scan[0], iter([learned_maps(far=3)]), sent.append)
+    assert [meaning_of(s).role for s in sent[:3]] == ["T1Lower", "T1Upper", "T1OutOfDistribution"]  # type: ignore[arg-type]
+    assert float(sent[2].data.sum()) == 3.0  # type: ignore[union-attr]
+    assert not any(isinstance(s, str) for s in sent)

@@ -35,11 +35,16 @@ def test_puq_chain_returns_mean_images_uncertainty_map_and_sd_as_mrd_and_dicom(
     out = tmp_path / "out"
     replay(raw, chain_variant(chain, "Recon", mc_samples=40), out)
     images_file = out / "images.h5"
-    assert series_in(images_file) == {1, 2, 11, 12}
+    assert series_in(images_file) == {1, 2, 11, 12, 16}
     mean, mean_images = read_series(images_file, 1)
     sd, sd_images = read_series(images_file, 2)
     maps, _ = read_series(images_file, 11)
     map_sd, _ = read_series(images_file, 12)
+    model_fit, model_fit_images = read_series(images_file, 16)
+    assert meta_of(model_fit_images[0])["GADGETRON_DataRole"] == f"{role}ModelFit"
+    kept = maps[0] > 0
+    # the learned map's SD holds its distance to the model fit of the same images (and the MC spread)
+    assert np.all(map_sd[0][kept] >= np.abs(maps[0] - model_fit[0])[kept] * (1 - 1e-5))
     assert mean.shape == sd.shape == (8, 128, 128)
     assert meta_of(sd_images[0])["GADGETRON_DataRole"] == UNCERTAINTY_ROLE
     assert meta_of(mean_images[0])["GADGETRON_DataRole"] == "Image"
@@ -55,8 +60,10 @@ def test_puq_chain_returns_mean_images_uncertainty_map_and_sd_as_mrd_and_dicom(
         error = np.median(np.abs(maps[0][pixels] - truth[pixels]) / truth[pixels])
         assert error < limit_percent / 100, (matter, error)
         assert np.median(map_sd[0][pixels]) > 0
-    # DICOM: phase images and their uncertainty as MR images, map and SD as Parametric Maps, all valid
-    for series in (1, 2, 11, 12):
+        model_error = np.median(np.abs(model_fit[0][pixels] - truth[pixels]) / truth[pixels])
+        assert model_error < limit_percent / 100, (matter, model_error)
+    # DICOM: phase images and their uncertainty as MR images, map, SD and model fit as Parametric Maps, all valid
+    for series in (1, 2, 11, 12, 16):
         paths = sorted((out / "dicom").glob(f"*/series_{series:04d}/*.dcm"))
         assert len(paths) == (8 if series in (1, 2) else 1)
         assert not [line for line in dciodvfy_lines(paths[0]) if line.startswith("Error")]

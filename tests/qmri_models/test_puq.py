@@ -86,6 +86,34 @@ def test_map_sd_is_the_spread_of_fitting_every_sample() -> None:
     at_mean = fit_maps(model, mean, TIMES, mask=maps.mask, weights=weights).values["T1"]
     np.testing.assert_allclose(maps.values["T1"], at_mean, rtol=1e-6)
     assert "MC" in maps.sd_method
+    assert maps.sd_kind == "mc_sd"
+    assert not maps.model_fit
+
+
+def test_learned_fit_sd_grows_with_its_distance_to_the_model_fit() -> None:
+    """The learned map's SD is sqrt(spread^2 + (learned - model-based)^2); the model-based map is kept beside it."""
+    rng = np.random.default_rng(5)
+    t1 = rng.uniform(700, 1600, (6, 5))
+    clean = molli_images(t1.ravel(), rng).reshape(8, 6, 5)
+    samples = (clean[None] * (1 + 0.03 * rng.standard_normal((5, 8, 6, 5)))).astype(np.float32)
+    mean, sd = samples.mean(axis=0), samples.std(axis=0)
+    torch.manual_seed(0)
+    mlp = FitMlp(n_phases=8, guided=True)  # untrained: far from the model fit
+    model = signal_model("molli")
+    spread_only = fit_guided_maps(
+        model, mean, sd, samples, TIMES, fit="learned", mlp=mlp, mask_threshold=0.0, with_disagreement=False
+    )
+    combined = fit_guided_maps(model, mean, sd, samples, TIMES, fit="learned", mlp=mlp, mask_threshold=0.0)
+
+    at_mean = fit_maps(model, mean, TIMES, mask=combined.mask, weights=phase_weights(mean, sd)).values["T1"]
+    np.testing.assert_allclose(combined.model_fit["T1"], at_mean, rtol=1e-5)
+    np.testing.assert_allclose(combined.values["T1"], spread_only.values["T1"])
+    kept = combined.kept
+    expected = np.hypot(spread_only.sds["T1"], combined.values["T1"] - at_mean)
+    np.testing.assert_allclose(combined.sds["T1"][kept], expected[kept], rtol=1e-4)
+    assert np.all(combined.sds["T1"][kept] > 10 * spread_only.sds["T1"][kept])
+    assert combined.sd_kind == "mc_sd_disagreement"
+    assert "model fit" in combined.sd_method
 
 
 def test_learned_fit_reports_the_spread_of_the_mlp_over_samples() -> None:
@@ -94,10 +122,21 @@ def test_learned_fit_reports_the_spread_of_the_mlp_over_samples() -> None:
     mean, sd = samples.mean(axis=0), samples.std(axis=0)
     torch.manual_seed(0)
     mlp = FitMlp(n_phases=8, guided=True)
-    maps = fit_guided_maps(signal_model("molli"), mean, sd, samples, TIMES, fit="learned", mlp=mlp, mask_threshold=0.0)
+    maps = fit_guided_maps(
+        signal_model("molli"),
+        mean,
+        sd,
+        samples,
+        TIMES,
+        fit="learned",
+        mlp=mlp,
+        mask_threshold=0.0,
+        with_disagreement=False,
+    )
     mask = maps.mask
     each = np.stack([learned_map(mlp, s, sd, mask) for s in samples])
     np.testing.assert_allclose(maps.sds["T1"], each.std(axis=0), rtol=1e-5, atol=1e-6)
+    assert maps.sd_kind == "mc_sd"
     with pytest.raises(ValueError, match="guidance"):
         fit_guided_maps(signal_model("molli"), mean, sd, samples, TIMES, fit="learned", mlp=mlp, guided=False)
     with pytest.raises(ValueError, match="T2"):
@@ -136,10 +175,13 @@ def test_train_puq_fit_learns_resumes_and_loads(tmp_path: Path, tiny_recon_weigh
         epochs=3,
         batch_size=256,
         learning_rate=3e-3,
+        phantom_fraction=0.5,  # one of the two training slices and the one validation slice
     )
     history = train_fit(config, tmp_path)
     assert history.epochs == [1, 2, 3]
     assert history.n_train_pixels > 1000
+    assert set(history.val_rmse_by_object_ms) == {"guided phantom", "unguided phantom"}
+    assert history.val_rmse_by_object_ms["guided phantom"] == history.val_rmse_guided_ms[-1]
     # T1 in the brain is 300-4500 ms: a trained MLP is far nearer than a constant guess of 0
     assert history.val_rmse_guided_ms[-1] < 1500.0
     resumed = train_fit(replace(config, epochs=4), tmp_path)
