@@ -50,6 +50,8 @@ from qmri_models.calibration.risk_control import calibrate_interval_scale
 from qmri_models.protocols import protocol_spec
 from qmri_models.simulation.raw_writer import write_raw
 from qmri_models.simulation.scan import NoiseModel, ScanSettings, simulate_scan
+from qmri_models.structures.classify import HEAD_CLASSES
+from qmri_models.structures.means import MIN_STRUCTURE_PIXELS, StructureMeans, structure_means
 
 CalibratedChain = Literal["t1_molli", "t2prep", "t1_molli_puq", "t2prep_puq"]
 """The shipped mapping chains whose map SD can be calibrated: classical (CG-SENSE + least-squares fit) and PUQ."""
@@ -168,6 +170,10 @@ class ReplayedMaps:
             arrays["model_fit"] = self.model_fit
         arrays["label_names"] = np.array(self.label_names)
         np.savez_compressed(path, **arrays)  # type: ignore[arg-type]  # numpy's stub types **kwds as its bool flag
+
+    def structures(self) -> StructureMeans:
+        """Return every slice's classified structures (as StructureReportGadget's) with their true means."""
+        return structure_means(self.value, self.sd, self.truth, self.value > 0)
 
     def mask(self, tissues: Sequence[str]) -> np.ndarray:
         """Return the pixels that count: a truth label in ``tissues`` and kept by the fit. Shape `(slices, y, x)`."""
@@ -352,8 +358,11 @@ def calibrate_chain(
 ) -> IntervalCalibration:
     """Return the calibration of a chain's interval ``map +- scale * SD`` at every acceleration.
 
-    For a chain with a learned map, also the out-of-distribution thresholds: per acceleration the conformal
-    ``1 - settings.ood_level`` quantile of the learned map's distance to the model fit over the tissue pixels.
+    Also the structure-level interval's scale per acceleration (``qmri_models.structures.means``: the tissue classes
+    of each slice's map; a slice's loss is the fraction of its structures whose true mean lies outside
+    ``mean +- scale * mean voxel SD``) and, for a chain with a learned map, the out-of-distribution thresholds: per
+    acceleration the conformal ``1 - settings.ood_level`` quantile of the learned map's distance to the model fit
+    over the tissue pixels.
 
     Parameters
     ----------
@@ -373,6 +382,7 @@ def calibrate_chain(
     """
     chain = map_chain(settings.chain)
     scales = {}
+    structure_scales = {}
     thresholds = {}
     for acceleration in settings.accelerations:
         keep = None if settings.keep_maps is None else settings.keep_maps / f"calibration_R{acceleration}.npz"
@@ -392,8 +402,22 @@ def calibrate_chain(
             bound=settings.bound,
             mask=maps.mask(data.tissues),
         )
+        structures = maps.structures()
+        structure_scales[acceleration] = calibrate_interval_scale(
+            structures.value,
+            structures.truth,
+            structures.sd,
+            structures.sd,
+            settings.lambdas(),
+            alpha=settings.alpha,
+            delta=settings.delta,
+            bound=settings.bound,
+            mask=structures.valid,
+        )
     grid = {"max_scale": settings.max_scale, "scale_step": settings.scale_step}
-    chain_settings = {} if chain.mc_samples is None else {"mc_samples": chain.mc_samples}
+    chain_settings: dict[str, Any] = {"structure_classes": list(HEAD_CLASSES)}
+    if chain.mc_samples is not None:
+        chain_settings["mc_samples"] = chain.mc_samples
     return IntervalCalibration(
         id=calibration_id(settings.chain, chain.uncertainty, settings.alpha, settings.delta),
         chain=settings.chain,
@@ -406,6 +430,7 @@ def calibrate_chain(
         recipe=data.recipe(chain.contrast, settings.accelerations) | grid | chain_settings,
         command=command,
         out_of_distribution=OutOfDistribution(settings.ood_level, thresholds) if thresholds else None,
+        structure_scales=structure_scales,
     )
 
 
@@ -426,6 +451,10 @@ class Coverage:
     """The same, median (the mean follows the few pixels whose fit is poorly determined)."""
     n_flagged: int | None = None
     """Of the tissue pixels, those flagged out of distribution (learned maps with a threshold), else None."""
+    n_structures: int = 0
+    """Classified structures of all slices (``qmri_models.structures.means``), when a structure scale was checked."""
+    n_structures_covered: int = 0
+    """Of them, those whose true mean lies in ``mean +- structure scale * mean voxel SD``."""
 
     @property
     def coverage(self) -> float:
@@ -469,7 +498,11 @@ def check_coverage(
         maps = replay_slices(chain, data, acceleration, progress=progress, keep=keep)
         threshold = None if ood is None else ood.thresholds.get(acceleration)
         scale = calibration.scale_for(acceleration).scale
-        checks.append(interval_coverage(maps, data, acceleration, scale, ood_threshold=threshold))
+        coverage = interval_coverage(maps, data, acceleration, scale, ood_threshold=threshold)
+        structure_scale = (calibration.structure_scales or {}).get(acceleration)
+        if structure_scale is not None:
+            coverage = structure_coverage(coverage, maps.structures(), structure_scale.scale)
+        checks.append(coverage)
     return checks
 
 
@@ -513,22 +546,36 @@ def interval_coverage(
     )
 
 
+def structure_coverage(coverage: Coverage, structures: StructureMeans, scale: float) -> Coverage:
+    """Return ``coverage`` with the count of structures whose true mean lies in ``mean -+ scale * mean voxel SD``."""
+    lower, upper = scaled_interval(structures.value, structures.sd, structures.sd, scale)
+    covered = (lower <= structures.truth) & (structures.truth <= upper) & structures.valid
+    return dataclasses.replace(
+        coverage, n_structures=int(structures.valid.sum()), n_structures_covered=int(covered.sum())
+    )
+
+
 def coverage_table(rows: Sequence[Coverage]) -> list[str]:
-    """Return the Markdown table of coverage and width per acceleration (header and one line per row)."""
-    tissues = " | ".join(f"width {t.replace('_', ' ')} %, mean / median" for t in REPORTED_TISSUES)
+    """Return the Markdown table of coverage and width per acceleration (header and one line per row).
+
+    Columns for the structure-level coverage and the out-of-distribution flags appear when a row has them.
+    """
+    header = ["acceleration", "λ", "slices", "pixels", "coverage"]
+    header += [f"width {t.replace('_', ' ')} %, mean / median" for t in REPORTED_TISSUES]
+    structures = any(r.n_structures for r in rows)
     flags = any(r.n_flagged is not None for r in rows)
-    return [
-        f"| acceleration | λ | slices | pixels | coverage | {tissues} |"
-        + (" flagged out of distribution % |" if flags else ""),
-        "|---|---|---|---|---|" + "---|" * (len(REPORTED_TISSUES) + flags),
-        *(
-            f"| {r.acceleration} | {r.scale:.2f} | {r.n_slices} | {r.n_pixels} | {r.coverage:.4f} | "
-            + " | ".join(f"{r.width_percent[t]:.1f} / {r.median_width_percent[t]:.1f}" for t in REPORTED_TISSUES)
-            + " |"
-            + (f" {'-' if r.n_flagged is None else f'{100 * r.n_flagged / r.n_pixels:.2f}'} |" if flags else "")
-            for r in rows
-        ),
-    ]
+    header += ["structures covered"] * structures + ["flagged out of distribution %"] * flags
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for r in rows:
+        cells = [str(r.acceleration), f"{r.scale:.2f}", str(r.n_slices), str(r.n_pixels), f"{r.coverage:.4f}"]
+        cells += [f"{r.width_percent[t]:.1f} / {r.median_width_percent[t]:.1f}" for t in REPORTED_TISSUES]
+        if structures:
+            share = r.n_structures_covered / r.n_structures if r.n_structures else float("nan")
+            cells.append(f"{r.n_structures_covered} / {r.n_structures} ({share:.3f})")
+        if flags:
+            cells.append("-" if r.n_flagged is None else f"{100 * r.n_flagged / r.n_pixels:.2f}")
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
 
 
 def pooled_coverage(rows: Sequence[Coverage]) -> float:
@@ -576,6 +623,23 @@ def model_card(calibration: IntervalCalibration, checks: Sequence[Coverage], *, 
             for a, c in ((a, calibration.scale_for(a)) for a in calibration.accelerations)
         ),
     ]
+    if calibration.structure_scales:
+        lines += [
+            "",
+            "## Structure scales",
+            "",
+            f"The structure-level interval `mean ± λ · mean voxel SD` of each tissue class of the map (classified on "
+            f"the map itself, as StructureReportGadget does; classes under {MIN_STRUCTURE_PIXELS} pixels left out): "
+            f"for a new slice, the expected fraction of its structures whose true mean {quantity} lies outside is at "
+            f"most alpha = {calibration.alpha:g}, with probability at least {1 - calibration.delta:g}.",
+            "",
+            "| acceleration | λ | slices n | empirical risk | upper confidence bound |",
+            "|---|---|---|---|---|",
+            *(
+                f"| {a} | {c.scale:.2f} | {c.n_items} | {c.risk:.4f} | {c.risk_ucb:.4f} |"
+                for a, c in sorted(calibration.structure_scales.items())
+            ),
+        ]
     ood = calibration.out_of_distribution
     if ood is not None:
         lines += [

@@ -24,14 +24,25 @@ JSON schema (version 1)
         "mean": 905.2, "median": 901.7, mean and median of the map inside the structure, in ``units``
         "mean_voxel_sd": 31.4,          mean of the voxel SD map inside it, in ``units``
         "mean_sd": 6.2,                 SD (ddof 0) over the samples of the structure's mean, in ``units``
-        "mean_cv": 0.0069},             that SD over the mean of the samples' structure means
-       ...]}
+        "mean_cv": 0.0069,              that SD over the mean of the samples' structure means
+        "mean_lower": 861.0,            calibrated interval of the structure's mean: mean -+ scale * mean_voxel_sd
+        "mean_upper": 949.4,            (lower clamped at 0), with ``interval``; null without a calibration
+        "out_of_distribution": false},  more than a quarter of its pixels flagged out of distribution; null when
+       ...],                            the map is not learned or the calibration has no thresholds
+     "interval": {"calibration_id": "t1_molli-fit_sd-a0.1-d0.1", "alpha": 0.1, "delta": 0.1, "scale": 1.83}}
 
 Numbers that are undefined (an empty class, a map without an SD map, maps without samples) are ``null``, never NaN.
 The samples are the maps the PUQ fit makes of every MC sample (``SliceMaps.samples``; the classical fit has none),
 measured in the same structures as the map: ``mean_sd`` says how far off the structure's mean may be, which the mean
-voxel SD does not (seed paper 002). ``n_samples``, ``mean_sd`` and ``mean_cv`` were added to version 1 without
-changing any other field's meaning; ``StructureReport.from_json`` reads reports without them as null.
+voxel SD does not (seed paper 002). ``n_samples``, ``mean_sd``, ``mean_cv``, ``mean_lower``, ``mean_upper``,
+``out_of_distribution`` and ``interval`` were added to version 1 without changing any other field's meaning;
+``StructureReport.from_json`` reads reports without them as null.
+
+With a ``calibration`` property (a calibration file of ``qmri calibrate`` with structure scales: the same chain's),
+every structure of at least ``MIN_STRUCTURE_PIXELS`` pixels of the calibrated map gets an interval for its mean that
+covers the true mean of the structure's pixels for at least 1 - alpha of a slice's structures on average (with
+probability 1 - delta over the calibration), for slices like the calibration's; at an acceleration the calibration
+does not cover, the reports go without intervals and the client gets one WARNING text.
 """
 
 import json
@@ -41,13 +52,17 @@ from typing import Any
 
 import numpy as np
 
+from gadgets.intervals import header_acceleration, out_of_distribution_flags
 from gadgets.items import MapImages
 from gadgets.runtime.config import GadgetConfig, PropertyError, prop
 from gadgets.runtime.registry import GadgetConnection, register
+from qmri_models.calibration.files import IntervalCalibration, load_interval_calibration, shipped_calibrations
+from qmri_models.calibration.out_of_distribution import structure_flagged
 from qmri_models.structures.classify import HEAD_CLASSES, OUTLIER_NAME, OUTSIDE_NAME, classify_tissues
 from qmri_models.structures.geometry import SliceGeometry
-from qmri_models.structures.rois import rois_from_labels
-from qmri_models.structures.statistics import structure_statistics
+from qmri_models.structures.means import MIN_STRUCTURE_PIXELS
+from qmri_models.structures.rois import Roi, rois_from_labels
+from qmri_models.structures.statistics import StructureStatistics, structure_statistics
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +84,9 @@ class StructureValues:
     mean_voxel_sd: float | None
     mean_sd: float | None = None
     mean_cv: float | None = None
+    mean_lower: float | None = None
+    mean_upper: float | None = None
+    out_of_distribution: bool | None = None
 
 
 @dataclass(frozen=True)
@@ -84,6 +102,8 @@ class StructureReport:
     voxel_ml: float
     structures: tuple[StructureValues, ...]
     n_samples: int | None = None
+    interval: dict[str, Any] | None = None
+    """The calibrated interval of the structure means: calibration_id, alpha, delta, scale; None without."""
 
     def to_json(self) -> str:
         """Return the report as the JSON text of the schema in the module docstring."""
@@ -99,6 +119,7 @@ class StructureReport:
             "voxel_ml": self.voxel_ml,
             "n_samples": self.n_samples,
             "structures": [vars(s) for s in self.structures],
+            "interval": self.interval,
         }
         return json.dumps(body, allow_nan=False)
 
@@ -126,6 +147,7 @@ class StructureReport:
                 voxel_ml=float(body["voxel_ml"]),
                 structures=structures,
                 n_samples=None if body.get("n_samples") is None else int(body["n_samples"]),
+                interval=body.get("interval"),
             )
         except (KeyError, TypeError) as exc:
             raise ValueError(f"{REPORT_TYPE} lacks or mistypes a field ({exc}): {text[:120]!r}") from exc
@@ -155,6 +177,13 @@ class StructureReportConfig(GadgetConfig):
         "tissue classes in order of increasing T1 (of the primary map without T1), comma-separated",
     )
     send_json: bool = prop(True, "send each report to the client as a JSON TEXT message (false: log it only)")
+    calibration: str = prop(
+        "",
+        "calibration with structure scales (a shipped name, or in site chains a file of qmri calibrate) for an "
+        "interval of every structure's mean; empty: no intervals",
+        site=True,
+        client_choices=("", *shipped_calibrations()),
+    )
 
     def __post_init__(self) -> None:
         names = self.class_names
@@ -184,9 +213,17 @@ class StructureReportConfig(GadgetConfig):
 def structure_report(connection: GadgetConnection) -> None:
     """Classify each slice's maps into tissue classes; send every class's volume, mean, median and spread as JSON."""
     config = StructureReportConfig.from_connection(connection)
+    interval = None
+    if config.calibration:
+        interval, warning = structure_interval(
+            load_interval_calibration(config.calibration), header_acceleration(connection.header), config.class_names
+        )
+        if warning:
+            log.warning("%s", warning)
+            connection.send(warning)
     connection.filter(MapImages)
     for item in connection:
-        reports = slice_reports(item, config.class_names)
+        reports = slice_reports(item, config.class_names, interval)
         connection.send(item)  # first, so DicomOutputGadget has written the map its report references
         for report in reports:
             text = report.to_json()
@@ -196,7 +233,52 @@ def structure_report(connection: GadgetConnection) -> None:
                 log.info("slice %d structure report: %s", item.slice, text)
 
 
-def slice_reports(item: MapImages, class_names: tuple[str, ...]) -> list[StructureReport]:
+@dataclass(frozen=True)
+class StructureInterval:
+    """A calibration's structure-level interval at the stream's acceleration."""
+
+    calibration: IntervalCalibration
+    acceleration: int
+    scale: float
+    """Lambda of ``mean -+ lambda * mean voxel SD``."""
+
+    def describe(self) -> dict[str, Any]:
+        """Return the report's ``interval`` field."""
+        c = self.calibration
+        return {"calibration_id": c.id, "alpha": c.alpha, "delta": c.delta, "scale": self.scale}
+
+
+def structure_interval(
+    calibration: IntervalCalibration, acceleration: int, class_names: tuple[str, ...]
+) -> tuple[StructureInterval | None, str]:
+    """Return the calibration's structure interval at ``acceleration``, or None and the WARNING text saying why.
+
+    Raises
+    ------
+    ValueError
+        If the calibration has no structure scales or classified other classes than ``class_names``.
+    """
+    if not calibration.structure_scales:
+        raise ValueError(
+            f"calibration {calibration.id!r} has no structure scales; recalibrate with this version of qmri calibrate"
+        )
+    calibrated_classes = tuple(calibration.recipe.get("structure_classes", ()))
+    if calibrated_classes != class_names:
+        raise ValueError(
+            f"calibration {calibration.id!r} calibrated the structures of classes {list(calibrated_classes)}, "
+            f"the gadget classifies {list(class_names)}: their intervals would promise nothing"
+        )
+    if acceleration not in calibration.structure_scales:
+        return None, (
+            f"WARNING no structure intervals for this scan: calibration {calibration.id} covers accelerations "
+            f"{sorted(calibration.structure_scales)}, the scan is at {acceleration}; reports are sent without them"
+        )
+    return StructureInterval(calibration, acceleration, calibration.structure_scales[acceleration].scale), ""
+
+
+def slice_reports(
+    item: MapImages, class_names: tuple[str, ...], interval: StructureInterval | None = None
+) -> list[StructureReport]:
     """Return the structure reports of one slice: one per classified map (the primary map, and T2 beside T1).
 
     The classes come from T1 alone, or from T1 and T2 when the slice has both maps (the primary map alone when it
@@ -207,6 +289,7 @@ def slice_reports(item: MapImages, class_names: tuple[str, ...]) -> list[Structu
     ----------
     item : The slice's maps.
     class_names : Names of the tissue classes in order of increasing T1 (of the primary map without a T1 map).
+    interval : The structure-level interval of the calibrated map, or None for no intervals.
 
     Returns
     -------
@@ -228,8 +311,10 @@ def slice_reports(item: MapImages, class_names: tuple[str, ...]) -> list[Structu
     n_y, n_x = first.shape
     geometry = SliceGeometry(fov_mm=(fov_y, fov_x), matrix=(n_y, n_x), slice_thickness_mm=fov_z)
     measured = [item.primary_map, *(name for name in classified_on if name != item.primary_map)]
+    flags = None if interval is None else out_of_distribution_flags(item, interval.calibration, interval.acceleration)
     reports = []
     for quantity in measured:
+        calibrated = interval is not None and interval.calibration.quantity == quantity
         statistics = structure_statistics(
             maps.values[quantity], rois, geometry, quantity=quantity, sd_ms=maps.sds.get(quantity)
         )
@@ -247,8 +332,9 @@ def slice_reports(item: MapImages, class_names: tuple[str, ...]) -> list[Structu
                 mean_voxel_sd=s.mean_voxel_sd_ms,
                 mean_sd=None if spread is None else spread.mean_sd_ms,
                 mean_cv=None if spread is None else spread.mean_cv,
+                **(_interval_fields(s, roi, interval, flags) if calibrated and interval is not None else {}),
             )
-            for s, spread in zip(statistics, over_samples, strict=True)
+            for s, spread, roi in zip(statistics, over_samples, rois, strict=True)
         )
         reports.append(
             StructureReport(
@@ -261,6 +347,22 @@ def slice_reports(item: MapImages, class_names: tuple[str, ...]) -> list[Structu
                 voxel_ml=geometry.voxel_ml,
                 structures=structures,
                 n_samples=None if samples is None else len(samples),
+                interval=interval.describe() if calibrated and interval is not None else None,
             )
         )
     return reports
+
+
+def _interval_fields(
+    statistics: StructureStatistics, roi: Roi, interval: StructureInterval, flags: np.ndarray | None
+) -> dict[str, Any]:
+    """Return a structure's ``mean_lower``, ``mean_upper`` and ``out_of_distribution`` (None where undefined)."""
+    mean, sd = statistics.mean_ms, statistics.mean_voxel_sd_ms
+    lower = upper = None
+    if mean is not None and sd is not None and statistics.sample_pixels[0] >= MIN_STRUCTURE_PIXELS:
+        lower, upper = max(mean - interval.scale * sd, 0.0), mean + interval.scale * sd
+    return {
+        "mean_lower": lower,
+        "mean_upper": upper,
+        "out_of_distribution": None if flags is None else structure_flagged(flags, roi.mask),
+    }

@@ -109,6 +109,9 @@ class IntervalCalibration:
     """The command that made the file."""
     out_of_distribution: OutOfDistribution | None = None
     """For a learned map: the thresholds that flag pixels outside what the calibration saw; None otherwise."""
+    structure_scales: dict[int, Calibration] | None = None
+    """Per acceleration, the scale of the structure-level interval ``structure mean +- lambda * its mean voxel SD``
+    (``qmri_models.structures.means``; one loss per slice: the fraction of its structures outside), or None."""
 
     def __post_init__(self) -> None:
         for name in ("id", "chain", "command"):
@@ -127,31 +130,40 @@ class IntervalCalibration:
             object.__setattr__(self, name, _probability(name, getattr(self, name)))
         if self.bound not in BOUND_NAMES:
             raise ValueError(f"interval calibration field 'bound' must be one of {BOUND_NAMES}, got {self.bound!r}")
-        if not isinstance(self.scales, dict) or not self.scales:
-            raise ValueError(f"interval calibration field 'scales' must be a non-empty dict, got {self.scales!r}")
-        object.__setattr__(self, "scales", {_acceleration(key): value for key, value in self.scales.items()})
-        for acceleration, calibration in self.scales.items():
-            if not isinstance(calibration, Calibration):
-                raise TypeError(
-                    f"interval calibration field 'scales' needs a Calibration per acceleration, got "
-                    f"{type(calibration).__name__} at {acceleration}"
-                )
-            for name in ("alpha", "delta", "bound"):
-                if getattr(calibration, name) != getattr(self, name):
-                    raise ValueError(
-                        f"interval calibration field 'scales': acceleration {acceleration} has {name} "
-                        f"{getattr(calibration, name)!r}, the file {getattr(self, name)!r}"
-                    )
+        object.__setattr__(self, "scales", self._checked_scales("scales", self.scales))
         _object("interval calibration field 'recipe'", self.recipe)
         try:
             json.dumps(self.recipe, allow_nan=False)
         except (TypeError, ValueError) as error:
             raise ValueError(f"interval calibration field 'recipe' must be JSON-able: {error}") from error
+        if self.structure_scales is not None:
+            object.__setattr__(
+                self, "structure_scales", self._checked_scales("structure_scales", self.structure_scales)
+            )
         if self.out_of_distribution is not None and not isinstance(self.out_of_distribution, OutOfDistribution):
             raise TypeError(
                 "interval calibration field 'out_of_distribution' must be an OutOfDistribution or None, got "
                 f"{type(self.out_of_distribution).__name__}"
             )
+
+    def _checked_scales(self, name: str, scales: Any) -> dict[int, Calibration]:
+        """Return a field of Calibrations by acceleration with int keys, after checking they match the file's risk."""
+        if not isinstance(scales, dict) or not scales:
+            raise ValueError(f"interval calibration field {name!r} must be a non-empty dict, got {scales!r}")
+        checked = {_acceleration(key): value for key, value in scales.items()}
+        for acceleration, calibration in checked.items():
+            if not isinstance(calibration, Calibration):
+                raise TypeError(
+                    f"interval calibration field {name!r} needs a Calibration per acceleration, got "
+                    f"{type(calibration).__name__} at {acceleration}"
+                )
+            for field_name in ("alpha", "delta", "bound"):
+                if getattr(calibration, field_name) != getattr(self, field_name):
+                    raise ValueError(
+                        f"interval calibration field {name!r}: acceleration {acceleration} has {field_name} "
+                        f"{getattr(calibration, field_name)!r}, the file {getattr(self, field_name)!r}"
+                    )
+        return checked
 
     @property
     def accelerations(self) -> tuple[int, ...]:
@@ -172,6 +184,11 @@ class IntervalCalibration:
         data = {f.name: getattr(self, f.name) for f in fields(self)}
         data["scales"] = {str(k): self.scales[k].to_dict() for k in self.accelerations}
         data["out_of_distribution"] = None if self.out_of_distribution is None else self.out_of_distribution.to_dict()
+        data["structure_scales"] = (
+            None
+            if self.structure_scales is None
+            else {str(k): v.to_dict() for k, v in sorted(self.structure_scales.items())}
+        )
         return data
 
     @classmethod
@@ -183,25 +200,34 @@ class IntervalCalibration:
         unknown = sorted(set(data) - set(names))
         if missing or unknown:
             raise ValueError(f"interval calibration: missing fields {missing}, unknown fields {unknown}")
-        scales = _object("interval calibration field 'scales'", data["scales"])
-        parsed: dict[int, Calibration] = {}
-        for key, values in scales.items():
-            acceleration = _acceleration(key)
-            if acceleration in parsed:
-                raise ValueError(f"interval calibration field 'scales' has acceleration {acceleration} twice")
-            values = _object(f"interval calibration field 'scales' at acceleration {key}", values)
-            try:
-                parsed[acceleration] = Calibration.from_dict(values)
-            except (TypeError, ValueError) as error:
-                raise ValueError(f"interval calibration field 'scales' at acceleration {key}: {error}") from error
         ood = data["out_of_distribution"]
+        structure_scales = data["structure_scales"]
         return cls(
             **{
                 **data,
-                "scales": parsed,
+                "scales": _parsed_scales("scales", data["scales"]),
                 "out_of_distribution": None if ood is None else OutOfDistribution.from_dict(ood),
+                "structure_scales": (
+                    None if structure_scales is None else _parsed_scales("structure_scales", structure_scales)
+                ),
             }
         )
+
+
+def _parsed_scales(name: str, scales: Any) -> dict[int, Calibration]:
+    """Return a JSON object of Calibrations by acceleration key as a dict; a bad entry is named."""
+    scales = _object(f"interval calibration field {name!r}", scales)
+    parsed: dict[int, Calibration] = {}
+    for key, values in scales.items():
+        acceleration = _acceleration(key)
+        if acceleration in parsed:
+            raise ValueError(f"interval calibration field {name!r} has acceleration {acceleration} twice")
+        values = _object(f"interval calibration field {name!r} at acceleration {key}", values)
+        try:
+            parsed[acceleration] = Calibration.from_dict(values)
+        except (TypeError, ValueError) as error:
+            raise ValueError(f"interval calibration field {name!r} at acceleration {key}: {error}") from error
+    return parsed
 
 
 def shipped_calibrations() -> dict[str, Path]:

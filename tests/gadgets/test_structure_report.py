@@ -1,5 +1,6 @@
 """Structure reports: per-class numbers as JSON TEXT to the client, as a DICOM SR referencing the map, in evaluate."""
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -25,13 +26,34 @@ from gadgets.runtime.client import send_stream
 from gadgets.runtime.pipeline import run_chain
 from gadgets.runtime.replay import replay
 from gadgets.runtime.server import MrdServer
-from gadgets.structure_report import REPORT_TYPE, REPORT_VERSION, StructureReport, slice_reports
+from gadgets.structure_report import (
+    REPORT_TYPE,
+    REPORT_VERSION,
+    StructureReport,
+    slice_reports,
+    structure_interval,
+)
+from qmri_models.calibration.files import IntervalCalibration
+from qmri_models.calibration.out_of_distribution import OutOfDistribution
+from qmri_models.calibration.risk_control import Calibration
 from qmri_models.fitting.maps import SliceMaps
 from tests.chain_variants import shipped_text
 from tests.conftest import dciodvfy_lines, make_raw, raw_header_and_items, stream_mode_images
 from tests.gadgets.test_dicom_store import Orthanc, orthanc, orthanc_binary, orthanc_down, stopping  # noqa: F401
 
-FIELDS = {"name", "pixels", "volume_ml", "mean", "median", "mean_voxel_sd", "mean_sd", "mean_cv"}
+FIELDS = {
+    "name",
+    "pixels",
+    "volume_ml",
+    "mean",
+    "median",
+    "mean_voxel_sd",
+    "mean_sd",
+    "mean_cv",
+    "mean_lower",
+    "mean_upper",
+    "out_of_distribution",
+}
 """The fields of every structure in the JSON (gadgets.structure_report's schema)."""
 
 
@@ -115,6 +137,9 @@ def test_empty_structure_is_null_in_json() -> None:
         "mean_voxel_sd": None,
         "mean_sd": None,
         "mean_cv": None,
+        "mean_lower": None,
+        "mean_upper": None,
+        "out_of_distribution": None,
     }
     with pytest.raises(ValueError, match=r"not a qmri\.structure_report version 1"):
         StructureReport.from_json(json.dumps({"type": REPORT_TYPE, "version": 99}))
@@ -144,6 +169,66 @@ def test_report_with_samples_has_the_spread_of_each_structure_mean() -> None:
     (without,) = slice_reports(item, classes)
     assert without.n_samples is None
     assert all(s.mean_sd is None and s.mean_cv is None for s in without.structures)
+
+
+def structure_calibration(scale: float, threshold: float | None = None) -> IntervalCalibration:
+    """A calibration with a structure scale at acceleration 2 (and an out-of-distribution threshold there)."""
+    evidence = Calibration(
+        alpha=0.1, delta=0.1, scale=scale, bound="hoeffding_bentkus", n_items=60, risk=0.02, risk_ucb=0.09
+    )
+    return IntervalCalibration(
+        id="test-structures",
+        chain="t1_molli",
+        quantity="T1",
+        uncertainty="fit_sd",
+        alpha=0.1,
+        delta=0.1,
+        bound="hoeffding_bentkus",
+        scales={2: evidence},
+        recipe={"structure_classes": ["fat", "white_matter", "grey_matter", "csf"]},
+        command="pytest",
+        out_of_distribution=None if threshold is None else OutOfDistribution(level=0.01, thresholds={2: threshold}),
+        structure_scales={2: dataclasses.replace(evidence, scale=scale)},
+    )
+
+
+def test_a_calibration_gives_each_structure_mean_an_interval_and_flag() -> None:
+    item, labels, names, t1 = truth_maps()
+    classes = ("fat", "white_matter", "grey_matter", "csf")
+    grey = labels == names.index("grey_matter")
+    model_fit = np.where(grey, 1.5 * t1, 1.02 * t1).astype(np.float32)  # the model fit disagrees in grey matter
+    learned = replace(item, maps=replace(item.maps, model_fit={"T1": model_fit}))
+    interval, warning = structure_interval(structure_calibration(2.5, threshold=0.1), 2, classes)
+    assert warning == ""
+    assert interval is not None
+
+    (report,) = slice_reports(learned, classes, interval)
+
+    body = json.loads(report.to_json())
+    assert body["interval"] == {"calibration_id": "test-structures", "alpha": 0.1, "delta": 0.1, "scale": 2.5}
+    got = {s["name"]: s for s in body["structures"]}
+    for name in classes:
+        s = got[name]
+        assert s["mean_lower"] == pytest.approx(max(s["mean"] - 2.5 * s["mean_voxel_sd"], 0.0))
+        assert s["mean_upper"] == pytest.approx(s["mean"] + 2.5 * s["mean_voxel_sd"])
+        assert s["out_of_distribution"] is (name == "grey_matter")
+    assert got["outlier"]["pixels"] < 20
+    assert got["outlier"]["mean_lower"] is None  # too small to be calibrated
+    assert StructureReport.from_json(report.to_json()) == report
+    (plain,) = slice_reports(item, classes, interval)
+    assert all(s.out_of_distribution is None for s in plain.structures)  # no model fit: no flags
+
+
+def test_structure_intervals_need_matching_classes_and_a_calibrated_acceleration() -> None:
+    classes = ("fat", "white_matter", "grey_matter", "csf")
+    interval, warning = structure_interval(structure_calibration(2.0), 4, classes)
+    assert interval is None
+    assert warning.startswith("WARNING no structure intervals for this scan")
+    assert "covers accelerations [2], the scan is at 4" in warning
+    with pytest.raises(ValueError, match="calibrated the structures of classes"):
+        structure_interval(structure_calibration(2.0), 2, ("white_matter", "grey_matter"))
+    with pytest.raises(ValueError, match="has no structure scales"):
+        structure_interval(dataclasses.replace(structure_calibration(2.0), structure_scales=None), 2, classes)
 
 
 def parametric_map(tmp_path: Path, item: MapImages) -> Path:
