@@ -40,7 +40,7 @@ _RECON_HELP = {
     "n_iterations": "unrolled iterations",
     "hidden": "hidden channels of every denoiser",
 }
-_STAGE_ONE_FIELDS = ("map_name", "n_train", "n_val", "matrix", "accelerations", "mc_samples")
+_STAGE_ONE_FIELDS = ("map_name", "n_train", "n_val", "matrix", "accelerations", "mc_samples", "phantom_fraction")
 """The fields of ``StageOneData`` (the stage-1 data recipe) that ``puq-fit`` and ``puq-error-head`` share."""
 _STAGE_ONE_HELP = {
     "n_train": "simulated training slices (their own seeds)",

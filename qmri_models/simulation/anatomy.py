@@ -1,4 +1,4 @@
-"""Ground-truth anatomy for the slice simulator: oblique brain slices from the MNI152 template, and a sphere phantom.
+"""Ground-truth anatomy for the slice simulator: oblique brain slices from the MNI152 template, and sphere phantoms.
 
 Brain slices come from the ICBM 2009 symmetric MNI152 templates that ship inside nilearn's wheel (1 mm, no download).
 White and grey matter are the template's tissue probabilities; CSF is the brain mask minus both. nilearn's T1
@@ -55,6 +55,19 @@ WATER_T2_MS = 2000.0
 """T2 of the undoped water the phantom's T2 rule starts from, in ms."""
 NICL2_R2_OVER_R1 = 1.1
 """Ratio of transverse to longitudinal relaxivity of NiCl2 (the NIST T1 spheres' dopant), near 1 at 3 T."""
+
+RANDOM_SPHERE_COUNT = (6, 14)
+"""Fewest and most spheres of a random phantom (both included)."""
+RANDOM_SPHERE_T1_MS = (100.0, 3000.0)
+"""Range of a random phantom sphere's T1 in ms, drawn log-uniformly."""
+RANDOM_SPHERE_T2_MS = (20.0, 400.0)
+"""Range of a random phantom sphere's T2 in ms, drawn log-uniformly and then capped at the sphere's T1."""
+RANDOM_SPHERE_PD = (0.6, 1.0)
+"""Range of a random phantom's proton density (one value for container and spheres), drawn uniformly."""
+RANDOM_FLUID_T1_MS = (2000.0, 4000.0)
+"""Range of a random phantom's container fluid T1 in ms, drawn uniformly."""
+RANDOM_FLUID_T2_MS = (1000.0, 2000.0)
+"""Range of a random phantom's container fluid T2 in ms, drawn uniformly."""
 
 _WM = TISSUE_CLASSES.index("white_matter")
 _LESION = TISSUE_CLASSES.index("lesion")
@@ -343,3 +356,39 @@ def _ring_layout(n_spheres: int, container: float) -> tuple[float, list[int]]:
             raise ValueError(f"{n_spheres} spheres do not fit in a {2 * container:.0f}-pixel container")
     counts = np.diff(np.minimum(np.cumsum([0, *capacities]), n_spheres))
     return radius, [int(c) for c in counts if c > 0]
+
+
+def random_sphere_phantom(matrix: int, rng: np.random.Generator) -> ParameterMaps:
+    """Return a sphere phantom with random sphere count, relaxation times and container fluid (a QA object).
+
+    ``sphere_phantom``'s layout with values drawn from ``rng``: ``RANDOM_SPHERE_COUNT`` spheres, each with T1
+    log-uniform in ``RANDOM_SPHERE_T1_MS`` and T2 log-uniform in ``RANDOM_SPHERE_T2_MS`` capped at its T1; one PD
+    uniform in ``RANDOM_SPHERE_PD``; container fluid T1 and T2 uniform in ``RANDOM_FLUID_T1_MS`` and
+    ``RANDOM_FLUID_T2_MS``; a random rotation of the layout. The same generator state gives the same phantom.
+
+    Parameters
+    ----------
+    matrix : Image size in pixels per side, at least 32.
+    rng : Random generator.
+
+    Returns
+    -------
+    Parameter maps labelled as ``sphere_phantom``'s; every array has shape `(matrix, matrix)`.
+    """
+    n_spheres = int(rng.integers(RANDOM_SPHERE_COUNT[0], RANDOM_SPHERE_COUNT[1] + 1))
+    t1_ms = _log_uniform(rng, RANDOM_SPHERE_T1_MS, n_spheres)
+    t2_ms = np.minimum(_log_uniform(rng, RANDOM_SPHERE_T2_MS, n_spheres), t1_ms)
+    return sphere_phantom(
+        matrix,
+        t1_ms=t1_ms.tolist(),
+        t2_ms=t2_ms.tolist(),
+        pd=float(rng.uniform(*RANDOM_SPHERE_PD)),
+        background_t1_ms=float(rng.uniform(*RANDOM_FLUID_T1_MS)),
+        background_t2_ms=float(rng.uniform(*RANDOM_FLUID_T2_MS)),
+        rng=rng,
+    )
+
+
+def _log_uniform(rng: np.random.Generator, bounds: tuple[float, float], size: int) -> np.ndarray:
+    """Return ``size`` values drawn log-uniformly between the two positive ``bounds``. Shape `(size,)`."""
+    return np.exp(rng.uniform(np.log(bounds[0]), np.log(bounds[1]), size=size))

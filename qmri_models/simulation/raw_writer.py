@@ -88,7 +88,7 @@ def ismrmrd_header(settings: ScanSettings) -> ismrmrd.xsd.ismrmrdHeader:
         n_coils=settings.n_coils,
         protocol=f"qmri_sim_{settings.contrast}_{settings.phantom}_R{settings.acceleration}",
         sequence_name=spec.readout.sequence_name,
-        body_part="PHANTOM" if settings.phantom == "spheres" else "BRAIN",
+        body_part="BRAIN" if settings.phantom == "brain" else "PHANTOM",
         encoding=encoding,
         sequence=sequence,
         user=user,

@@ -1,7 +1,7 @@
 """Multi-phase Cartesian scans with known truth: anatomy, contrast, coils, undersampling and noise."""
 
 from dataclasses import dataclass, field
-from typing import Literal, Protocol
+from typing import Literal, Protocol, get_args
 
 import numpy as np
 from scipy.ndimage import gaussian_filter
@@ -9,7 +9,7 @@ from scipy.ndimage import gaussian_filter
 from qmri_models.protocols import PROTOCOLS, ProtocolName, protocol_spec
 from qmri_models.recon.cartesian import centered_fft2
 from qmri_models.signal_models import signal_model
-from qmri_models.simulation.anatomy import brain_slice, sphere_phantom
+from qmri_models.simulation.anatomy import brain_slice, random_sphere_phantom, sphere_phantom
 from qmri_models.simulation.coils import coil_noise_covariance, coil_sensitivities, mix_coils
 from qmri_models.simulation.sampling import DEFAULT_ACS_FRACTION, random_line_mask
 from qmri_models.simulation.tissues import ParameterMaps
@@ -17,7 +17,10 @@ from qmri_models.simulation.tissues import ParameterMaps
 Contrast = ProtocolName
 CONTRASTS: tuple[str, ...] = tuple(PROTOCOLS)
 """Simulated contrasts: the mapping protocols (``qmri_models.protocols``)."""
-Phantom = Literal["brain", "spheres"]
+Phantom = Literal["brain", "spheres", "random_spheres"]
+"""What a slice shows: a random brain slice (``anatomy.brain_slice``), the fixed NIST-like sphere phantom
+(``anatomy.sphere_phantom``) or a sphere phantom with random values (``anatomy.random_sphere_phantom``)."""
+PHANTOMS: tuple[str, ...] = get_args(Phantom)
 NoiseModel = Literal["correlated", "white"]
 NOISE_MODELS: tuple[str, ...] = ("correlated", "white")
 """Receiver noise: ``correlated`` between coils with unequal coil levels (``coils.coil_noise_covariance``), as real
@@ -80,8 +83,8 @@ class ScanSettings:
             raise ValueError(f"noise must be one of {', '.join(NOISE_MODELS)}, got {self.noise!r}")
         if self.n_noise_readouts < 0:
             raise ValueError(f"n_noise_readouts must be at least 0, got {self.n_noise_readouts}")
-        if self.phantom not in ("brain", "spheres"):
-            raise ValueError(f"phantom must be brain or spheres, got {self.phantom!r}")
+        if self.phantom not in PHANTOMS:
+            raise ValueError(f"phantom must be one of {', '.join(PHANTOMS)}, got {self.phantom!r}")
         if self.matrix < 32:
             raise ValueError(f"matrix must be at least 32, got {self.matrix}")
         if self.acceleration < 1:
@@ -168,7 +171,7 @@ def simulate_slice(settings: ScanSettings, rng: np.random.Generator) -> Simulate
     The slice's truth, noise-free images, coils, mask, noisy k-space and noise readouts.
     """
     n = settings.matrix
-    truth = brain_slice(n, rng, fov_mm=settings.fov_mm) if settings.phantom == "brain" else sphere_phantom(n)
+    truth = _slice_truth(settings, rng)
     images = (contrast_images(settings, truth) * np.exp(1j * smooth_phase(n, rng))).astype(np.complex64)
     covariance = noise_covariance(settings)
     sens = coil_sensitivities(settings.n_coils, n, rng, None if settings.noise == "white" else covariance)
@@ -192,6 +195,15 @@ def simulate_slice(settings: ScanSettings, rng: np.random.Generator) -> Simulate
         noise_sd=noise_sd,
         noise_covariance=2 * noise_sd**2 * covariance,
     )
+
+
+def _slice_truth(settings: ScanSettings, rng: np.random.Generator) -> ParameterMaps:
+    """Return the ground truth of one slice of ``settings.phantom`` (the fixed sphere phantom draws nothing)."""
+    if settings.phantom == "brain":
+        return brain_slice(settings.matrix, rng, fov_mm=settings.fov_mm)
+    if settings.phantom == "random_spheres":
+        return random_sphere_phantom(settings.matrix, rng)
+    return sphere_phantom(settings.matrix)
 
 
 def noise_covariance(settings: NoiseSettings) -> np.ndarray:

@@ -72,6 +72,9 @@ class StageOneData(SliceRecipe):
     n_val: int = 6
     mc_samples: int = 20
     """MC samples per slice."""
+    phantom_fraction: float = 0.0
+    """Fraction of the training and of the validation slices that are random sphere phantoms (QA objects) instead
+    of brain slices, rounded to whole slices."""
     seed: int = 7
     """Seed of the slices (keep it apart from the reconstruction training's, 0, so they are new slices)."""
 
@@ -81,6 +84,8 @@ class StageOneData(SliceRecipe):
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.mc_samples < 2:
             raise ValueError(f"mc_samples must be at least 2, got {self.mc_samples}")
+        if not 0.0 <= self.phantom_fraction <= 1.0:
+            raise ValueError(f"phantom_fraction must lie in [0, 1], got {self.phantom_fraction}")
 
 
 @dataclass(frozen=True)

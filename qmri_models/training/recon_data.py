@@ -1,13 +1,13 @@
 """Training examples of the PUQ reconstruction network, made by the simulator.
 
-Each example is one simulated slice: a random brain slice (position, orientation, warp, lesions, tissue values),
-random coils, a random 1D Cartesian mask at one of the accelerations (the PUQ paper's 6/8/10x with its ACS
-fractions) and noise at the given SNR. The coil sensitivities are ESPIRiT's from the slice's own calibration lines,
-exactly as the reconstruction gadget estimates them on the stream (training on the simulator's true coils would
-teach the network a coil combination it never sees at inference), and the target is the noise-free coil images
-combined with those maps. K-space and target are scaled together
-so the zero-filled image's 99th-percentile magnitude is 1 (the network sees one intensity range whatever the gain);
-the scale is kept so a reconstruction can be put back in the scanner's units.
+Each example is one simulated slice: a random brain slice (position, orientation, warp, lesions, tissue values) or,
+for a given fraction of the slices, a random sphere phantom (``anatomy.random_sphere_phantom``), random coils, a
+random 1D Cartesian mask at one of the accelerations (the PUQ paper's 6/8/10x with its ACS fractions) and noise at
+the given SNR. The coil sensitivities are ESPIRiT's from the slice's own calibration lines, exactly as the
+reconstruction gadget estimates them on the stream (training on the simulator's true coils would teach the network a
+coil combination it never sees at inference), and the target is the noise-free coil images combined with those maps.
+K-space and target are scaled together so the zero-filled image's 99th-percentile magnitude is 1 (the network sees
+one intensity range whatever the gain); the scale is kept so a reconstruction can be put back in the scanner's units.
 """
 
 from collections.abc import Callable, Iterator
@@ -28,6 +28,8 @@ from qmri_models.training.configs import StageOneData
 
 VAL_SEED_OFFSET = 1_000_003
 """Added to a training run's seed for its validation slices, so they are never training slices."""
+_PHANTOM_STREAM = 0x5048414E544F4D
+"""Second entropy word of the generator that picks the phantom slices, apart from the slices' own generators."""
 
 
 @dataclass(frozen=True)
@@ -64,6 +66,7 @@ def simulate_recon_examples(
     accelerations: tuple[int, ...],
     snr: float,
     seed: int,
+    phantom_fraction: float = 0.0,
     on_example: Callable[[int], None] | None = None,
 ) -> ReconExamples:
     """Return ``n_examples`` simulated slices for the T1 (MOLLI) or T2 (T2-prep) network.
@@ -76,7 +79,8 @@ def simulate_recon_examples(
     n_coils : Coils.
     accelerations : Accelerations drawn from, uniformly.
     snr : Signal-to-noise ratio of the simulator (mean tissue signal of the brightest phase over the noise SD).
-    seed : Seed of everything (anatomy, coils, masks, noise, accelerations).
+    seed : Seed of everything (anatomy, coils, masks, noise, accelerations, which slices are phantoms).
+    phantom_fraction : Fraction of the slices that are random sphere phantoms (``phantom_slices``), the rest brain.
     on_example : Called with the number of examples made so far (progress).
 
     Returns
@@ -88,6 +92,7 @@ def simulate_recon_examples(
     if n_examples < 1:
         raise ValueError(f"n_examples must be at least 1, got {n_examples}")
     sequences = np.random.SeedSequence(seed).spawn(n_examples)
+    phantoms = phantom_slices(n_examples, phantom_fraction, seed)
     names = ("kdata", "sampled", "sens", "target", "tissue", "accel", "truth")
     parts: dict[str, list[np.ndarray]] = {k: [] for k in names}
     for index, sequence in enumerate(sequences):
@@ -99,6 +104,7 @@ def simulate_recon_examples(
             n_coils=n_coils,
             acceleration=acceleration,
             snr=snr,
+            phantom="random_spheres" if phantoms[index] else "brain",
             noise="white",  # the networks see prewhitened data (NoiseAdjustGadget): white noise
         )
         simulated = simulate_slice(settings, rng)
@@ -127,6 +133,22 @@ def simulate_recon_examples(
     )
 
 
+def phantom_slices(n_examples: int, phantom_fraction: float, seed: int) -> np.ndarray:
+    """Return which of ``n_examples`` slices drawn from ``seed`` are phantoms. Shape `(n_examples,)` bool.
+
+    ``phantom_fraction`` of them, rounded to whole slices, at places drawn from ``seed`` (the same seed, the same
+    places); fraction 0 draws nothing.
+    """
+    if not 0.0 <= phantom_fraction <= 1.0:
+        raise ValueError(f"phantom_fraction must lie in [0, 1], got {phantom_fraction}")
+    chosen = np.zeros(n_examples, dtype=bool)
+    n_phantoms = int(np.floor(phantom_fraction * n_examples + 0.5))
+    if n_phantoms > 0:
+        rng = np.random.default_rng(np.random.SeedSequence([seed, _PHANTOM_STREAM]))
+        chosen[rng.choice(n_examples, size=n_phantoms, replace=False)] = True
+    return chosen
+
+
 def mc_estimates(
     network: UnrolledRecon, examples: ReconExamples, *, n_samples: int, device: torch.device
 ) -> Iterator[McEstimate]:
@@ -151,7 +173,7 @@ def mc_estimates(
 
 def stage_one_recipe(data: StageOneData) -> dict[str, Any]:
     """Return what decides the stage-1 output of ``data``: the simulation, the MC samples and the weights' digest."""
-    names = ("map_name", "n_train", "n_val", "matrix", "n_coils", "snr", "mc_samples", "seed")
+    names = ("map_name", "n_train", "n_val", "matrix", "n_coils", "snr", "mc_samples", "phantom_fraction", "seed")
     recipe: dict[str, Any] = {name: getattr(data, name) for name in names}
     recipe["accelerations"] = list(data.accelerations)
     recipe["recon_sha256"] = weights_sha256("recon", data.recon_weights)
@@ -160,12 +182,29 @@ def stage_one_recipe(data: StageOneData) -> dict[str, Any]:
 
 def simulate_stage_one(data: StageOneData, split: str) -> ReconExamples:
     """Return the slices of ``split`` (``train`` or ``val``, the latter with its own seeds) of ``data``."""
+    n_examples, seed = _split_size_and_seed(data, split)
     return simulate_recon_examples(
         data.map_name,
-        data.n_train if split == "train" else data.n_val,
+        n_examples,
         matrix=data.matrix,
         n_coils=data.n_coils,
         accelerations=data.accelerations,
         snr=data.snr,
-        seed=data.seed + (VAL_SEED_OFFSET if split == "val" else 0),
+        seed=seed,
+        phantom_fraction=data.phantom_fraction,
     )
+
+
+def stage_one_phantoms(data: StageOneData, split: str) -> np.ndarray:
+    """Return which slices of ``simulate_stage_one(data, split)`` are phantoms. Shape `(slices,)` bool."""
+    n_examples, seed = _split_size_and_seed(data, split)
+    return phantom_slices(n_examples, data.phantom_fraction, seed)
+
+
+def _split_size_and_seed(data: StageOneData, split: str) -> tuple[int, int]:
+    """Return the number of slices and the seed of ``split`` (``train`` or ``val``) of ``data``."""
+    if split not in ("train", "val"):
+        raise ValueError(f"split must be train or val, got {split!r}")
+    if split == "train":
+        return data.n_train, data.seed
+    return data.n_val, data.seed + VAL_SEED_OFFSET

@@ -13,6 +13,7 @@ from typing import Any
 import torch
 
 from qmri_models.pretrained import PRETRAINED_DIR, MapName, load_recon_network
+from qmri_models.simulation import anatomy
 from qmri_models.training.configs import ReconTrainingConfig
 from qmri_models.training.recon_data import VAL_SEED_OFFSET, simulate_recon_examples
 from qmri_models.training.train_recon import validation_nrmse
@@ -71,8 +72,9 @@ def model_card(map_name: MapName, recon: dict[str, Any], fit: dict[str, Any], ch
     defaults = dataclasses.asdict(ReconTrainingConfig())
     reduced = [f"{k} {rc[k]} (paper {defaults[k]})" for k in _PAPER_SIZES if rc.get(k) != defaults[k]]
     recon_flags = _flags(rc, defaults, {"n_coils": "coils", "n_iterations": "iterations"})
-    fit_flags = _named_flags(fc, ("n_train", "n_val", "mc_samples", "epochs", "seed"))
+    fit_flags = _named_flags(fc, ("n_train", "n_val", "mc_samples", "phantom_fraction", "epochs", "seed"))
     stage_one_run = "RUN" if recon.get("error_head") is None else "RUN_HEAD"
+    phantoms, by_object = _phantom_recipe(fc["phantom_fraction"]), _rmse_by_object(fh["val_rmse_by_object_ms"])
     return f"""# PUQ {map_name.upper()} weights ({contrast})
 
 Trained in this repository on simulated data only; nothing was downloaded.
@@ -96,15 +98,43 @@ Trained in this repository on simulated data only; nothing was downloaded.
 {_error_head_section(map_name, recon.get("error_head"), device_note)}
 ## Stage 2: learned fit (`puq_fit_{map_name}.pt`), guided and unguided
 - Data: stage-1 output (MC mean and per-phase uncertainty, {fc["mc_samples"]} samples) of {fc["n_train"]} new simulated
-  slices ({fh["n_train_pixels"]} tissue pixels) and {fc["n_val"]} validation slices ({fh["n_val_pixels"]}), seed
-  {fc["seed"]}, same recipe as stage 1.
+  slices ({fh["n_train_pixels"]} object pixels) and {fc["n_val"]} validation slices ({fh["n_val_pixels"]}), seed
+  {fc["seed"]}, same recipe as stage 1{phantoms}.
 - Network: the paper's MLP, 5 fully connected layers of {fc["hidden"]} units, ReLU; inputs normalised by the
   pixel's largest signal (not the first phase's: MOLLI's first TI sits on the null of fat). Adam
   {fc["learning_rate"]:g}, batch {fc["batch_size"]}, MSE, {fc["epochs"]} epochs (paper: 200).
 - Wall time {fh["wall_s"] / 60:.1f} min (training only) on {device_note}.
-- Validation RMSE: {fh["val_rmse_guided_ms"][-1]:.1f} ms guided, {fh["val_rmse_unguided_ms"][-1]:.1f} ms unguided.
+- Validation RMSE, all pixels: {fh["val_rmse_guided_ms"][-1]:.1f} ms guided,
+  {fh["val_rmse_unguided_ms"][-1]:.1f} ms unguided{by_object}.
 - Command: `qmri train puq-fit --map {map_name} --out RUN_FIT --recon-weights {stage_one_run}/weights.pt {fit_flags}`
 """
+
+
+def _phantom_recipe(fraction: float) -> str:
+    """Return the card's words on the phantom slices of the learned fit's data (empty without any)."""
+    if fraction == 0:
+        return ""
+    a = anatomy
+    return f"""; a fraction {fraction:g} of each split's slices (rounded) are random
+  sphere phantoms instead of brain: {_span(a.RANDOM_SPHERE_COUNT)} spheres with T1 {_span(a.RANDOM_SPHERE_T1_MS)} ms and
+  T2 {_span(a.RANDOM_SPHERE_T2_MS)} ms (log-uniform, T2 at most T1), PD {_span(a.RANDOM_SPHERE_PD)}, in fluid of
+  T1 {_span(a.RANDOM_FLUID_T1_MS)} ms and T2 {_span(a.RANDOM_FLUID_T2_MS)} ms; their pixels are the spheres and fluid"""
+
+
+def _span(bounds: tuple[float, float]) -> str:
+    """Return a range as the card writes it (``100-3000``)."""
+    return f"{bounds[0]:g}-{bounds[1]:g}"
+
+
+def _rmse_by_object(rmse_ms: dict[str, float]) -> str:
+    """Return the card's words on the validation RMSE on brain and phantom pixels apart (empty without phantoms)."""
+    if "guided phantom" not in rmse_ms:
+        return ""
+    return ";\n  " + "; ".join(
+        f"{name} pixels {rmse_ms[f'guided {name}']:.1f} ms guided, {rmse_ms[f'unguided {name}']:.1f} ms unguided"
+        for name in ("brain", "phantom")
+        if f"guided {name}" in rmse_ms
+    )
 
 
 def _error_head_section(map_name: MapName, head: dict[str, Any] | None, device_note: str) -> str:

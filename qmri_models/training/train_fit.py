@@ -1,12 +1,12 @@
 """Training of PUQ's learned fit (stage 2) on the stage-1 output of simulated slices, guided and unguided together.
 
 The data are the paper's: for every simulated slice the trained reconstruction network's MC mean and per-phase SD,
-pixel by pixel in the signal mask and the tissue, with the true T1 or T2 as the target. They are made once and
-cached in ``OUT/pixels_{train,val}.pt`` (keyed by the data recipe and the reconstruction weights), so a rerun
-resumes there. The two MLPs (with the uncertainty inputs, and with them zero: the ablation) see the same batches;
-both are checkpointed after every epoch in ``OUT/checkpoint.pt`` and a rerun with the same configuration resumes
-(only ``epochs`` may grow). The result is ``OUT/fit_weights.pt``, which ``qmri_models.pretrained.load_fit_mlp``
-reads.
+pixel by pixel in the signal mask and the object (tissue, or a phantom's spheres and fluid), with the true T1 or T2
+as the target. They are made once and cached in ``OUT/pixels_{train,val}.pt`` (keyed by the data recipe and the
+reconstruction weights), so a rerun resumes there. The two MLPs (with the uncertainty inputs, and with them zero:
+the ablation) see the same batches; both are checkpointed after every epoch in ``OUT/checkpoint.pt`` and a rerun
+with the same configuration resumes (only ``epochs`` may grow). The result is ``OUT/fit_weights.pt``, which
+``qmri_models.pretrained.load_fit_mlp`` reads.
 """
 
 import dataclasses
@@ -26,7 +26,7 @@ from qmri_models.networks.fit_mlp import SCALE_MS, FitMlp, mlp_features
 from qmri_models.pretrained import load_recon_network
 from qmri_models.training.checkpoints import load_or_make, refuse_other_config, save_atomic
 from qmri_models.training.configs import FitTrainingConfig
-from qmri_models.training.recon_data import mc_estimates, simulate_stage_one, stage_one_recipe
+from qmri_models.training.recon_data import mc_estimates, simulate_stage_one, stage_one_phantoms, stage_one_recipe
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +45,8 @@ class FitHistory:
     n_train_pixels: int = 0
     n_val_pixels: int = 0
     wall_s: float = 0.0
+    val_rmse_by_object_ms: dict[str, float] = field(default_factory=dict)
+    """Final validation RMSE (ms) of each MLP on brain and on phantom pixels apart (``"guided brain"``, ...)."""
 
 
 @dataclass(frozen=True)
@@ -57,6 +59,12 @@ class FitPixels:
     """Per-phase uncertainty (``McEstimate.uncertainty``). Shape `(pixels, phases)` float32."""
     truth_ms: torch.Tensor
     """True T1 or T2 in ms. Shape `(pixels,)` float32."""
+    phantom: torch.Tensor
+    """Whether the pixel lies in a phantom slice (else a brain slice). Shape `(pixels,)` bool."""
+
+    def subset(self, keep: torch.Tensor) -> "FitPixels":
+        """Return the pixels where ``keep`` (shape `(pixels,)` bool) is true."""
+        return FitPixels(self.magnitude[keep], self.sd[keep], self.truth_ms[keep], self.phantom[keep])
 
 
 def train_fit(
@@ -126,6 +134,7 @@ def train_fit(
         _save_checkpoint(checkpoint, config, epoch, nets, optimizers, history)
         if on_progress is not None:
             on_progress("epochs", epoch, config.epochs)
+    history.val_rmse_by_object_ms = _rmse_by_object_ms(nets, val_px, device)
     weights = {
         "map_name": config.map_name,
         "config": dataclasses.asdict(config),
@@ -153,13 +162,23 @@ def validation_rmse_ms(mlp: FitMlp, pixels: FitPixels, device: torch.device) -> 
     return float((predicted - pixels.truth_ms).square().mean().sqrt())
 
 
+def _rmse_by_object_ms(nets: Mapping[bool, FitMlp], pixels: FitPixels, device: torch.device) -> dict[str, float]:
+    """Return the RMSE in ms of each MLP on the brain and on the phantom pixels apart (objects with pixels only)."""
+    rmse = {}
+    for name, keep in (("brain", ~pixels.phantom), ("phantom", pixels.phantom)):
+        if bool(keep.any()):
+            for g, net in nets.items():
+                rmse[f"{'guided' if g else 'unguided'} {name}"] = validation_rmse_ms(net, pixels.subset(keep), device)
+    return rmse
+
+
 def stage_one_pixels(
     config: FitTrainingConfig,
     split: str,
     device: torch.device,
     on_slice: Callable[[int], None] | None = None,
 ) -> FitPixels:
-    """Return the stage-1 output (MC mean magnitude, uncertainty) of the split's simulated slices, tissue pixels only.
+    """Return the stage-1 output (MC mean magnitude, uncertainty) of the split's simulated slices, object pixels only.
 
     Parameters
     ----------
@@ -169,22 +188,25 @@ def stage_one_pixels(
     on_slice : Called with the number of slices done.
     """
     examples = simulate_stage_one(config, split)
+    phantoms = stage_one_phantoms(config, split)
     if examples.truth_ms is None:
         raise ValueError("the simulated examples carry no truth maps")
     network = load_recon_network(config.recon_weights).to(device)
-    parts: dict[str, list[torch.Tensor]] = {"magnitude": [], "sd": [], "truth": []}
+    parts: dict[str, list[torch.Tensor]] = {"magnitude": [], "sd": [], "truth": [], "phantom": []}
     for i, estimate in enumerate(mc_estimates(network, examples, n_samples=config.mc_samples, device=device)):
         mean = estimate.mean.cpu()
         keep = torch.from_numpy(signal_mask(mean.numpy(), 0.08)) & (examples.truth_ms[i] > 0)
         parts["magnitude"].append(mean.abs()[:, keep].T)
         parts["sd"].append(estimate.uncertainty.cpu()[:, keep].T)
         parts["truth"].append(examples.truth_ms[i][keep])
+        parts["phantom"].append(torch.full((int(keep.sum()),), bool(phantoms[i])))
         if on_slice is not None:
             on_slice(i + 1)
     return FitPixels(
         magnitude=torch.cat(parts["magnitude"]).float(),
         sd=torch.cat(parts["sd"]).float(),
         truth_ms=torch.cat(parts["truth"]).float(),
+        phantom=torch.cat(parts["phantom"]),
     )
 
 

@@ -5,7 +5,18 @@ import numpy as np
 import pytest
 from scipy.ndimage import binary_dilation, binary_erosion
 
-from qmri_models.simulation.anatomy import NIST_T1_MS, brain_slice, sphere_phantom
+from qmri_models.simulation.anatomy import (
+    NIST_T1_MS,
+    RANDOM_FLUID_T1_MS,
+    RANDOM_FLUID_T2_MS,
+    RANDOM_SPHERE_COUNT,
+    RANDOM_SPHERE_PD,
+    RANDOM_SPHERE_T1_MS,
+    RANDOM_SPHERE_T2_MS,
+    brain_slice,
+    random_sphere_phantom,
+    sphere_phantom,
+)
 from qmri_models.simulation.tissues import (
     TISSUE_CLASSES,
     TISSUE_RANGES_3T,
@@ -262,3 +273,57 @@ def test_phantom_rejects_bad_arguments(kwargs: dict, message: str):
     args = {"matrix": 64} | kwargs
     with pytest.raises(ValueError, match=message):
         sphere_phantom(args.pop("matrix"), **args)
+
+
+# --- random sphere phantom ---------------------------------------------------------------------------------------
+
+
+def _sphere_values(maps: ParameterMaps) -> tuple[np.ndarray, np.ndarray]:
+    """Return the T1 and T2 in ms of every sphere of a phantom, each read from its pixels (one value per sphere)."""
+    values = []
+    for label in range(2, len(maps.label_names)):
+        inside = maps.labels == label
+        assert inside.sum() >= 30
+        assert np.unique(maps.t1_ms[inside]).size == np.unique(maps.t2_ms[inside]).size == 1
+        values.append((maps.t1_ms[inside][0], maps.t2_ms[inside][0]))
+    t1, t2 = np.array(values).T
+    return t1, t2
+
+
+def test_random_sphere_phantom_values_lie_in_their_ranges():
+    phantoms = [random_sphere_phantom(160, np.random.default_rng(seed)) for seed in range(20)]
+    counts, all_t1, all_t2 = [], [], []
+    for maps in phantoms:
+        t1, t2 = _sphere_values(maps)
+        counts.append(t1.size)
+        all_t1.append(t1)
+        all_t2.append(t2)
+        assert np.all(t2 <= t1)
+        fluid = maps.labels == 1
+        assert np.unique(maps.t1_ms[fluid]).size == np.unique(maps.t2_ms[fluid]).size == 1
+        assert RANDOM_FLUID_T1_MS[0] <= maps.t1_ms[fluid][0] <= RANDOM_FLUID_T1_MS[1]
+        assert RANDOM_FLUID_T2_MS[0] <= maps.t2_ms[fluid][0] <= RANDOM_FLUID_T2_MS[1]
+        pd = np.unique(maps.pd[maps.labels > 0])
+        assert pd.size == 1
+        assert RANDOM_SPHERE_PD[0] <= pd[0] <= RANDOM_SPHERE_PD[1]
+        assert np.all(maps.t1_ms[maps.labels == 0] == 0)
+    assert RANDOM_SPHERE_COUNT[0] <= min(counts) < max(counts) <= RANDOM_SPHERE_COUNT[1]
+    t1, t2 = np.concatenate(all_t1), np.concatenate(all_t2)
+    assert RANDOM_SPHERE_T1_MS[0] * (1 - TOL) <= t1.min()
+    assert t1.max() <= RANDOM_SPHERE_T1_MS[1] * (1 + TOL)
+    assert RANDOM_SPHERE_T2_MS[0] * (1 - TOL) <= t2.min()
+    assert t2.max() <= RANDOM_SPHERE_T2_MS[1] * (1 + TOL)
+    # log-uniform: about as many spheres below the geometric middle of the T1 range as above it
+    below = np.mean(t1 < np.sqrt(RANDOM_SPHERE_T1_MS[0] * RANDOM_SPHERE_T1_MS[1]))
+    assert 0.35 < below < 0.65
+
+
+def test_random_sphere_phantom_is_seeded():
+    first = random_sphere_phantom(96, np.random.default_rng(3))
+    again = random_sphere_phantom(96, np.random.default_rng(3))
+    other = random_sphere_phantom(96, np.random.default_rng(4))
+    for name in ("t1_ms", "t2_ms", "pd", "labels"):
+        np.testing.assert_array_equal(getattr(first, name), getattr(again, name))
+    assert first.label_names == again.label_names
+    assert not np.array_equal(first.t1_ms, other.t1_ms)
+    assert not np.array_equal(first.t2_ms, other.t2_ms)

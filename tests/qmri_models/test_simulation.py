@@ -125,6 +125,21 @@ def test_sphere_phantom_option(tmp_path: Path) -> None:
     assert t1[labels == names.index("sphere_01")].mean() == pytest.approx(1884)
 
 
+def test_random_spheres_option_draws_a_phantom_per_slice(tmp_path: Path) -> None:
+    raw = make_raw(tmp_path / "random.h5", contrast="t2prep", phantom="random_spheres", matrix=64, n_slices=2)
+    header, _ = read_back(raw)
+    assert header.measurementInformation.protocolName.startswith("qmri_sim_t2prep_random_spheres_")
+    assert header.studyInformation.bodyPartExamined == "PHANTOM"
+    with h5py.File(raw) as f:
+        t1 = f["truth/t1_ms"][:]
+        labels = f["truth/labels"][:]
+    assert labels.max() >= 2 + 5  # at least 6 spheres in the container
+    assert not np.array_equal(t1[0], t1[1])
+    again = make_raw(tmp_path / "again.h5", contrast="t2prep", phantom="random_spheres", matrix=64, n_slices=2)
+    with h5py.File(again) as f:
+        np.testing.assert_array_equal(f["truth/t1_ms"][:], t1)
+
+
 def test_fft_pair_is_orthonormal_and_inverse() -> None:
     rng = np.random.default_rng(2)
     img = (rng.standard_normal((3, 16, 20)) + 1j * rng.standard_normal((3, 16, 20))).astype(np.complex64)
@@ -135,8 +150,13 @@ def test_fft_pair_is_orthonormal_and_inverse() -> None:
 
 @pytest.mark.parametrize(
     ("field", "value", "message"),
-    [("matrix", 16, "matrix must be at least 32"), ("acceleration", 0, "acceleration"), ("snr", 0, "snr")],
+    [
+        ("matrix", 16, "matrix must be at least 32"),
+        ("acceleration", 0, "acceleration"),
+        ("snr", 0, "snr"),
+        ("phantom", "cube", "phantom must be one of brain, spheres, random_spheres, got 'cube'"),
+    ],
 )
-def test_bad_settings_are_refused(field: str, value: int, message: str) -> None:
+def test_bad_settings_are_refused(field: str, value: object, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         ScanSettings(contrast="molli", **{field: value})  # type: ignore[arg-type]

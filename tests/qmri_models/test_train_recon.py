@@ -3,13 +3,14 @@
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
 from qmri_models.networks.puq_recon import input_scale
 from qmri_models.networks.unrolled import sens_expand
 from qmri_models.training.configs import ErrorHeadTrainingConfig, FitTrainingConfig, ReconTrainingConfig
-from qmri_models.training.recon_data import simulate_recon_examples
+from qmri_models.training.recon_data import phantom_slices, simulate_recon_examples
 from qmri_models.training.train_recon import CHECKPOINT, HISTORY, WEIGHTS, batch_indices, train_recon
 
 TINY = ReconTrainingConfig(
@@ -41,6 +42,47 @@ def test_examples_are_scaled_consistent_and_seeded() -> None:
     assert float(noise) < 0.3 * float(measured.abs().square().mean().sqrt())
     again = simulate_recon_examples("t1", 3, matrix=96, n_coils=2, accelerations=(4, 6), snr=50.0, seed=3)
     torch.testing.assert_close(again.kdata, examples.kdata)
+
+
+@pytest.mark.parametrize(("n", "fraction", "expected"), [(24, 0.33, 8), (6, 0.33, 2), (5, 0.0, 0), (3, 1.0, 3)])
+def test_phantom_slices_are_the_fraction_rounded_and_seeded(n: int, fraction: float, expected: int) -> None:
+    chosen = phantom_slices(n, fraction, seed=7)
+    assert chosen.shape == (n,)
+    assert int(chosen.sum()) == expected
+    np.testing.assert_array_equal(phantom_slices(n, fraction, seed=7), chosen)
+    with pytest.raises(ValueError, match="phantom_fraction must lie in"):
+        phantom_slices(n, 1.5, seed=7)
+
+
+def test_phantom_places_differ_between_seeds() -> None:
+    places = {tuple(np.flatnonzero(phantom_slices(24, 0.33, seed))) for seed in range(5)}
+    assert len(places) == 5
+
+
+def test_phantom_examples_replace_brain_slices_and_keep_the_others() -> None:
+    """The phantom slices show spheres in fluid; every other slice is the brain slice it was without phantoms."""
+    kwargs = {"matrix": 64, "n_coils": 2, "accelerations": (4,), "snr": 50.0, "seed": 5}
+    brains = simulate_recon_examples("t2", 3, **kwargs)  # type: ignore[arg-type]
+    mixed = simulate_recon_examples("t2", 3, phantom_fraction=0.34, **kwargs)  # type: ignore[arg-type]
+    chosen = phantom_slices(3, 0.34, seed=5)
+    assert chosen.sum() == 1
+    assert mixed.truth_ms is not None
+    assert brains.truth_ms is not None
+    for i, phantom in enumerate(chosen):
+        if phantom:
+            # one T2 per sphere (6 to 14) and one of the fluid, where a brain slice's T2 varies smoothly
+            values = torch.unique(mixed.truth_ms[i][mixed.tissue[i]])
+            assert 7 <= len(values) <= 15
+            assert 1000.0 <= float(values.max()) <= 2000.0
+            assert not torch.equal(mixed.truth_ms[i], brains.truth_ms[i])
+        else:
+            torch.testing.assert_close(mixed.kdata[i], brains.kdata[i])
+            torch.testing.assert_close(mixed.truth_ms[i], brains.truth_ms[i])
+
+
+def test_phantom_fraction_outside_zero_to_one_is_refused() -> None:
+    with pytest.raises(ValueError, match="phantom_fraction must lie in"):
+        FitTrainingConfig(phantom_fraction=-0.1)
 
 
 def test_batch_order_covers_every_example_each_epoch() -> None:
