@@ -49,7 +49,7 @@ from qmri_models.calibration.out_of_distribution import (
 from qmri_models.calibration.risk_control import calibrate_interval_scale
 from qmri_models.protocols import protocol_spec
 from qmri_models.simulation.raw_writer import write_raw
-from qmri_models.simulation.scan import NoiseModel, ScanSettings, simulate_scan
+from qmri_models.simulation.scan import NoiseModel, Phantom, ScanSettings, simulate_scan
 from qmri_models.structures.classify import HEAD_CLASSES
 from qmri_models.structures.means import MIN_STRUCTURE_PIXELS, StructureMeans, structure_means
 
@@ -87,6 +87,8 @@ class CalibrationData:
     """Base seed: raw file i of acceleration R has seed + 1000 R + i (``SEEDS_PER_ACCELERATION``)."""
     tissues: tuple[str, ...] = ("white_matter", "grey_matter", "lesion")
     """Truth labels whose pixels count (brain parenchyma), if the fit kept them (map > 0)."""
+    phantom: Phantom = "brain"
+    """What the slices show: brain slices (what calibrations are made on), or the NIST-like sphere phantom."""
 
     def __post_init__(self) -> None:
         for name in ("n_slices", "slices_per_file"):
@@ -120,6 +122,7 @@ class CalibrationData:
             seed=self.file_seed(acceleration, file_index),
             n_slices=self.file_sizes()[file_index],
             noise=self.noise,
+            phantom=self.phantom,
         )
 
     def recipe(self, contrast: str, accelerations: Sequence[int]) -> dict[str, Any]:
@@ -129,7 +132,6 @@ class CalibrationData:
         return {
             **fields,
             "contrast": contrast,
-            "phantom": scans[accelerations[0]].phantom,
             "mask": "truth label in tissues and map > 0 (pixels the fit kept)",
             "acs_fraction_used": {str(a): scans[a].acs for a in accelerations},
             "file_seeds": {

@@ -1,8 +1,8 @@
-"""``qmri evaluate-uncertainty``: a classical chain's calibrated intervals on fresh simulated slices (issue 15, part 4).
+"""``qmri evaluate-uncertainty``: a chain's calibrated intervals on fresh simulated slices (issue 15, part 4).
 
 Per acceleration, new slices of the calibration's recipe (base seed ``EVALUATION_SEED``, apart from the calibration's
 and its check's) are replayed through the shipped chain (``gadgets.calibration_run.replay_slices``), and its map and
-fit SD are scored against the simulator's truth on the calibration's tissue pixels (truth white matter, grey matter,
+SD are scored against the simulator's truth on the calibration's tissue pixels (truth white matter, grey matter,
 lesion; kept by the fit):
 
 - pixel coverage of the calibrated interval ``map +- scale * SD`` (what MapIntervalGadget sends as series 21 and 22;
@@ -13,8 +13,14 @@ lesion; kept by the fit):
 - seed 002's question: per slice and truth class (white, grey matter), the error of the structure's mean map value
   and the mean voxel SD inside it; over structures x slices, the correlation of that mean SD with the absolute error
   of the mean. The fraction of structures whose ``|error of the mean| <= scale * mean SD`` (the pixel interval's
-  half-width, averaged over the structure) is descriptive only: the calibration controls pixel coverage, and no
-  interval of a structure's mean is calibrated here.
+  half-width, averaged over the structure) is descriptive only;
+- the calibrated structure-level interval (the calibration's structure scale, on the tissue classes of the map as
+  StructureReportGadget classifies them): the fraction of structures whose true mean it covers, and for a learned
+  map the fraction of tissue pixels flagged out of distribution (brain slices: should be about the flag level).
+
+``evaluate_spheres`` replays the simulator's NIST-like sphere phantom instead and scores every sphere: its mean,
+error, mean reported SD, the error in SDs, whether it is flagged out of distribution, and whether the structure
+interval covers its true value (at a calibrated acceleration).
 """
 
 import dataclasses
@@ -32,6 +38,7 @@ from gadgets.calibration_run import (
     interval_coverage,
     map_chain,
     replay_slices,
+    structure_coverage,
 )
 from qmri_models.calibration.evaluation import (
     BLUR_SIGMA_PX,
@@ -42,7 +49,8 @@ from qmri_models.calibration.evaluation import (
     spearman,
     structure_error,
 )
-from qmri_models.calibration.files import IntervalCalibration
+from qmri_models.calibration.files import UNCERTAINTY_WORDS, IntervalCalibration
+from qmri_models.calibration.out_of_distribution import disagreement_scores, structure_flagged
 
 EVALUATION_SEED = 400_000
 """Base seed of the evaluation slices (the calibration's is 100 000, its check's 200 000, 300 000 taken too)."""
@@ -137,8 +145,15 @@ def evaluate_acceleration(
     ]
     sds = np.array([s.mean_sd for s in structures])
     errors = np.abs([s.mean_error for s in structures])
+    ood = calibration.out_of_distribution
+    pixels = interval_coverage(
+        maps, data, acceleration, scale, ood_threshold=None if ood is None else ood.thresholds.get(acceleration)
+    )
+    structure_scale = (calibration.structure_scales or {}).get(acceleration)
+    if structure_scale is not None:
+        pixels = structure_coverage(pixels, maps.structures(), structure_scale.scale)
     return AccelerationReport(
-        pixels=interval_coverage(maps, data, acceleration, scale),
+        pixels=pixels,
         correlations={name: summarise([getattr(c, name) for c in per_slice]) for name in CORRELATION_NAMES},
         structures=structures,
         structure_pearson=pearson(sds, errors),
@@ -156,7 +171,7 @@ def evaluate_uncertainty(
     seed: int = EVALUATION_SEED,
     progress: bool = True,
 ) -> list[AccelerationReport]:
-    """Return the evaluation of a classical chain's calibrated intervals at each acceleration (module docstring).
+    """Return the evaluation of a chain's calibrated intervals at each acceleration (module docstring).
 
     Parameters
     ----------
@@ -190,7 +205,8 @@ def report_table(calibration: IntervalCalibration, reports: Sequence[Acceleratio
     """Return the three tables (pixel coverage and width, width-error correlation, structures) as Markdown."""
     target = 1 - calibration.alpha
     lines = [
-        f"{calibration.chain}: {calibration.quantity} ± λ · fit SD, calibration {calibration.id} "
+        f"{calibration.chain}: {calibration.quantity} ± λ · SD ({UNCERTAINTY_WORDS[calibration.uncertainty]}), "
+        f"calibration {calibration.id} "
         f"(target pixel coverage ≥ {target:g})",
         "",
         *coverage_table([r.pixels for r in reports]),
@@ -246,3 +262,131 @@ def report_json(
             for r in reports
         ],
     }
+
+
+SPHERE_SEED = 500_000
+"""Base seed of the sphere phantom slices (coils, undersampling and noise; the phantom itself is fixed)."""
+
+
+@dataclass(frozen=True)
+class SphereRow:
+    """One sphere of one phantom slice, measured on a chain's map."""
+
+    acceleration: int
+    slice_index: int
+    sphere: str
+    n_pixels: int
+    """Kept pixels of the sphere."""
+    truth: float
+    """True value (ms)."""
+    mean: float
+    """Mean of the map over the sphere (ms)."""
+    mean_sd: float
+    """Mean of the reported voxel SD over the sphere (ms)."""
+    flagged: bool | None
+    """More than a quarter of its pixels flagged out of distribution; None without a learned map's threshold."""
+    covered: bool | None
+    """The calibrated structure interval ``mean -+ lambda * mean SD`` covers the truth; None without a scale."""
+
+    @property
+    def error_percent(self) -> float:
+        """Error of the sphere's mean, percent of the truth."""
+        return 100.0 * (self.mean - self.truth) / self.truth
+
+    @property
+    def error_in_sds(self) -> float:
+        """Error of the sphere's mean over its mean reported SD (inf for an SD of 0)."""
+        return (self.mean - self.truth) / self.mean_sd if self.mean_sd > 0 else float("inf")
+
+
+def evaluate_spheres(
+    calibration: IntervalCalibration,
+    *,
+    accelerations: Sequence[int],
+    n_slices: int,
+    seed: int = SPHERE_SEED,
+    progress: bool = True,
+) -> list[SphereRow]:
+    """Return every sphere of ``n_slices`` sphere phantom slices per acceleration, replayed through the chain.
+
+    The phantom is the simulator's (``--phantom spheres``: NIST T1 values, T2 from the NiCl2 rule) at the
+    calibration's matrix, coils, SNR and noise; a sphere's pixels are its truth label, kept by the fit. An
+    acceleration the calibration does not cover is still measured, without flags or intervals there.
+
+    Parameters
+    ----------
+    calibration : The chain's calibration.
+    accelerations : Undersampling factors.
+    n_slices : Phantom slices per acceleration (the same phantom, other coils, masks and noise).
+    seed : Base seed of the slices.
+    progress : Show progress bars on stderr.
+    """
+    recipe = CalibrationData.from_recipe(calibration.recipe)
+    data = dataclasses.replace(recipe, n_slices=n_slices, seed=seed, phantom="spheres", tissues=("body",))
+    chain = map_chain(calibration.chain)
+    rows = []
+    for acceleration in accelerations:
+        maps = replay_slices(chain, data, acceleration, progress=progress)
+        ood = calibration.out_of_distribution
+        threshold = None if ood is None else ood.thresholds.get(acceleration)
+        structure_scale = (calibration.structure_scales or {}).get(acceleration)
+        for i in range(len(maps.value)):
+            kept = maps.value[i] > 0
+            flags = None
+            if threshold is not None and maps.model_fit is not None:
+                flags = (disagreement_scores(maps.value[i], maps.model_fit[i]) > threshold) & kept
+            for label, name in enumerate(maps.label_names):
+                where = (maps.labels[i] == label) & kept
+                if not name.startswith("sphere") or not where.any():
+                    continue
+                truth, mean, sd = (float(a[i][where].mean()) for a in (maps.truth, maps.value, maps.sd))
+                rows.append(
+                    SphereRow(
+                        acceleration=acceleration,
+                        slice_index=i,
+                        sphere=name,
+                        n_pixels=int(where.sum()),
+                        truth=truth,
+                        mean=mean,
+                        mean_sd=sd,
+                        flagged=None if flags is None else structure_flagged(flags, where),
+                        covered=None if structure_scale is None else abs(mean - truth) <= structure_scale.scale * sd,
+                    )
+                )
+    return rows
+
+
+def sphere_table(calibration: IntervalCalibration, rows: Sequence[SphereRow]) -> str:
+    """Return the per-sphere table (mean over the slices of each acceleration) and the sphere criteria as Markdown."""
+    quantity = calibration.quantity
+    lines = [
+        f"{calibration.chain} on the sphere phantom: {quantity} per sphere, mean over slices; error in SDs = error "
+        "of the sphere mean over its mean reported SD; flagged = out of distribution in how many slices; covered = "
+        "the structure interval covers the truth in how many slices",
+        "",
+        f"| R | sphere | true {quantity} ms | mean ms | error % | mean SD ms | error in SDs | flagged | covered |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    keys = sorted({(r.acceleration, r.sphere) for r in rows})
+    for acceleration, sphere in keys:
+        group = [r for r in rows if (r.acceleration, r.sphere) == (acceleration, sphere)]
+        flagged = [r.flagged for r in group if r.flagged is not None]
+        covered = [r.covered for r in group if r.covered is not None]
+        lines.append(
+            f"| {acceleration} | {sphere} | {np.mean([r.truth for r in group]):.0f} | "
+            f"{np.mean([r.mean for r in group]):.0f} | {np.mean([r.error_percent for r in group]):+.1f} | "
+            f"{np.mean([r.mean_sd for r in group]):.1f} | {np.mean([r.error_in_sds for r in group]):+.1f} | "
+            f"{f'{sum(flagged)}/{len(flagged)}' if flagged else '-'} | "
+            f"{f'{sum(covered)}/{len(covered)}' if covered else '-'} |"
+        )
+    silent = [r for r in rows if abs(r.error_in_sds) > 3 and not r.flagged]
+    covered = [r.covered for r in rows if r.covered is not None]
+    lines += [
+        "",
+        f"Sphere x slice cases with |error| > 3 reported SDs and no flag: {len(silent)} of {len(rows)}"
+        + (f" ({', '.join(sorted({f'R{r.acceleration} {r.sphere}' for r in silent}))})" if silent else "")
+        + ".",
+        "Structure interval coverage over sphere x slice cases: "
+        + (f"{sum(covered)} of {len(covered)} ({np.mean(covered):.3f})." if covered else "no calibrated scale."),
+    ]
+    return "\n".join(lines)

@@ -1,6 +1,7 @@
 """``qmri evaluate-uncertainty``: a mapping chain's calibrated intervals scored on fresh simulated slices."""
 
 import argparse
+import dataclasses
 import json
 import shlex
 from pathlib import Path
@@ -21,7 +22,7 @@ def add_commands(commands: Subcommands) -> None:
 
 def _arguments(p: argparse.ArgumentParser) -> None:
     from gadgets.calibration_run import CalibratedChain
-    from gadgets.uncertainty_evaluation import DEFAULT_SLICES, EVALUATION_SEED
+    from gadgets.uncertainty_evaluation import DEFAULT_SLICES, EVALUATION_SEED, SPHERE_SEED
 
     p.add_argument("--chain", required=True, choices=get_args(CalibratedChain), help="the shipped mapping chain")
     p.add_argument(
@@ -32,34 +33,64 @@ def _arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--slices", type=positive_int, default=DEFAULT_SLICES, help="fresh slices per acceleration")
     p.add_argument("--matrix", type=positive_int, help="image size (default: the calibration's)")
-    p.add_argument("--seed", type=int, default=EVALUATION_SEED, help="base seed of the fresh slices")
+    p.add_argument(
+        "--seed", type=int, help=f"base seed of the fresh slices (default {EVALUATION_SEED}, spheres {SPHERE_SEED})"
+    )
+    p.add_argument(
+        "--phantom",
+        choices=("brain", "spheres"),
+        default="brain",
+        help="brain: fresh brain slices (coverage, width, correlations); spheres: the NIST-like sphere phantom, "
+        "every sphere's error, SD, flag and interval",
+    )
     p.add_argument("--out", type=Path, help="also write the figures, every structure included, as JSON")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(run=_evaluate_uncertainty)
 
 
 def _evaluate_uncertainty(args: argparse.Namespace) -> int:
-    from gadgets.uncertainty_evaluation import evaluate_uncertainty, report_json, report_table
+    from gadgets.uncertainty_evaluation import (
+        EVALUATION_SEED,
+        SPHERE_SEED,
+        evaluate_spheres,
+        evaluate_uncertainty,
+        report_json,
+        report_table,
+        sphere_table,
+    )
     from qmri_models.calibration.files import load_interval_calibration
 
     with user_errors():  # a calibration file that is not one, an acceleration it does not cover, a bad seed
         calibration = load_interval_calibration(args.calibration or args.chain)
         if calibration.chain != args.chain:
             raise ValueError(f"calibration {calibration.id!r} is of chain {calibration.chain!r}, not {args.chain!r}")
+        if args.phantom == "spheres":
+            seed = SPHERE_SEED if args.seed is None else args.seed
+            accelerations = args.accelerations or calibration.accelerations
+            spheres = evaluate_spheres(
+                calibration, accelerations=accelerations, n_slices=args.slices, seed=seed, progress=not args.quiet
+            )
+            print(sphere_table(calibration, spheres))
+            if args.out is not None:
+                rows = [dataclasses.asdict(r) | {"error_percent": r.error_percent} for r in spheres]
+                args.out.parent.mkdir(parents=True, exist_ok=True)
+                args.out.write_text(json.dumps({"seed": seed, "spheres": rows}, indent=2) + "\n", encoding="utf-8")
+            return 0
+        seed = EVALUATION_SEED if args.seed is None else args.seed
         reports = evaluate_uncertainty(
             calibration,
             accelerations=args.accelerations or calibration.accelerations,
             n_slices=args.slices,
             matrix=args.matrix,
-            seed=args.seed,
+            seed=seed,
             progress=not args.quiet,
         )
     print(report_table(calibration, reports))
     if args.out is not None:
         words = ["qmri", "evaluate-uncertainty", "--chain", args.chain, "--calibration", args.calibration or args.chain]
         words += ["--accelerations", *(str(r.pixels.acceleration) for r in reports), "--slices", str(args.slices)]
-        words += [*(["--matrix", str(args.matrix)] if args.matrix else []), "--seed", str(args.seed)]
-        result = report_json(calibration, reports, command=shlex.join(words), seed=args.seed)
+        words += [*(["--matrix", str(args.matrix)] if args.matrix else []), "--seed", str(seed)]
+        result = report_json(calibration, reports, command=shlex.join(words), seed=seed)
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(result, indent=2, allow_nan=False) + "\n", encoding="utf-8")
         print(f"written: {args.out}")
