@@ -37,6 +37,7 @@ from gadgets.puq_fit import PuqFitConfig
 from gadgets.puq_recon import PuqReconConfig
 from gadgets.runtime.chain import Chain, resolve_chain
 from gadgets.runtime.replay import replay
+from gadgets.structure_report import StructureReportConfig
 from qmri_models.calibration.bounds import DEFAULT_BOUND, BoundName
 from qmri_models.calibration.files import UNCERTAINTY_WORDS, IntervalCalibration, UncertaintyName, calibration_id
 from qmri_models.calibration.intervals import scaled_interval
@@ -50,7 +51,7 @@ from qmri_models.calibration.risk_control import calibrate_interval_scale
 from qmri_models.protocols import protocol_spec
 from qmri_models.simulation.raw_writer import write_raw
 from qmri_models.simulation.scan import NoiseModel, Phantom, ScanSettings, simulate_scan
-from qmri_models.structures.classify import HEAD_CLASSES
+from qmri_models.structures.classify import classes_for
 from qmri_models.structures.means import MIN_STRUCTURE_PIXELS, StructureMeans, structure_means
 
 CalibratedChain = Literal["t1_molli", "t2prep", "t1_molli_puq", "t2prep_puq"]
@@ -173,9 +174,9 @@ class ReplayedMaps:
         arrays["label_names"] = np.array(self.label_names)
         np.savez_compressed(path, **arrays)  # type: ignore[arg-type]  # numpy's stub types **kwds as its bool flag
 
-    def structures(self) -> StructureMeans:
-        """Return every slice's classified structures (as StructureReportGadget's) with their true means."""
-        return structure_means(self.value, self.sd, self.truth, self.value > 0)
+    def structures(self, class_names: Sequence[str]) -> StructureMeans:
+        """Return every slice's structures of ``class_names`` (as StructureReportGadget's) with their true means."""
+        return structure_means(self.value, self.sd, self.truth, self.value > 0, class_names=class_names)
 
     def mask(self, tissues: Sequence[str]) -> np.ndarray:
         """Return the pixels that count: a truth label in ``tissues`` and kept by the fit. Shape `(slices, y, x)`."""
@@ -203,10 +204,15 @@ class MapChain:
     """Series of the model-based fit beside a learned map, or None."""
     mc_samples: int | None
     """MC samples per slice of a PUQ reconstruction, or None."""
+    structure_classes: tuple[str, ...]
+    """The classes of its StructureReportGadget, or without one the default classes of its map's quantity."""
 
 
 def map_chain(name: str) -> MapChain:
-    """Return the shipped chain ``name`` (without its MapIntervalGadget) with what a calibration needs of it.
+    """Return the shipped chain ``name`` with what a calibration needs of it.
+
+    The chain loses its MapIntervalGadget and StructureReportGadget, whose intervals are what is being calibrated
+    (the classes of the latter are kept).
 
     Raises
     ------
@@ -214,9 +220,11 @@ def map_chain(name: str) -> MapChain:
         If the chain has no ParameterFitGadget (or PuqFitGadget) or no MapSeriesGadget that sends the SD.
     """
     shipped = resolve_chain(name)
+    calibrated = (MapIntervalConfig, StructureReportConfig)
     chain = dataclasses.replace(
-        shipped, stages=tuple(s for s in shipped.stages if not isinstance(s.config, MapIntervalConfig))
+        shipped, stages=tuple(s for s in shipped.stages if not isinstance(s.config, calibrated))
     )
+    reports = [s.config for s in shipped.stages if isinstance(s.config, StructureReportConfig)]
     fits = [s.config for s in chain.stages if isinstance(s.config, ParameterFitConfig)]
     outputs = [s.config for s in chain.stages if isinstance(s.config, MapSeriesConfig) and s.config.send_sd]
     if len(fits) != 1 or len(outputs) != 1:
@@ -229,15 +237,17 @@ def map_chain(name: str) -> MapChain:
     if isinstance(fit, PuqFitConfig):
         uncertainty = "mc_sd_disagreement" if learned and fit.sd_with_disagreement else "mc_sd"
     recons = [s.config.mc_samples for s in chain.stages if isinstance(s.config, PuqReconConfig)]
+    quantity = protocol_spec(fit.model).quantity
     return MapChain(
         chain,
         fit.model,
-        protocol_spec(fit.model).quantity,
+        quantity,
         output.map_series_index,
         output.sd_series_index,
         uncertainty,
         output.model_fit_series_index if learned and output.send_model_fit else None,
         recons[0] if recons else None,
+        reports[0].classes_of(quantity) if reports else classes_for(quantity),
     )
 
 
@@ -404,7 +414,7 @@ def calibrate_chain(
             bound=settings.bound,
             mask=maps.mask(data.tissues),
         )
-        structures = maps.structures()
+        structures = maps.structures(chain.structure_classes)
         structure_scales[acceleration] = calibrate_interval_scale(
             structures.value,
             structures.truth,
@@ -417,7 +427,7 @@ def calibrate_chain(
             mask=structures.valid,
         )
     grid = {"max_scale": settings.max_scale, "scale_step": settings.scale_step}
-    chain_settings: dict[str, Any] = {"structure_classes": list(HEAD_CLASSES)}
+    chain_settings: dict[str, Any] = {"structure_classes": list(chain.structure_classes)}
     if chain.mc_samples is not None:
         chain_settings["mc_samples"] = chain.mc_samples
     return IntervalCalibration(
@@ -503,7 +513,8 @@ def check_coverage(
         coverage = interval_coverage(maps, data, acceleration, scale, ood_threshold=threshold)
         structure_scale = (calibration.structure_scales or {}).get(acceleration)
         if structure_scale is not None:
-            coverage = structure_coverage(coverage, maps.structures(), structure_scale.scale)
+            classes = calibration.recipe["structure_classes"]
+            coverage = structure_coverage(coverage, maps.structures(classes), structure_scale.scale)
         checks.append(coverage)
     return checks
 

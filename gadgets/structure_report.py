@@ -58,7 +58,14 @@ from gadgets.runtime.config import GadgetConfig, PropertyError, prop
 from gadgets.runtime.registry import GadgetConnection, register
 from qmri_models.calibration.files import IntervalCalibration, load_interval_calibration, shipped_calibrations
 from qmri_models.calibration.out_of_distribution import structure_flagged
-from qmri_models.structures.classify import HEAD_CLASSES, OUTLIER_NAME, OUTSIDE_NAME, classify_tissues
+from qmri_models.structures.classify import (
+    HEAD_CLASSES,
+    OUTLIER_NAME,
+    OUTSIDE_NAME,
+    T2_CLASSES,
+    classes_for,
+    classify_tissues,
+)
 from qmri_models.structures.geometry import SliceGeometry
 from qmri_models.structures.means import MIN_STRUCTURE_PIXELS
 from qmri_models.structures.rois import Roi, rois_from_labels
@@ -173,8 +180,9 @@ class StructureReportConfig(GadgetConfig):
     """Properties of StructureReportGadget."""
 
     classes: str = prop(
-        ",".join(HEAD_CLASSES),
-        "tissue classes in order of increasing T1 (of the primary map without T1), comma-separated",
+        "",
+        "tissue classes in order of increasing T1 (T2 for a T2 map alone), comma-separated; empty: "
+        f"{','.join(HEAD_CLASSES)} for T1, {','.join(T2_CLASSES)} for a T2 map alone",
     )
     send_json: bool = prop(True, "send each report to the client as a JSON TEXT message (false: log it only)")
     calibration: str = prop(
@@ -191,7 +199,7 @@ class StructureReportConfig(GadgetConfig):
             raise PropertyError(
                 "classes", f"at most {MAX_CLASSES} classes (each is a mixture component), got {len(names)}"
             )
-        if not names or len(set(names)) != len(names) or {OUTSIDE_NAME, OUTLIER_NAME} & set(names):
+        if len(set(names)) != len(names) or {OUTSIDE_NAME, OUTLIER_NAME} & set(names):
             raise PropertyError(
                 "classes",
                 f"needs distinct names other than {OUTSIDE_NAME!r} and {OUTLIER_NAME!r}, got {self.classes!r}",
@@ -199,8 +207,12 @@ class StructureReportConfig(GadgetConfig):
 
     @property
     def class_names(self) -> tuple[str, ...]:
-        """The class names, in order."""
+        """The class names given, in order (empty: the defaults, ``classes_of``)."""
         return tuple(name.strip() for name in self.classes.split(",") if name.strip())
+
+    def classes_of(self, quantity: str) -> tuple[str, ...]:
+        """Return the classes a map of ``quantity`` is classified into: the given ones, or its defaults."""
+        return self.class_names or classes_for(quantity)
 
 
 @register(
@@ -215,15 +227,16 @@ def structure_report(connection: GadgetConnection) -> None:
     config = StructureReportConfig.from_connection(connection)
     interval = None
     if config.calibration:
+        calibration = load_interval_calibration(config.calibration)
         interval, warning = structure_interval(
-            load_interval_calibration(config.calibration), header_acceleration(connection.header), config.class_names
+            calibration, header_acceleration(connection.header), config.classes_of(calibration.quantity)
         )
         if warning:
             log.warning("%s", warning)
             connection.send(warning)
     connection.filter(MapImages)
     for item in connection:
-        reports = slice_reports(item, config.class_names, interval)
+        reports = slice_reports(item, config.classes_of(item.primary_map), interval)
         connection.send(item)  # first, so DicomOutputGadget has written the map its report references
         for report in reports:
             text = report.to_json()

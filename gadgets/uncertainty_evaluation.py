@@ -151,7 +151,8 @@ def evaluate_acceleration(
     )
     structure_scale = (calibration.structure_scales or {}).get(acceleration)
     if structure_scale is not None:
-        pixels = structure_coverage(pixels, maps.structures(), structure_scale.scale)
+        classes = calibration.recipe["structure_classes"]
+        pixels = structure_coverage(pixels, maps.structures(classes), structure_scale.scale)
     return AccelerationReport(
         pixels=pixels,
         correlations={name: summarise([getattr(c, name) for c in per_slice]) for name in CORRELATION_NAMES},

@@ -23,6 +23,16 @@ HEAD_CLASSES: tuple[str, ...] = ("fat", "white_matter", "grey_matter", "csf")
 """Tissue classes of a head slice in order of increasing T1 (at 3 T about 380, 900, 1500 and 4000 ms)."""
 BRAIN_CLASSES: tuple[str, ...] = ("white_matter", "grey_matter", "csf")
 """Tissue classes inside a brain-only mask, in order of increasing T1."""
+T2_CLASSES: tuple[str, ...] = ("white_matter", "grey_matter_and_fat", "long_t2", "csf")
+"""Classes of a head slice's T2 map alone, in order of increasing T2: at 3 T fat (65-135 ms) and grey matter (80-110
+ms) share their T2, and lesions, edema and CSF partial volume lie between them and CSF."""
+
+
+def classes_for(quantity: str) -> tuple[str, ...]:
+    """Return the default classes of a map of ``quantity`` classified alone: ``T2_CLASSES`` for T2, else T1's."""
+    return T2_CLASSES if quantity.upper() == "T2" else HEAD_CLASSES
+
+
 OUTSIDE = 0
 """Label of the pixels outside the mask (not classified)."""
 OUTSIDE_NAME = "outside"

@@ -3,6 +3,7 @@
 import numpy as np
 
 from qmri_models.calibration.risk_control import calibrate_interval_scale
+from qmri_models.structures.classify import classes_for
 from qmri_models.structures.means import structure_means
 
 
@@ -54,3 +55,8 @@ def test_a_structure_scale_covers_the_bias_the_voxel_sd_does_not_hold() -> None:
     assert 1.0 < calibration.scale < 6.0
     covered = np.abs(means.value - means.truth) <= calibration.scale * means.sd
     assert covered[means.valid].mean() >= 0.8
+
+
+def test_a_t2_map_alone_gets_classes_named_in_order_of_t2() -> None:
+    assert classes_for("T1") == ("fat", "white_matter", "grey_matter", "csf")
+    assert classes_for("T2") == ("white_matter", "grey_matter_and_fat", "long_t2", "csf")
