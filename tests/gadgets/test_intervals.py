@@ -300,8 +300,8 @@ def test_bound_series_are_their_own_valid_parametric_maps(molli_with_bounds: Pat
     by_series: dict[int, list[pydicom.Dataset]] = {}
     for ds in datasets.values():
         by_series.setdefault(int(ds.SeriesNumber), []).append(ds)
-    assert sorted(by_series) == [11, 12, 21, 22]
-    assert len({ds.SeriesInstanceUID for ds in datasets.values()}) == 4
+    assert sorted(by_series) == [11, 12, 21, 22, 90]  # 90: the structure reports
+    assert len({ds.SeriesInstanceUID for ds in datasets.values()}) == 5
     for series, bound in ((21, "lower"), (22, "upper")):
         assert len(by_series[series]) == 2
         for instance in by_series[series]:

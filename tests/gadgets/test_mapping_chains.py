@@ -1,5 +1,6 @@
 """The mapping chains end to end: simulated raw file -> replay -> T1/T2 maps and SD maps against the truth."""
 
+import json
 from pathlib import Path
 
 import h5py
@@ -179,7 +180,7 @@ def test_server_returns_maps_and_sd_while_the_dicom_node_is_down(tmp_path: Path)
     assert not reply.errors
     (warning,) = [text for text in reply.texts if text.startswith("WARNING")]
     assert "qmri dicom-flush" in warning
-    assert len(list((output / "dicom_outbox").glob("*.dcm"))) == 4  # map, SD and the interval's two bounds
+    assert len(list((output / "dicom_outbox").glob("*.dcm"))) == 5  # map, SD, the interval's bounds, the SR
     roles = sorted(meta_of(image)["GADGETRON_DataRole"] for image in reply.images)
     assert roles == ["T1", "T1Lower", "T1SD", "T1Upper"]
     t1 = next(image for image in reply.images if meta_of(image)["GADGETRON_DataRole"] == "T1")
@@ -190,7 +191,9 @@ def test_server_returns_maps_and_sd_while_the_dicom_node_is_down(tmp_path: Path)
         labels = f["truth"]["labels"][0]
     wm = labels == 1
     assert abs(np.median(t1.data[0, 0][wm] / truth[wm]) - 1.0) < 0.03
-    assert len(list((output / "dicom").glob("*/series_*/*.dcm"))) == 4
+    assert len(list((output / "dicom").glob("*/series_*/*.dcm"))) == 5
+    (report,) = [text for text in reply.texts if text.startswith("{")]
+    assert json.loads(report)["type"] == "qmri.structure_report"
 
 
 def test_map_series_properties_move_series_and_window(tmp_path: Path) -> None:

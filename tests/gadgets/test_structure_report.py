@@ -58,9 +58,12 @@ FIELDS = {
 
 
 def chain_text(*, after: str = "Fit", **properties: object) -> str:
-    """The shipped t1_molli chain with StructureReportGadget inserted after the gadget named ``after``."""
+    """The shipped t1_molli chain with its StructureReportGadget (if any) moved after ``after``, given properties."""
     root = fromstring(shipped_text("t1_molli"))
     stream = root.find("stream")
+    for gadget in stream.findall("gadget"):
+        if gadget.findtext("classname") == "StructureReportGadget":
+            stream.remove(gadget)
     names = [g.findtext("name") for g in stream.findall("gadget")]
     node = Element("gadget")
     for tag, text in (("name", "Structures"), ("dll", "qmri"), ("classname", "StructureReportGadget")):
