@@ -22,6 +22,7 @@ import dataclasses
 import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any, Literal
 
@@ -396,6 +397,13 @@ def calibrate_chain(
     scales = {}
     structure_scales = {}
     thresholds = {}
+    calibrate = partial(
+        calibrate_interval_scale,
+        lambdas=settings.lambdas(),
+        alpha=settings.alpha,
+        delta=settings.delta,
+        bound=settings.bound,
+    )
     for acceleration in settings.accelerations:
         keep = None if settings.keep_maps is None else settings.keep_maps / f"calibration_R{acceleration}.npz"
         maps = replay_slices(chain, data, acceleration, progress=progress, keep=keep)
@@ -403,28 +411,10 @@ def calibrate_chain(
             mask = maps.mask(data.tissues)
             scores = disagreement_scores(maps.value[mask], maps.model_fit[mask])
             thresholds[acceleration] = conformal_threshold(scores, settings.ood_level)
-        scales[acceleration] = calibrate_interval_scale(
-            maps.value,
-            maps.truth,
-            maps.sd,
-            maps.sd,
-            settings.lambdas(),
-            alpha=settings.alpha,
-            delta=settings.delta,
-            bound=settings.bound,
-            mask=maps.mask(data.tissues),
-        )
+        scales[acceleration] = calibrate(maps.value, maps.truth, maps.sd, maps.sd, mask=maps.mask(data.tissues))
         structures = maps.structures(chain.structure_classes)
-        structure_scales[acceleration] = calibrate_interval_scale(
-            structures.value,
-            structures.truth,
-            structures.sd,
-            structures.sd,
-            settings.lambdas(),
-            alpha=settings.alpha,
-            delta=settings.delta,
-            bound=settings.bound,
-            mask=structures.valid,
+        structure_scales[acceleration] = calibrate(
+            structures.value, structures.truth, structures.sd, structures.sd, mask=structures.valid
         )
     grid = {"max_scale": settings.max_scale, "scale_step": settings.scale_step}
     chain_settings: dict[str, Any] = {"structure_classes": list(chain.structure_classes)}
