@@ -305,6 +305,7 @@ def evaluate_spheres(
     *,
     accelerations: Sequence[int],
     n_slices: int,
+    matrix: int | None = None,
     seed: int = SPHERE_SEED,
     progress: bool = True,
 ) -> list[SphereRow]:
@@ -319,11 +320,19 @@ def evaluate_spheres(
     calibration : The chain's calibration.
     accelerations : Undersampling factors.
     n_slices : Phantom slices per acceleration (the same phantom, other coils, masks and noise).
+    matrix : Image size (None: the recipe's).
     seed : Base seed of the slices.
     progress : Show progress bars on stderr.
     """
     recipe = CalibrationData.from_recipe(calibration.recipe)
-    data = dataclasses.replace(recipe, n_slices=n_slices, seed=seed, phantom="spheres", tissues=("body",))
+    data = dataclasses.replace(
+        recipe,
+        n_slices=n_slices,
+        seed=seed,
+        phantom="spheres",
+        tissues=("body",),
+        matrix=recipe.matrix if matrix is None else matrix,
+    )
     chain = map_chain(calibration.chain)
     rows = []
     for acceleration in accelerations:

@@ -68,7 +68,12 @@ def _evaluate_uncertainty(args: argparse.Namespace) -> int:
             seed = SPHERE_SEED if args.seed is None else args.seed
             accelerations = args.accelerations or calibration.accelerations
             spheres = evaluate_spheres(
-                calibration, accelerations=accelerations, n_slices=args.slices, seed=seed, progress=not args.quiet
+                calibration,
+                accelerations=accelerations,
+                n_slices=args.slices,
+                matrix=args.matrix,
+                seed=seed,
+                progress=not args.quiet,
             )
             print(sphere_table(calibration, spheres))
             if args.out is not None:
