@@ -179,6 +179,23 @@ class ReplayedMaps:
         """Return every slice's structures of ``class_names`` (as StructureReportGadget's) with their true means."""
         return structure_means(self.value, self.sd, self.truth, self.value > 0, class_names=class_names)
 
+    @classmethod
+    def load(cls, path: Path) -> "ReplayedMaps":
+        """Return the maps ``save`` wrote to ``path``."""
+        with np.load(path) as arrays:
+            return cls(
+                value=arrays["value"],
+                sd=arrays["sd"],
+                truth=arrays["truth"],
+                labels=arrays["labels"],
+                label_names=tuple(str(name) for name in arrays["label_names"]),
+                model_fit=arrays.get("model_fit", None),
+            )
+
+    def object_mask(self) -> np.ndarray:
+        """Return the object's pixels (any truth label but background) the fit kept. Shape `(slices, y, x)`."""
+        return (self.labels > 0) & (self.value > 0)
+
     def mask(self, tissues: Sequence[str]) -> np.ndarray:
         """Return the pixels that count: a truth label in ``tissues`` and kept by the fit. Shape `(slices, y, x)`."""
         unknown = [t for t in tissues if t not in self.label_names]
@@ -344,7 +361,7 @@ class CalibrationSettings:
     check_slices: int = 10
     """Fresh slices per acceleration that check the calibration for the model card (0: no check)."""
     ood_level: float = OOD_LEVEL
-    """Chains with a learned map: fraction of calibration tissue pixels the out-of-distribution threshold flags."""
+    """Chains with a learned map: fraction of calibration object pixels the out-of-distribution threshold flags."""
     keep_maps: Path | None = None
     """Folder to keep the replayed maps in (``calibration_R<R>.npz``, ``check_R<R>.npz``), or None."""
 
@@ -375,7 +392,7 @@ def calibrate_chain(
     of each slice's map; a slice's loss is the fraction of its structures whose true mean lies outside
     ``mean +- scale * mean voxel SD``) and, for a chain with a learned map, the out-of-distribution thresholds: per
     acceleration the conformal ``1 - settings.ood_level`` quantile of the learned map's distance to the model fit
-    over the tissue pixels.
+    over the object's kept pixels (``out_of_distribution_threshold``).
 
     Parameters
     ----------
@@ -408,9 +425,7 @@ def calibrate_chain(
         keep = None if settings.keep_maps is None else settings.keep_maps / f"calibration_R{acceleration}.npz"
         maps = replay_slices(chain, data, acceleration, progress=progress, keep=keep)
         if maps.model_fit is not None:
-            mask = maps.mask(data.tissues)
-            scores = disagreement_scores(maps.value[mask], maps.model_fit[mask])
-            thresholds[acceleration] = conformal_threshold(scores, settings.ood_level)
+            thresholds[acceleration] = out_of_distribution_threshold(maps, settings.ood_level)
         scales[acceleration] = calibrate(maps.value, maps.truth, maps.sd, maps.sd, mask=maps.mask(data.tissues))
         structures = maps.structures(chain.structure_classes)
         structure_scales[acceleration] = calibrate(
@@ -493,20 +508,42 @@ def check_coverage(
         raise ValueError(f"seed {seed} is the calibration's own: fresh slices need another")
     data = dataclasses.replace(recipe, n_slices=n_slices, seed=seed)
     chain = map_chain(calibration.chain)
-    ood = calibration.out_of_distribution
     checks = []
     for acceleration in calibration.accelerations if accelerations is None else accelerations:
         keep = None if keep_maps is None else keep_maps / f"check_R{acceleration}.npz"
         maps = replay_slices(chain, data, acceleration, progress=progress, keep=keep)
-        threshold = None if ood is None else ood.thresholds.get(acceleration)
-        scale = calibration.scale_for(acceleration).scale
-        coverage = interval_coverage(maps, data, acceleration, scale, ood_threshold=threshold)
-        structure_scale = (calibration.structure_scales or {}).get(acceleration)
-        if structure_scale is not None:
-            classes = calibration.recipe["structure_classes"]
-            coverage = structure_coverage(coverage, maps.structures(classes), structure_scale.scale)
-        checks.append(coverage)
+        checks.append(calibrated_coverage(calibration, maps, data, acceleration))
     return checks
+
+
+def calibrated_coverage(
+    calibration: IntervalCalibration, maps: ReplayedMaps, data: CalibrationData, acceleration: int
+) -> Coverage:
+    """Return the coverage of a calibration's pixel and (if any) structure intervals on maps at ``acceleration``.
+
+    With an out-of-distribution threshold there, the flagged tissue pixels are counted too.
+    """
+    ood = calibration.out_of_distribution
+    threshold = None if ood is None else ood.thresholds.get(acceleration)
+    scale = calibration.scale_for(acceleration).scale
+    coverage = interval_coverage(maps, data, acceleration, scale, ood_threshold=threshold)
+    structure_scale = (calibration.structure_scales or {}).get(acceleration)
+    if structure_scale is not None:
+        classes = calibration.recipe["structure_classes"]
+        coverage = structure_coverage(coverage, maps.structures(classes), structure_scale.scale)
+    return coverage
+
+
+def out_of_distribution_threshold(maps: ReplayedMaps, level: float) -> float:
+    """Return the conformal ``1 - level`` quantile of the learned map's distance to the model fit over the object.
+
+    Every kept pixel of the imaged object counts (white and grey matter, CSF, fat, lesions: what the learned fit was
+    trained on), not only the tissue whose coverage is calibrated, since every kept pixel is flagged or not.
+    """
+    if maps.model_fit is None:
+        raise ValueError("the maps have no model fit beside them: only a learned map has out-of-distribution flags")
+    mask = maps.object_mask()
+    return conformal_threshold(disagreement_scores(maps.value[mask], maps.model_fit[mask]), level)
 
 
 def interval_coverage(
@@ -651,8 +688,9 @@ def model_card(calibration: IntervalCalibration, checks: Sequence[Coverage], *, 
             "",
             f"A pixel is flagged (series 23) where the learned {quantity} differs from the model-based fit of the same "
             f"images (series 16) by more than the threshold below, relative to its value: the conformal "
-            f"{1 - ood.level:g} quantile of that difference over all calibration tissue pixels, so at most about "
-            f"{100 * ood.level:g}% of brain pixels like these are flagged.",
+            f"{1 - ood.level:g} quantile of that difference over every kept pixel of the calibration slices' head "
+            f"(brain, CSF, fat, lesions), so at most about {100 * ood.level:g}% of such pixels are flagged; the "
+            "check's flag rate is of the tissue pixels.",
             "",
             "| acceleration | threshold (relative difference) |",
             "|---|---|",

@@ -34,11 +34,10 @@ from gadgets.calibration_run import (
     REPORTED_TISSUES,
     CalibrationData,
     Coverage,
+    calibrated_coverage,
     coverage_table,
-    interval_coverage,
     map_chain,
     replay_slices,
-    structure_coverage,
 )
 from qmri_models.calibration.evaluation import (
     BLUR_SIGMA_PX,
@@ -145,14 +144,7 @@ def evaluate_acceleration(
     ]
     sds = np.array([s.mean_sd for s in structures])
     errors = np.abs([s.mean_error for s in structures])
-    ood = calibration.out_of_distribution
-    pixels = interval_coverage(
-        maps, data, acceleration, scale, ood_threshold=None if ood is None else ood.thresholds.get(acceleration)
-    )
-    structure_scale = (calibration.structure_scales or {}).get(acceleration)
-    if structure_scale is not None:
-        classes = calibration.recipe["structure_classes"]
-        pixels = structure_coverage(pixels, maps.structures(classes), structure_scale.scale)
+    pixels = calibrated_coverage(calibration, maps, data, acceleration)
     return AccelerationReport(
         pixels=pixels,
         correlations={name: summarise([getattr(c, name) for c in per_slice]) for name in CORRELATION_NAMES},

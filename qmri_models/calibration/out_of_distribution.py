@@ -4,7 +4,8 @@ A learned fit (PUQ's MLP) knows the signals it was trained on; outside them (a p
 has) its answer can be far off while its spread over MC samples stays small. The model-based fit of the same images
 does not depend on training, so the score of a pixel is the learned map's relative distance to it,
 ``|learned - model_based| / learned``. On calibration slices (brain, as the training) a threshold is set at the
-conformal ``1 - level`` quantile of the scores of all tissue pixels, per acceleration: a new in-distribution pixel
+conformal ``1 - level`` quantile of the scores of every kept pixel of the imaged object (white and grey matter,
+CSF, fat, lesions: what the learned fit was trained on), per acceleration: a new in-distribution pixel
 exceeds it with probability at most about ``level`` (split-conformal outlier detection; the pixels of one slice are
 not independent, so this holds on average over pixels, not per slice). A pixel above the threshold is flagged; a
 structure is flagged when more than ``STRUCTURE_FLAG_FRACTION`` of its pixels are.
@@ -17,7 +18,7 @@ from typing import Any
 import numpy as np
 
 OOD_LEVEL = 0.01
-"""Default fraction of in-distribution (calibration) tissue pixels a threshold flags."""
+"""Default fraction of in-distribution (calibration) object pixels a threshold flags."""
 STRUCTURE_FLAG_FRACTION = 0.25
 """A structure is flagged when more than this fraction of its pixels are: at ``OOD_LEVEL`` 1% flagged pixels in
 the tissue, a quarter of a structure's pixels flagged is far beyond chance."""
@@ -69,7 +70,7 @@ class OutOfDistribution:
     """
 
     level: float
-    """Fraction of the calibration's tissue pixels above each threshold at most, in (0, 1)."""
+    """Fraction of the calibration's object pixels above each threshold at most, in (0, 1)."""
     thresholds: dict[int, float]
     """Per acceleration factor, the threshold on ``disagreement_scores`` (unitless, >= 0)."""
 

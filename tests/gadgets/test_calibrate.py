@@ -23,8 +23,16 @@ from gadgets.calibration_run import (
 )
 from gadgets.cli import build_parser, main
 from qmri_models.calibration.files import load_interval_calibration, shipped_calibrations
+from qmri_models.structures.classify import classes_for
 
-SHIPPED = ("t1_molli", "t2prep")
+SHIPPED = {
+    "t1_molli": ("T1", "fit_sd", (1, 2, 4), 64),
+    "t2prep": ("T2", "fit_sd", (1, 2, 4), 64),
+    "t1_molli_puq": ("T1", "mc_sd_disagreement", (4, 6, 8, 10), 160),
+    "t2prep_puq": ("T2", "mc_sd_disagreement", (4, 6, 8, 10), 160),
+}
+"""Each shipped calibration's quantity, SD kind, accelerations and matrix."""
+CLASSICAL = ("t1_molli", "t2prep")
 FRESH_SEED = 300_000
 """Seed of the slow test's fresh slices: apart from the calibration's and from the card's check."""
 
@@ -68,21 +76,29 @@ def assert_card_matches(path: Path) -> None:
 
 @pytest.mark.parametrize("name", SHIPPED)
 def test_shipped_calibration_loads_with_its_recipe_and_card(name: str) -> None:
+    quantity, uncertainty, accelerations, matrix = SHIPPED[name]
     calibration = load_interval_calibration(name)
-    assert (calibration.chain, calibration.uncertainty) == (name, "fit_sd")
-    assert calibration.quantity == {"t1_molli": "T1", "t2prep": "T2"}[name]
+    assert (calibration.chain, calibration.quantity, calibration.uncertainty) == (name, quantity, uncertainty)
     assert (calibration.alpha, calibration.delta, calibration.bound) == (0.1, 0.1, "hoeffding_bentkus")
-    assert calibration.accelerations == (1, 2, 4)
+    assert calibration.accelerations == accelerations
     recipe = calibration.recipe
-    assert (recipe["matrix"], recipe["n_coils"], recipe["snr"], recipe["noise"]) == (64, 8, 50.0, "correlated")
+    assert (recipe["matrix"], recipe["n_coils"], recipe["snr"], recipe["noise"]) == (matrix, 8, 50.0, "correlated")
+    assert recipe["structure_classes"] == list(classes_for(quantity))
+    structure_scales = calibration.structure_scales or {}
+    assert sorted(structure_scales) == list(accelerations)
     for acceleration in calibration.accelerations:
-        c = calibration.scale_for(acceleration)
-        assert c.n_items == recipe["n_slices"] >= 60
-        assert c.risk <= c.risk_ucb <= calibration.alpha
-        assert 1.0 <= c.scale < recipe["max_scale"]
+        for c in (calibration.scale_for(acceleration), structure_scales[acceleration]):
+            assert c.n_items == recipe["n_slices"] >= 60
+            assert c.risk <= c.risk_ucb <= calibration.alpha
+            assert 0.0 < c.scale < recipe["max_scale"]
+    ood = calibration.out_of_distribution
+    assert (ood is None) == (uncertainty == "fit_sd")  # learned maps get thresholds, fitted ones none
+    if ood is not None:
+        assert ood.level == 0.01
+        assert sorted(ood.thresholds) == list(accelerations)
     assert_card_matches(shipped_calibrations()[name])
     checked = card_coverage_rows(card_path(shipped_calibrations()[name]).read_text())
-    assert sorted(checked) == [1, 2, 4]
+    assert sorted(checked) == list(accelerations)
     assert min(checked.values()) >= 1 - calibration.alpha - 0.01, checked
 
 
@@ -155,7 +171,7 @@ def test_candidate_scales_are_the_grid() -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", SHIPPED)
+@pytest.mark.parametrize("name", CLASSICAL)
 def test_shipped_calibration_covers_fresh_slices(name: str) -> None:
     """About 10 new slices per acceleration: pooled pixel coverage at least 1 - alpha - 1 point, near the card's."""
     calibration = load_interval_calibration(name)
@@ -168,6 +184,20 @@ def test_shipped_calibration_covers_fresh_slices(name: str) -> None:
         assert row.n_slices == 10
         assert row.n_covered <= row.n_pixels
         assert all(math.isfinite(w) and w > 0 for w in row.median_width_percent.values()), report
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["t1_molli_puq", "t2prep_puq"])
+def test_shipped_puq_calibration_covers_a_few_fresh_slices_at_8x(name: str) -> None:
+    """Three new 160^2 slices at 8x (about 30 s of PUQ on 2 cores): pixel coverage near the card's."""
+    calibration = load_interval_calibration(name)
+    (row,) = check_coverage(calibration, n_slices=3, seed=FRESH_SEED, accelerations=[8], progress=False)
+    card = card_coverage_rows(card_path(shipped_calibrations()[name]).read_text())
+    assert row.coverage >= 1 - calibration.alpha - 0.03, (row.coverage, card[8])
+    assert row.coverage == pytest.approx(card[8], abs=0.05)
+    assert row.n_flagged is not None
+    assert row.n_flagged <= 0.05 * row.n_pixels  # brain slices like the calibration's are rarely flagged
+    assert row.n_structures_covered >= 0.75 * row.n_structures
 
 
 @pytest.mark.slow

@@ -35,7 +35,7 @@ def test_puq_chain_returns_mean_images_uncertainty_map_and_sd_as_mrd_and_dicom(
     out = tmp_path / "out"
     replay(raw, chain_variant(chain, "Recon", mc_samples=40), out)
     images_file = out / "images.h5"
-    assert series_in(images_file) == {1, 2, 11, 12, 16}
+    assert series_in(images_file) == {1, 2, 11, 12, 16, 21, 22, 23}
     mean, mean_images = read_series(images_file, 1)
     sd, sd_images = read_series(images_file, 2)
     maps, _ = read_series(images_file, 11)
@@ -62,8 +62,17 @@ def test_puq_chain_returns_mean_images_uncertainty_map_and_sd_as_mrd_and_dicom(
         assert np.median(map_sd[0][pixels]) > 0
         model_error = np.median(np.abs(model_fit[0][pixels] - truth[pixels]) / truth[pixels])
         assert model_error < limit_percent / 100, (matter, model_error)
-    # DICOM: phase images and their uncertainty as MR images, map, SD and model fit as Parametric Maps, all valid
-    for series in (1, 2, 11, 12, 16):
+    # calibrated bounds around the map; on a brain slice like the calibration's few pixels are flagged
+    low, _ = read_series(images_file, 21)
+    high, _ = read_series(images_file, 22)
+    flags, _ = read_series(images_file, 23)
+    assert np.all(low[0][kept] <= maps[0][kept])
+    assert np.all(maps[0][kept] <= high[0][kept])
+    assert set(np.unique(flags)) <= {0.0, 1.0}
+    head = kept & (labels > 0)  # flagged at most about 1% on the calibration's brain slices (160^2; this is 128^2)
+    assert flags[0][head].mean() < 0.05
+    # DICOM: phase images and their uncertainty as MR images, the maps as Parametric Maps, the SR: all valid
+    for series in (1, 2, 11, 12, 16, 21, 22, 23, 90):
         paths = sorted((out / "dicom").glob(f"*/series_{series:04d}/*.dcm"))
         assert len(paths) == (8 if series in (1, 2) else 1)
         assert not [line for line in dciodvfy_lines(paths[0]) if line.startswith("Error")]
