@@ -545,7 +545,8 @@ def per_file(stdout: str, word: str) -> list[str]:
 @pytest.fixture(scope="module")
 def replayed(molli_r1: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A replay of the shipped t1_molli chain with its phase images on: dicom/ holds series 1 (8 MR images), 11 and
-    12 (T1 and T1 SD Parametric Maps), one subfolder each, as a new user finds it."""
+    12 (T1 and T1 SD Parametric Maps), 21 and 22 (its interval's bounds) and 90 (the structure report, a TID 1500
+    SR), one subfolder each, as a new user finds it."""
     folder = tmp_path_factory.mktemp("replay")
     chain = folder / "t1_molli_phases.xml"  # a site's chain file: the parser reads it as the shipped ones
     chain.write_text(variant_text("t1_molli", "Fit", send_phase_images="true"))
@@ -567,8 +568,8 @@ def replay_dicom_files(results: Path) -> dict[str, str]:
 
 def test_the_replay_fixture_is_what_a_user_finds(results: Path) -> None:
     files = replay_dicom_files(results)
-    assert len(files) == 12
-    series = {"series_0001", "series_0011", "series_0012", "series_0021", "series_0022"}
+    assert len(files) == 13
+    series = {"series_0001", "series_0011", "series_0012", "series_0021", "series_0022", "series_0090"}
     assert {Path(name).parent.name for name in files} == series
     assert [p for p in (results / "dicom").iterdir() if p.is_file()] == []  # only series subfolders
 
@@ -681,14 +682,18 @@ def test_dicom_send_stores_a_replay_in_orthanc_and_leaves_every_file(orthanc: Or
     assert cli.returncode == 0, cli.stdout + cli.stderr
     assert per_file(cli.stdout, "stored") == [f"stored  {name}" for name in files]
     assert cli.stdout.splitlines()[-1] == (
-        f"{orthanc.node()}: stored 12 of 12 DICOM file(s) under {dicom}, 0 other entries skipped; "
+        f"{orthanc.node()}: stored 13 of 13 DICOM file(s) under {dicom}, 0 other entries skipped; "
         "no file moved or deleted"
     )
     assert snapshot(results) == before
     stored = orthanc.instances()
     assert set(stored) == set(files.values())
     for name, uid in files.items():
-        np.testing.assert_array_equal(stored[uid].pixel_array, pydicom.dcmread(dicom / name).pixel_array, strict=True)
+        sent = pydicom.dcmread(dicom / name)
+        if "ContentSequence" in sent:  # the structure report: no pixels, its content as sent
+            assert stored[uid].ContentSequence == sent.ContentSequence
+            continue
+        np.testing.assert_array_equal(stored[uid].pixel_array, sent.pixel_array, strict=True)
 
 
 def test_dicom_send_uses_one_association_and_skips_what_is_not_dicom_or_a_link(
@@ -717,7 +722,7 @@ def test_dicom_send_uses_one_association_and_skips_what_is_not_dicom_or_a_link(
         == f"skipped outside.dcm: symbolic link to {tmp_path / 'outside' / 'mr_0.dcm'} (out of {dicom}): not followed"
     )
     assert linked_folder.startswith(f"skipped outside_series: symbolic link to {tmp_path / 'outside'} (out of")
-    assert "stored 12 of 12 DICOM file(s)" in cli.stdout
+    assert "stored 13 of 13 DICOM file(s)" in cli.stdout
     assert "3 other entries skipped" in cli.stdout
     assert snapshot(results) == before
 
@@ -778,8 +783,8 @@ def test_dicom_send_with_the_node_down_says_so_once_and_keeps_every_file(results
     assert error.startswith(f"error: cannot reach PACS@127.0.0.1:{down.port} (")
     assert "refused" in error.lower()
     assert "is the node running" in error
-    assert error.endswith("; 12 file(s) not sent")
-    assert cli.stdout.splitlines()[-1].startswith(f"{down}: stored 0 of 12 DICOM file(s)")
+    assert error.endswith("; 13 file(s) not sent")
+    assert cli.stdout.splitlines()[-1].startswith(f"{down}: stored 0 of 13 DICOM file(s)")
     assert snapshot(results) == before
 
 

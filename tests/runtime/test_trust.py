@@ -155,8 +155,8 @@ def test_a_site_chain_is_offered_by_name_and_may_set_site_properties(
     (warning,) = [t for t in reply.texts if t.startswith("WARNING")]
     assert "did not store every file" in warning
     output = tmp_path / "output"
-    assert len(list((output / "maps").rglob("*.dcm"))) == 8  # T1, SD and the two bounds of two slices
-    assert len(list((output / "dicom_outbox").glob("*.dcm"))) == 8
+    assert len(list((output / "maps").rglob("*.dcm"))) == 10  # T1, SD, the two bounds, the SR of two slices
+    assert len(list((output / "dicom_outbox").glob("*.dcm"))) == 10
 
 
 @pytest.mark.parametrize("folder", ["/tmp/qmri-absolute", "../outside", "sub/../../outside"])
