@@ -83,7 +83,14 @@ def map_intervals(connection: GadgetConnection) -> None:
         log.warning("%s", warning)
         connection.send(warning)
     connection.filter(MapImages)
+    noted = False
     for item in connection:
+        note = matrix_note(calibration, item.maps.values[item.primary_map].shape)
+        if calibrated and note and not noted:
+            log.warning(
+                "intervals of calibration %s%s: the coverage promise is for scans like those", calibration.id, note
+            )
+            noted = True
         if calibrated:
             for image in interval_images(item, calibration, acceleration, config):
                 connection.send(image)
@@ -96,6 +103,14 @@ def map_intervals(connection: GadgetConnection) -> None:
                     log.warning("%s", warning)
                     connection.send(warning)
         connection.send(item)
+
+
+def matrix_note(calibration: IntervalCalibration, shape: tuple[int, ...]) -> str:
+    """Return ``''`` for a map of the calibration's matrix, else a note that the promise was made on another one."""
+    matrix = calibration.recipe.get("matrix")
+    if not isinstance(matrix, int) or shape == (matrix, matrix):
+        return ""
+    return f"; calibrated on {matrix}x{matrix} slices, this map is {'x'.join(map(str, shape))}"
 
 
 def header_acceleration(header: Any) -> int:
@@ -188,6 +203,7 @@ def interval_images(
             f"{name} {bound} bound ({unit}) = {name} {sign} {scale.scale:.4g} x SD, {coverage} calibrated interval "
             f"at R={acceleration} (calibration {calibration.id}, delta {calibration.delta:g}); "
             f"{'clamped at 0 (a relaxation time is positive); ' if bound == 'lower' else ''}0 where the map is 0"
+            f"{matrix_note(calibration, value.shape)}"
         )
         meaning = ImageMeaning(
             role=role,

@@ -401,3 +401,13 @@ def test_a_few_flagged_pixels_send_the_flags_without_a_warning(
     assert [meaning_of(s).role for s in sent[:3]] == ["T1Lower", "T1Upper", "T1OutOfDistribution"]  # type: ignore[arg-type]
     assert float(sent[2].data.sum()) == 3.0  # type: ignore[union-attr]
     assert not any(isinstance(s, str) for s in sent)
+
+
+def test_bounds_say_when_the_map_is_not_of_the_calibrations_matrix() -> None:
+    """The promise is for scans like the calibration's: a map of another size says so in its bounds' comments."""
+    other = replace(calibration(), recipe={"matrix": 64})
+    lower, upper = interval_images(slice_maps(), other, 2, MapIntervalConfig())
+    for image in (lower, upper):
+        assert meaning_of(image).comment.endswith("; calibrated on 64x64 slices, this map is 16x16")
+    same = replace(calibration(), recipe={"matrix": 16})
+    assert "calibrated on" not in meaning_of(interval_images(slice_maps(), same, 2, MapIntervalConfig())[0]).comment
