@@ -85,7 +85,7 @@ def map_intervals(connection: GadgetConnection) -> None:
     connection.filter(MapImages)
     noted = False
     for item in connection:
-        note = matrix_note(calibration, item.maps.values[item.primary_map].shape)
+        note = recipe_note(calibration, item)
         if calibrated and note and not noted:
             log.warning(
                 "intervals of calibration %s%s: the coverage promise is for scans like those", calibration.id, note
@@ -105,12 +105,22 @@ def map_intervals(connection: GadgetConnection) -> None:
         connection.send(item)
 
 
-def matrix_note(calibration: IntervalCalibration, shape: tuple[int, ...]) -> str:
-    """Return ``''`` for a map of the calibration's matrix, else a note that the promise was made on another one."""
-    matrix = calibration.recipe.get("matrix")
-    if not isinstance(matrix, int) or shape == (matrix, matrix):
-        return ""
-    return f"; calibrated on {matrix}x{matrix} slices, this map is {'x'.join(map(str, shape))}"
+def recipe_note(calibration: IntervalCalibration, item: MapImages) -> str:
+    """Return ``''`` for maps made as the calibration's were, else what differs: the matrix, the MC samples.
+
+    The note starts with ``"; "`` so it can end an image comment.
+    """
+    recipe = calibration.recipe
+    notes = []
+    shape = item.maps.values[item.primary_map].shape
+    matrix = recipe.get("matrix")
+    if isinstance(matrix, int) and shape != (matrix, matrix):
+        notes.append(f"calibrated on {matrix}x{matrix} slices, this map is {'x'.join(map(str, shape))}")
+    samples = item.maps.samples.get(item.primary_map)
+    calibrated_samples = recipe.get("mc_samples")
+    if isinstance(calibrated_samples, int) and samples is not None and len(samples) != calibrated_samples:
+        notes.append(f"calibrated with {calibrated_samples} MC samples, this map has {len(samples)}")
+    return "".join(f"; {note}" for note in notes)
 
 
 def header_acceleration(header: Any) -> int:
@@ -203,7 +213,7 @@ def interval_images(
             f"{name} {bound} bound ({unit}) = {name} {sign} {scale.scale:.4g} x SD, {coverage} calibrated interval "
             f"at R={acceleration} (calibration {calibration.id}, delta {calibration.delta:g}); "
             f"{'clamped at 0 (a relaxation time is positive); ' if bound == 'lower' else ''}0 where the map is 0"
-            f"{matrix_note(calibration, value.shape)}"
+            f"{recipe_note(calibration, item)}"
         )
         meaning = ImageMeaning(
             role=role,

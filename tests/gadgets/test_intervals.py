@@ -403,11 +403,15 @@ def test_a_few_flagged_pixels_send_the_flags_without_a_warning(
     assert not any(isinstance(s, str) for s in sent)
 
 
-def test_bounds_say_when_the_map_is_not_of_the_calibrations_matrix() -> None:
-    """The promise is for scans like the calibration's: a map of another size says so in its bounds' comments."""
-    other = replace(calibration(), recipe={"matrix": 64})
-    lower, upper = interval_images(slice_maps(), other, 2, MapIntervalConfig())
+def test_bounds_say_when_the_map_is_not_made_as_the_calibrations_were() -> None:
+    """The promise is for maps like the calibration's: another size or MC sample count is said in the comments."""
+    other = replace(calibration(), recipe={"matrix": 64, "mc_samples": 20})
+    item = slice_maps()
+    sampled = replace(item, maps=replace(item.maps, samples={"T1": np.zeros((40, 16, 16), np.float32)}))
+    lower, upper = interval_images(sampled, other, 2, MapIntervalConfig())
     for image in (lower, upper):
-        assert meaning_of(image).comment.endswith("; calibrated on 64x64 slices, this map is 16x16")
-    same = replace(calibration(), recipe={"matrix": 16})
-    assert "calibrated on" not in meaning_of(interval_images(slice_maps(), same, 2, MapIntervalConfig())[0]).comment
+        assert meaning_of(image).comment.endswith(
+            "; calibrated on 64x64 slices, this map is 16x16; calibrated with 20 MC samples, this map has 40"
+        )
+    same = replace(calibration(), recipe={"matrix": 16, "mc_samples": 20})
+    assert "calibrated on" not in meaning_of(interval_images(item, same, 2, MapIntervalConfig())[0]).comment
