@@ -180,20 +180,13 @@ def model_fit_image(item: MapImages, series: int) -> ismrmrd.Image:
     """
     name = item.primary_map
     maps = item.maps
-    values = np.where(maps.kept, maps.model_fit[name], 0.0)
-    role = f"{name}ModelFit"
-    meaning = ImageMeaning(
-        role=role,
-        is_map=True,
-        units=maps.units[name],
-        sequence_description=f"_{role}_MAP",
-        comment=(
-            f"{name} ({maps.units[name]}) of the model-based fit of the same images as the learned {name} map; "
-            "where the two differ the learned map is doubtful"
-        ),
-        window=map_window(item, maps.values[name], name),
+    comment = (
+        f"{name} ({maps.units[name]}) of the model-based fit of the same images as the learned {name} map; "
+        "where the two differ the learned map is doubtful"
     )
-    return map_image(item, values, series, meaning)
+    values = np.where(maps.kept, maps.model_fit[name], 0.0)
+    window = map_window(item, maps.values[name], name)
+    return _map_image(item, values, series, f"{name}ModelFit", comment, window, of=name)
 
 
 def _map_comment(item: MapImages, name: str) -> str:
@@ -222,9 +215,14 @@ def _map_image(
     role: str,
     comment: str,
     window: tuple[float, float] | None = None,
+    *,
+    of: str | None = None,
 ) -> ismrmrd.Image:
-    """Return one float map image of the slice with Gadgetron's mapping meta; ``window`` None: from the kept pixels."""
-    name = role.removesuffix("SD")
+    """Return one float map image of the slice with Gadgetron's mapping meta; ``window`` None: from the kept pixels.
+
+    ``of`` names the map whose unit (and plausible range, for the window) the image has; None: the role less ``SD``.
+    """
+    name = role.removesuffix("SD") if of is None else of
     meaning = ImageMeaning(
         role=role,
         is_map=True,

@@ -5,7 +5,7 @@ import dataclasses
 import json
 import shlex
 from pathlib import Path
-from typing import get_args
+from typing import Any, get_args
 
 from gadgets.cli.arguments import Subcommands, add_command, positive_int, user_errors
 
@@ -78,8 +78,7 @@ def _evaluate_uncertainty(args: argparse.Namespace) -> int:
             print(sphere_table(calibration, spheres))
             if args.out is not None:
                 rows = [dataclasses.asdict(r) | {"error_percent": r.error_percent} for r in spheres]
-                args.out.parent.mkdir(parents=True, exist_ok=True)
-                args.out.write_text(json.dumps({"seed": seed, "spheres": rows}, indent=2) + "\n", encoding="utf-8")
+                _write_json(args.out, {"seed": seed, "spheres": rows})
             return 0
         seed = EVALUATION_SEED if args.seed is None else args.seed
         reports = evaluate_uncertainty(
@@ -95,8 +94,12 @@ def _evaluate_uncertainty(args: argparse.Namespace) -> int:
         words = ["qmri", "evaluate-uncertainty", "--chain", args.chain, "--calibration", args.calibration or args.chain]
         words += ["--accelerations", *(str(r.pixels.acceleration) for r in reports), "--slices", str(args.slices)]
         words += [*(["--matrix", str(args.matrix)] if args.matrix else []), "--seed", str(seed)]
-        result = report_json(calibration, reports, command=shlex.join(words), seed=seed)
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(result, indent=2, allow_nan=False) + "\n", encoding="utf-8")
-        print(f"written: {args.out}")
+        _write_json(args.out, report_json(calibration, reports, command=shlex.join(words), seed=seed))
     return 0
+
+
+def _write_json(path: Path, result: dict[str, Any]) -> None:
+    """Write ``result`` as indented JSON (no NaN) to ``path``, its folder made if missing, and say so."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result, indent=2, allow_nan=False) + "\n", encoding="utf-8")
+    print(f"written: {path}")
