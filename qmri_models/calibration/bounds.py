@@ -28,6 +28,22 @@ does too, and the p-value ``min(exp(-n h1(R_hat ^ R, R)), e F(k; n, R))`` is val
 inverting it gives the smaller of the two bounds::
 
     R_plus = min(R_plus of Hoeffding's relative-entropy form, R_plus of Bentkus)
+
+Waudby-Smith-Ramdas (Waudby-Smith and Ramdas 2020, "Estimating means of bounded random variables by betting"; the
+bound Bates et al. 2021 recommend, their Proposition 5). The three bounds above see only the mean, so they must
+allow for losses as spread as a Bernoulli's; a slice's fraction of pixels outside an interval varies far less
+between slices, and this bound uses that. Over the losses in their given order (the items are exchangeable, so any
+order fixed before looking is valid), with running mean and variance::
+
+    mu_i = (1/2 + sum_{j<=i} L_j) / (1 + i),    s2_i = (1/4 + sum_{j<=i} (L_j - mu_j)^2) / (1 + i),   s2_0 = 1/4
+    nu_i = min(1, sqrt(2 ln(1 / delta) / (n s2_{i-1})))
+    K_i(R) = prod_{j<=i} (1 - nu_j (L_j - R))
+    R_plus = inf {R >= 0 : max_i K_i(R) > 1 / delta}
+
+``K_i(R)`` is a nonnegative supermartingale under ``E L = R`` and grows with R, so Ville's inequality makes
+``R_plus`` a valid bound and bisection finds it. It is capped below by the mean (a larger bound stays valid). On the
+shipped calibrations' 80 slices it lets the empirical risk reach about 0.07 where Hoeffding-Bentkus stops at 0.037
+(``qmri_models/pretrained/calibration/*.md``), so the intervals are about a fifth narrower for the same promise.
 """
 
 import math
@@ -38,11 +54,11 @@ import numpy as np
 import numpy.typing as npt
 from scipy.special import betaincinv, rel_entr
 
-BoundName = Literal["hoeffding", "bentkus", "hoeffding_bentkus"]
+BoundName = Literal["hoeffding", "bentkus", "hoeffding_bentkus", "wsr"]
 """The upper confidence bounds a calibration can use."""
 BOUND_NAMES: tuple[BoundName, ...] = get_args(BoundName)
-DEFAULT_BOUND: BoundName = "hoeffding_bentkus"
-"""The bound a calibration uses unless told: the tightest of the three (Bates et al. 2021)."""
+DEFAULT_BOUND: BoundName = "wsr"
+"""The bound a calibration uses unless told: Waudby-Smith-Ramdas, the tightest on slice losses (module docstring)."""
 
 _BISECTION_STEPS = 64
 """Halvings of [R_hat, 1] for the relative-entropy Hoeffding bound: below float64 resolution."""
@@ -159,12 +175,66 @@ def hoeffding_bentkus_ucb(mean_risk: npt.ArrayLike, n: int, delta: float) -> np.
     return np.minimum(hoeffding_kl_ucb(mean_risk, n, delta), bentkus_ucb(mean_risk, n, delta))
 
 
-BOUNDS: dict[BoundName, Callable[[npt.ArrayLike, int, float], np.ndarray]] = {
+MEAN_BOUNDS: dict[BoundName, Callable[[npt.ArrayLike, int, float], np.ndarray]] = {
     "hoeffding": hoeffding_ucb,
     "bentkus": bentkus_ucb,
     "hoeffding_bentkus": hoeffding_bentkus_ucb,
 }
-"""Each bound's function ``(mean_risk, n, delta) -> upper confidence bound``."""
+"""Each bound of the mean alone: its function ``(mean_risk, n, delta) -> upper confidence bound``."""
+
+
+def wsr_ucb(losses: npt.ArrayLike, delta: float) -> np.ndarray:
+    """Return the Waudby-Smith-Ramdas bound of each column of losses (module docstring).
+
+    Parameters
+    ----------
+    losses : The n losses, in [0, 1], in a fixed order, for each of m quantities (e.g. scales). Shape `(n, m)`.
+    delta : Probability that the bound is below the true mean, in (0, 1).
+
+    Returns
+    -------
+    Upper confidence bound on each column's mean loss, at least its mean. Shape `(m,)`.
+    """
+    table = np.asarray(losses, dtype=np.float64)
+    if table.ndim != 2 or table.shape[0] < 1:
+        raise ValueError(f"losses must have shape (n >= 1, m), got {table.shape}")
+    n = table.shape[0]
+    mean = _check(table.mean(axis=0), n, delta)
+    if not ((table >= 0.0) & (table <= 1.0)).all():
+        raise ValueError("losses must be in [0, 1]")
+    count = np.arange(1, n + 1)[:, None]
+    running_mean = (0.5 + np.cumsum(table, axis=0)) / (1.0 + count)
+    running_variance = (0.25 + np.cumsum((table - running_mean) ** 2, axis=0)) / (1.0 + count)
+    previous = np.vstack([np.full((1, table.shape[1]), 0.25), running_variance[:-1]])
+    bets = np.minimum(1.0, np.sqrt(2.0 * math.log(1.0 / delta) / (n * previous)))
+    threshold = math.log(1.0 / delta)
+    low, high = np.zeros(table.shape[1]), np.ones(table.shape[1])
+    for _ in range(_BISECTION_STEPS):
+        middle = 0.5 * (low + high)
+        wealth = np.cumsum(np.log1p(-bets * (table - middle)), axis=0)
+        rejected = wealth.max(axis=0) > threshold
+        high = np.where(rejected, middle, high)
+        low = np.where(rejected, low, middle)
+    return np.maximum(high, mean)
+
+
+def upper_confidence_bound_of_losses(losses: npt.ArrayLike, delta: float, *, bound: BoundName) -> np.ndarray:
+    """Return the named bound on each column's mean loss: WSR from the losses, the others from their mean.
+
+    Parameters
+    ----------
+    losses : The n losses, in [0, 1], for each of m quantities (e.g. scales). Shape `(n, m)`.
+    delta : Probability that the bound is below the true mean, in (0, 1).
+    bound : One of ``BOUND_NAMES``.
+
+    Returns
+    -------
+    Upper confidence bound on each column's mean loss. Shape `(m,)`.
+    """
+    if bound == "wsr":
+        return wsr_ucb(losses, delta)
+    table = np.asarray(losses, dtype=np.float64)
+    return upper_confidence_bound(table.mean(axis=0), table.shape[0], delta, bound=bound)
 
 
 def upper_confidence_bound(mean_risk: npt.ArrayLike, n: int, delta: float, *, bound: BoundName) -> np.ndarray:
@@ -175,12 +245,12 @@ def upper_confidence_bound(mean_risk: npt.ArrayLike, n: int, delta: float, *, bo
     mean_risk : Mean of the n losses, in [0, 1]. Shape `(...)`.
     n : Number of losses (calibration items).
     delta : Probability that the bound is below the true mean, in (0, 1).
-    bound : One of ``BOUND_NAMES``.
+    bound : One of ``MEAN_BOUNDS`` (WSR needs the losses: ``upper_confidence_bound_of_losses``).
 
     Returns
     -------
     Upper confidence bound on the mean loss. Shape: that of ``mean_risk``.
     """
-    if bound not in BOUNDS:
-        raise ValueError(f"bound must be one of {BOUND_NAMES}, got {bound!r}")
-    return BOUNDS[bound](mean_risk, n, delta)
+    if bound not in MEAN_BOUNDS:
+        raise ValueError(f"bound must be one of {tuple(MEAN_BOUNDS)} to bound a mean alone, got {bound!r}")
+    return MEAN_BOUNDS[bound](mean_risk, n, delta)

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from qmri_models.calibration.bounds import BOUND_NAMES, DEFAULT_BOUND, BoundName, upper_confidence_bound
+from qmri_models.calibration.bounds import BOUND_NAMES, DEFAULT_BOUND, BoundName, upper_confidence_bound_of_losses
 from qmri_models.calibration.intervals import check_lambdas, miscoverage_losses, required_scale
 
 
@@ -126,7 +126,7 @@ def calibrate_scale(
         raise ValueError(f"alpha must be in (0, 1), got {alpha}")
     n_items = table.shape[0]
     risk = table.mean(axis=0)
-    ucb = upper_confidence_bound(risk, n_items, delta, bound=bound)
+    ucb = upper_confidence_bound_of_losses(table, delta, bound=bound)
     failing = np.flatnonzero(ucb > alpha)
     if failing.size and failing[-1] == grid.size - 1:
         raise ValueError(

@@ -1,6 +1,6 @@
-"""Risk-controlling calibration: the bounds against their closed forms and scipy, the coverage guarantee on synthetic
-data with known quantiles, monotonicity of the chosen scale, the interval losses against a direct count, the
-pinball loss against its formula, and the ``Calibration`` record's JSON round trip.
+"""Risk-controlling calibration: the bounds against their closed forms, scipy and a direct WSR reference, the
+coverage guarantee on synthetic data with known quantiles, monotonicity of the chosen scale, the interval losses
+against a direct count, the pinball loss against its formula, and the ``Calibration`` record's JSON round trip.
 
 The synthetic law (``draw_items``): each item (a "slice") has ``PIXELS`` pixels, a value per pixel, a per-pixel SD
 ``sd`` the uncertainty method reports, and a per-item factor ``kappa`` (drawn from ``KAPPAS``) by which the true
@@ -24,6 +24,7 @@ from scipy.stats import binom, gumbel_r, norm
 
 from qmri_models.calibration.bounds import (
     BOUND_NAMES,
+    MEAN_BOUNDS,
     BoundName,
     bentkus_ucb,
     hoeffding_bentkus_ucb,
@@ -31,6 +32,8 @@ from qmri_models.calibration.bounds import (
     hoeffding_ucb,
     relative_entropy,
     upper_confidence_bound,
+    upper_confidence_bound_of_losses,
+    wsr_ucb,
 )
 from qmri_models.calibration.intervals import miscoverage_losses, required_scale, scaled_interval
 from qmri_models.calibration.pinball import pinball_loss
@@ -140,6 +143,9 @@ GUARANTEE_CASES = [
     ("quantile", ("hoeffding",), (150, 200), PIXELS, 4),
     ("symmetric", ("bentkus", "hoeffding_bentkus"), (50, 200), 1, 5),
     ("quantile", ("bentkus", "hoeffding_bentkus"), (50, 200), 1, 6),
+    ("symmetric", ("wsr", "hoeffding_bentkus"), (50, 200), PIXELS, 7),
+    ("quantile", ("wsr", "hoeffding_bentkus"), (50, 200), PIXELS, 8),
+    ("quantile", ("wsr",), (50, 200), 1, 9),
 ]
 """(family, bounds, n range, pixels per item, seed): slices of PIXELS pixels, and one-pixel items whose 0/1 losses
 are the hardest case for a bound on [0, 1]. Hoeffding from 150 items (``HOEFFDING_MIN_N``)."""
@@ -157,6 +163,8 @@ def test_risk_is_controlled_in_at_least_1_minus_delta_of_calibration_draws(
         assert figures[name]["mean_test_risk"] > 0.15 * ALPHA, (name, figures)
     if "bentkus" in bounds:
         assert figures["hoeffding_bentkus"]["mean_scale"] <= figures["bentkus"]["mean_scale"], figures
+    if "wsr" in bounds and pixels > 1:  # slice losses vary less than 0/1 ones: WSR uses it, the mean bounds cannot
+        assert figures["wsr"]["mean_scale"] < figures["hoeffding_bentkus"]["mean_scale"], figures
     assert figures["empirical"]["violation_fraction"] > 0.3, figures
 
 
@@ -208,7 +216,8 @@ def test_chosen_scale_is_non_increasing_in_n_at_a_fixed_empirical_risk(bound: Bo
     ]
     assert (np.diff(scales) <= 0).all()
     assert scales[-1] < scales[0]
-    bounds = [upper_confidence_bound(0.05, n, DELTA, bound=bound) for n in (120, 240, 480, 960)]
+    tiled = np.tile(losses[:, 60:61], (8, 1))
+    bounds = [upper_confidence_bound_of_losses(tiled[:n], DELTA, bound=bound)[0] for n in (120, 240, 480, 960)]
     assert (np.diff(bounds) < 0).all()
 
 
@@ -275,7 +284,8 @@ def test_bentkus_kl_and_hoeffding_bentkus_match_a_direct_scipy_inversion(n: int)
         assert float(hoeffding_bentkus_ucb(mean_risk, n, DELTA)) == pytest.approx(both, abs=1e-10)
     assert float(hoeffding_kl_ucb(0.0, n, DELTA)) == pytest.approx(1 - DELTA ** (1 / n), rel=1e-12)
     assert float(bentkus_ucb(0.0, n, DELTA)) == pytest.approx(1 - (DELTA / math.e) ** (1 / n), rel=1e-10)
-    assert all(float(upper_confidence_bound(1.0, n, DELTA, bound=name)) == 1.0 for name in BOUND_NAMES)
+    assert all(float(upper_confidence_bound(1.0, n, DELTA, bound=name)) == 1.0 for name in MEAN_BOUNDS)
+    assert all(upper_confidence_bound_of_losses(np.ones((n, 1)), DELTA, bound=name)[0] == 1.0 for name in BOUND_NAMES)
 
 
 @pytest.mark.parametrize("n", NS)
@@ -289,7 +299,7 @@ def test_hoeffding_bentkus_is_never_above_its_parts_nor_hoeffding(n: int) -> Non
     assert float(hoeffding_bentkus_ucb(0.05, 100, DELTA)) < float(hoeffding_ucb(0.05, 100, DELTA)) - 0.04
 
 
-@pytest.mark.parametrize("bound", BOUND_NAMES)
+@pytest.mark.parametrize("bound", tuple(MEAN_BOUNDS))
 @pytest.mark.parametrize(("n", "mean"), [(30, 0.02), (30, 0.3), (200, 0.1), (500, 0.6)])
 def test_each_bound_covers_a_bernoulli_mean_with_probability_1_minus_delta(
     bound: BoundName, n: int, mean: float
@@ -317,7 +327,7 @@ def test_relative_entropy_is_zero_on_the_diagonal_and_infinite_at_the_edge() -> 
     ],
 )
 def test_bounds_reject_bad_inputs(kwargs: dict, match: str) -> None:
-    for name in BOUND_NAMES:
+    for name in MEAN_BOUNDS:
         with pytest.raises(ValueError, match=match):
             upper_confidence_bound(**kwargs, bound=name)
 
@@ -325,6 +335,56 @@ def test_bounds_reject_bad_inputs(kwargs: dict, match: str) -> None:
 def test_unknown_bound_is_named() -> None:
     with pytest.raises(ValueError, match="got 'chernoff'"):
         upper_confidence_bound(0.1, 10, 0.1, bound="chernoff")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="to bound a mean alone, got 'wsr'"):
+        upper_confidence_bound(0.1, 10, 0.1, bound="wsr")
+
+
+def wsr_reference(losses: np.ndarray, delta: float) -> float:
+    """Return the Waudby-Smith-Ramdas bound of one column of losses, written out as Bates et al. 2021 give it.
+
+    A loop over items and a root finder (scipy's brentq) on ``max_i K_i(R) - 1 / delta``, independent of the
+    vectorised bisection under test.
+    """
+    n = len(losses)
+    mu, sigma2, bets = [], [], []
+    previous = 0.25
+    for i in range(1, n + 1):
+        bets.append(min(1.0, math.sqrt(2 * math.log(1 / delta) / (n * previous))))
+        mu.append((0.5 + losses[:i].sum()) / (1 + i))
+        sigma2.append((0.25 + sum((losses[j] - mu[j]) ** 2 for j in range(i))) / (1 + i))
+        previous = sigma2[-1]
+
+    def excess(risk: float) -> float:
+        wealth, best = 1.0, 0.0
+        for bet, loss in zip(bets, losses, strict=True):
+            wealth *= 1 - bet * (loss - risk)
+            best = max(best, wealth)
+        return best - 1 / delta
+
+    if excess(0.0) > 0:
+        return max(0.0, float(losses.mean()))
+    return max(brentq(excess, 0.0, 1.0, xtol=1e-12), float(losses.mean()))
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_wsr_matches_a_direct_reference(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    losses = np.clip(rng.normal(rng.uniform(0.02, 0.3), rng.uniform(0.005, 0.1), (rng.integers(20, 120), 3)), 0, 1)
+    expected = [wsr_reference(losses[:, k], DELTA) for k in range(3)]
+    np.testing.assert_allclose(wsr_ucb(losses, DELTA), expected, atol=1e-9)
+
+
+@pytest.mark.parametrize(("n", "mean", "spread"), [(30, 0.05, 0.02), (80, 0.07, 0.03), (200, 0.3, 0.2)])
+def test_wsr_covers_the_mean_in_1_minus_delta_of_draws(n: int, mean: float, spread: float) -> None:
+    """Beta-distributed losses of known mean, 4000 draws: the bound falls below the mean in at most delta of them
+    (plus binomial slack at FALSE_ALARM), and it is tighter than Hoeffding-Bentkus when the losses vary little."""
+    concentration = mean * (1 - mean) / spread**2 - 1
+    rng = np.random.default_rng(n)
+    draws = rng.beta(mean * concentration, (1 - mean) * concentration, (n, 4000))
+    wsr = wsr_ucb(draws, DELTA)
+    assert np.mean(wsr < mean) <= float(binom.ppf(1 - FALSE_ALARM, 4000, DELTA)) / 4000
+    hb = hoeffding_bentkus_ucb(draws.mean(axis=0), n, DELTA)
+    assert np.median(wsr) < np.median(hb)
 
 
 # --- calibrate_scale and the intervals -------------------------------------------------------------------------------
@@ -334,10 +394,14 @@ def test_the_scan_stops_at_the_first_failure_from_the_top() -> None:
     """A lambda below a failing one is never chosen, even where its own bound passes (the guarantee needs it)."""
     losses = np.zeros((1000, 4))
     losses[:, 1] = 0.5
-    calibration = calibrate_scale(losses, [1.0, 2.0, 3.0, 4.0], alpha=ALPHA, delta=DELTA)
-    assert calibration.scale == 3.0
-    assert calibration.risk == 0.0
-    assert calibration.risk_ucb == pytest.approx(float(hoeffding_bentkus_ucb(0.0, 1000, DELTA)))
+    for bound, zero_losses_bound in (
+        ("hoeffding_bentkus", float(hoeffding_bentkus_ucb(0.0, 1000, DELTA))),
+        ("wsr", float(wsr_ucb(np.zeros((1000, 1)), DELTA)[0])),
+    ):
+        calibration = calibrate_scale(losses, [1.0, 2.0, 3.0, 4.0], alpha=ALPHA, delta=DELTA, bound=bound)
+        assert calibration.scale == 3.0
+        assert calibration.risk == 0.0
+        assert calibration.risk_ucb == pytest.approx(zero_losses_bound)
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -409,7 +473,7 @@ def test_calibration_round_trips_through_json() -> None:
     )
     text = json.dumps(calibration.to_dict())
     assert Calibration.from_dict(json.loads(text)) == calibration
-    assert json.loads(text)["bound"] == "hoeffding_bentkus"
+    assert json.loads(text)["bound"] == "wsr"
 
 
 GOOD = {"alpha": 0.1, "delta": 0.1, "scale": 1.4, "bound": "bentkus", "n_items": 100, "risk": 0.02, "risk_ucb": 0.07}
