@@ -19,6 +19,8 @@ from the tests', the training's (0, 7, 11 and small offsets) and the PUQ evaluat
 """
 
 import dataclasses
+import json
+import logging
 import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -42,6 +44,7 @@ from gadgets.structure_report import StructureReportConfig
 from qmri_models.calibration.bounds import DEFAULT_BOUND, BoundName
 from qmri_models.calibration.files import UNCERTAINTY_WORDS, IntervalCalibration, UncertaintyName, calibration_id
 from qmri_models.calibration.intervals import scaled_interval
+from qmri_models.calibration.offsets import interval_offsets
 from qmri_models.calibration.out_of_distribution import (
     OOD_LEVEL,
     OutOfDistribution,
@@ -54,6 +57,8 @@ from qmri_models.simulation.raw_writer import write_raw
 from qmri_models.simulation.scan import NoiseModel, Phantom, ScanSettings, simulate_scan
 from qmri_models.structures.classify import classes_for
 from qmri_models.structures.means import MIN_STRUCTURE_PIXELS, StructureMeans, structure_means
+
+log = logging.getLogger(__name__)
 
 CalibratedChain = Literal["t1_molli", "t2prep", "t1_molli_puq", "t2prep_puq"]
 """The shipped mapping chains whose map SD can be calibrated: classical (CG-SENSE + least-squares fit) and PUQ."""
@@ -166,13 +171,17 @@ class ReplayedMaps:
     label_names: tuple[str, ...]
     model_fit: np.ndarray | None = None
     """Beside a learned map: the model-based fit of the same images (ms), 0 where the map is 0; else None."""
+    provenance: str = ""
+    """What made them (``replay_provenance``: the chain as configured, the slices' recipe, the acceleration)."""
 
     def save(self, path: Path) -> None:
-        """Write the arrays to an ``.npz`` file (for analyses beyond the calibration, without replaying)."""
+        """Write the arrays and provenance to an ``.npz`` file (for reuse and analyses, without replaying)."""
         arrays = {"value": self.value, "sd": self.sd, "truth": self.truth, "labels": self.labels}
         if self.model_fit is not None:
             arrays["model_fit"] = self.model_fit
         arrays["label_names"] = np.array(self.label_names)
+        arrays["provenance"] = np.array(self.provenance)
+        path.parent.mkdir(parents=True, exist_ok=True)
         np.savez_compressed(path, **arrays)  # type: ignore[arg-type]  # numpy's stub types **kwds as its bool flag
 
     def structures(self, class_names: Sequence[str]) -> StructureMeans:
@@ -190,6 +199,7 @@ class ReplayedMaps:
                 labels=arrays["labels"],
                 label_names=tuple(str(name) for name in arrays["label_names"]),
                 model_fit=arrays.get("model_fit", None),
+                provenance=str(arrays["provenance"]) if "provenance" in arrays else "",
             )
 
     def object_mask(self) -> np.ndarray:
@@ -269,10 +279,19 @@ def map_chain(name: str) -> MapChain:
     )
 
 
+def replay_provenance(chain: MapChain, data: CalibrationData, acceleration: int) -> str:
+    """Return what identifies replayed maps: the chain with every property, the slices' recipe, the acceleration."""
+    recipe = data.recipe(chain.contrast, [acceleration])
+    return json.dumps({"chain": repr(chain.chain), "recipe": recipe, "acceleration": acceleration}, sort_keys=True)
+
+
 def replay_slices(
     chain: MapChain, data: CalibrationData, acceleration: int, *, progress: bool, keep: Path | None = None
 ) -> ReplayedMaps:
     """Return the maps ``chain`` makes of ``data``'s slices at ``acceleration`` (simulated, replayed, read back).
+
+    With ``keep``, maps an earlier call kept there are reused when their provenance (``replay_provenance``) is this
+    call's: a calibration or evaluation interrupted or repeated replays only what it lacks.
 
     Parameters
     ----------
@@ -280,12 +299,19 @@ def replay_slices(
     data : The slices.
     acceleration : Undersampling factor of the simulated scans.
     progress : Show a progress bar over the raw files on stderr.
-    keep : Also write the replayed maps there (``ReplayedMaps.save``), or None.
+    keep : Also write the replayed maps there (``ReplayedMaps.save``), or reuse them from there; or None.
 
     Returns
     -------
     The maps, SDs and truth of the ``data.n_slices`` slices, in seed order.
     """
+    provenance = replay_provenance(chain, data, acceleration)
+    if keep is not None and keep.is_file():
+        kept = ReplayedMaps.load(keep)
+        if kept.provenance == provenance:
+            log.info("%s R=%d: reusing the maps kept in %s", chain.chain.name, acceleration, keep)
+            return kept
+        log.info("%s R=%d: %s was made by another chain or recipe; replaying", chain.chain.name, acceleration, keep)
     parts: list[ReplayedMaps] = []
     sizes = data.file_sizes()
     files = tqdm(range(len(sizes)), desc=f"{chain.chain.name} R={acceleration}", unit="file", disable=not progress)
@@ -304,6 +330,7 @@ def replay_slices(
         labels=np.concatenate([p.labels for p in parts]),
         label_names=parts[0].label_names,
         model_fit=np.concatenate(model_fits) if model_fits else None,
+        provenance=provenance,
     )
     if keep is not None:
         maps.save(keep)
@@ -363,7 +390,11 @@ class CalibrationSettings:
     ood_level: float = OOD_LEVEL
     """Chains with a learned map: fraction of calibration object pixels the out-of-distribution threshold flags."""
     keep_maps: Path | None = None
-    """Folder to keep the replayed maps in (``calibration_R<R>.npz``, ``check_R<R>.npz``), or None."""
+    """Folder to keep the replayed maps in (``calibration_R<R>.npz``, ``check_R<R>.npz``; maps of the same chain
+    and recipe already there are reused, not replayed), or None."""
+    quantile_head: str | None = None
+    """Scale a map quantile head's offsets instead of the SD: a shipped head (the chain's name) or a weights file of
+    ``qmri train map-quantile-head`` (trained on other slices than these), or None."""
 
     def __post_init__(self) -> None:
         for name in ("alpha", "delta", "ood_level"):
@@ -426,7 +457,10 @@ def calibrate_chain(
         maps = replay_slices(chain, data, acceleration, progress=progress, keep=keep)
         if maps.model_fit is not None:
             thresholds[acceleration] = out_of_distribution_threshold(maps, settings.ood_level)
-        scales[acceleration] = calibrate(maps.value, maps.truth, maps.sd, maps.sd, mask=maps.mask(data.tissues))
+        lower, upper = interval_offsets(
+            settings.quantile_head, chain.quantity, maps.value, maps.sd, maps.model_fit, maps.value > 0
+        )
+        scales[acceleration] = calibrate(maps.value, maps.truth, lower, upper, mask=maps.mask(data.tissues))
         structures = maps.structures(chain.structure_classes)
         structure_scales[acceleration] = calibrate(
             structures.value, structures.truth, structures.sd, structures.sd, mask=structures.valid
@@ -435,8 +469,9 @@ def calibrate_chain(
     chain_settings: dict[str, Any] = {"structure_classes": list(chain.structure_classes)}
     if chain.mc_samples is not None:
         chain_settings["mc_samples"] = chain.mc_samples
+    head = settings.quantile_head is not None
     return IntervalCalibration(
-        id=calibration_id(settings.chain, chain.uncertainty, settings.alpha, settings.delta),
+        id=calibration_id(settings.chain, chain.uncertainty, settings.alpha, settings.delta, quantile_head=head),
         chain=settings.chain,
         quantity=chain.quantity,  # type: ignore[arg-type]  # protocols map to T1 or T2; the record validates it
         uncertainty=chain.uncertainty,
@@ -448,6 +483,7 @@ def calibrate_chain(
         command=command,
         out_of_distribution=OutOfDistribution(settings.ood_level, thresholds) if thresholds else None,
         structure_scales=structure_scales,
+        quantile_head=settings.quantile_head,
     )
 
 
@@ -463,7 +499,8 @@ class Coverage:
     n_covered: int
     """Of them, those whose true value lies in ``map +- scale * SD``."""
     width_percent: dict[str, float]
-    """Per reported tissue (``REPORTED_TISSUES``): mean of the full width ``2 scale SD / map`` in percent."""
+    """Per reported tissue (``REPORTED_TISSUES``): mean of the full width ``scale (lower + upper) / map`` in percent
+    (``2 scale SD / map`` without a quantile head)."""
     median_width_percent: dict[str, float]
     """The same, median (the mean follows the few pixels whose fit is poorly determined)."""
     n_flagged: int | None = None
@@ -526,7 +563,10 @@ def calibrated_coverage(
     ood = calibration.out_of_distribution
     threshold = None if ood is None else ood.thresholds.get(acceleration)
     scale = calibration.scale_for(acceleration).scale
-    coverage = interval_coverage(maps, data, acceleration, scale, ood_threshold=threshold)
+    offsets = interval_offsets(
+        calibration.quantile_head, calibration.quantity, maps.value, maps.sd, maps.model_fit, maps.value > 0
+    )
+    coverage = interval_coverage(maps, data, acceleration, scale, offsets=offsets, ood_threshold=threshold)
     structure_scale = (calibration.structure_scales or {}).get(acceleration)
     if structure_scale is not None:
         classes = calibration.recipe["structure_classes"]
@@ -552,9 +592,10 @@ def interval_coverage(
     acceleration: int,
     scale: float,
     *,
+    offsets: tuple[np.ndarray, np.ndarray] | None = None,
     ood_threshold: float | None = None,
 ) -> Coverage:
-    """Return how often ``map -+ scale * SD`` covers the truth in the tissue of replayed slices, and how wide it is.
+    """Return how often ``[map - scale lower, map + scale upper]`` covers the truth in tissue, and how wide it is.
 
     Parameters
     ----------
@@ -562,13 +603,15 @@ def interval_coverage(
     data : Their recipe (its tissues are the coverage mask, with the fit's kept pixels).
     acceleration : Their undersampling factor.
     scale : The interval's lambda.
+    offsets : Lower and upper offsets (``qmri_models.calibration.offsets``), shaped as the maps; None: the SD.
     ood_threshold : The out-of-distribution threshold at this acceleration, to count the flagged tissue pixels
         (needs ``maps.model_fit``), or None.
     """
     mask = maps.mask(data.tissues)
-    lower, upper = scaled_interval(maps.value, maps.sd, maps.sd, scale)
+    below, above = (maps.sd, maps.sd) if offsets is None else offsets
+    lower, upper = scaled_interval(maps.value, below, above, scale)
     covered = (lower <= maps.truth) & (maps.truth <= upper)
-    width = 2.0 * scale * maps.sd / np.where(maps.value > 0, maps.value, np.inf)
+    width = scale * (below + above) / np.where(maps.value > 0, maps.value, np.inf)
     widths = {tissue: 100.0 * width[maps.mask([tissue])] for tissue in REPORTED_TISSUES}
     return Coverage(
         acceleration=acceleration,
@@ -634,11 +677,20 @@ def model_card(calibration: IntervalCalibration, checks: Sequence[Coverage], *, 
     """
     recipe = calibration.recipe
     quantity = calibration.quantity
+    head = calibration.quantile_head
+    form = f"{quantity} ± λ · SD" if head is None else f"[{quantity} - λ · lower, {quantity} + λ · upper]"
+    offsets = (
+        f"with the SD of series 12 ({UNCERTAINTY_WORDS[calibration.uncertainty]})"
+        if head is None
+        else f"with the offsets `lower` and `upper` of the map quantile head `{head}` (trained by the pinball loss "
+        f"at alpha/2 and 1 - alpha/2 on other slices, `qmri train map-quantile-head`; its inputs: the map, the SD of "
+        f"series 12 ({UNCERTAINTY_WORDS[calibration.uncertainty]}) and the model fit of series 16)"
+    )
     lines = [
-        f"# Calibrated {quantity} intervals of `{calibration.chain}`: {quantity} ± λ · SD",
+        f"# Calibrated {quantity} intervals of `{calibration.chain}`: {form}",
         "",
-        f"Calibration `{calibration.id}` (`{file_name}`): the interval `{quantity} ± λ · SD` around the map of "
-        f"series 11 with the SD of series 12 ({UNCERTAINTY_WORDS[calibration.uncertainty]}), λ per acceleration. "
+        f"Calibration `{calibration.id}` (`{file_name}`): the interval `{form}` around the map of series 11 "
+        f"{offsets}, λ per acceleration. "
         "For a new slice drawn as the calibration slices were, the expected fraction of tissue pixels whose true "
         f"{quantity} lies outside the interval is at most alpha = {calibration.alpha:g}, with probability at least "
         f"1 - delta = {1 - calibration.delta:g} over the calibration draw (risk-controlling prediction sets, Bates "

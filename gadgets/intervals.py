@@ -1,11 +1,13 @@
 """Calibrated intervals on the stream: the lower and upper bound series of each slice's map (issue 15).
 
-The interval is ``value -+ scale * SD`` of the map's SD, with the scale lambda a calibration file holds for the
-stream's acceleration (``qmri_models.calibration.files``, made by ``qmri calibrate``): with probability at least
-1 - delta over the calibration draw, the expected fraction of kept pixels whose true value lies outside it is at most
-alpha (``qmri_models.calibration.risk_control``). A scale calibrated at another acceleration promises nothing, so a
-stream at an acceleration the file does not cover gets no bound series: by default its maps still flow and the client
-gets one WARNING text saying why (``uncalibrated=skip``); ``uncalibrated=error`` ends the stream instead.
+The interval is ``value -+ scale * SD`` of the map's SD, or ``[value - scale lower, value + scale upper]`` with the
+offsets of a map quantile head when the calibration names one (``qmri_models.calibration.offsets``), with the scale
+lambda a calibration file holds for the stream's acceleration (``qmri_models.calibration.files``, made by ``qmri
+calibrate``): with probability at least 1 - delta over the calibration draw, the expected fraction of kept pixels whose
+true value lies outside it is at most alpha (``qmri_models.calibration.risk_control``). A scale calibrated at another
+acceleration promises nothing, so a stream at an acceleration the file does not cover gets no bound series: by default
+its maps still flow and the client gets one WARNING text saying why (``uncalibrated=skip``); ``uncalibrated=error`` ends
+the stream instead.
 
 The calibration must be of the SD the maps carry (``SliceMaps.sd_kind``: the fit's, the MC spread, or the MC spread
 combined with the learned fit's distance to the model fit); another is refused, since its scale promises nothing.
@@ -29,6 +31,7 @@ from gadgets.runtime.config import GadgetConfig, prop
 from gadgets.runtime.registry import GadgetConnection, register
 from qmri_models.calibration.files import IntervalCalibration, load_interval_calibration, shipped_calibrations
 from qmri_models.calibration.intervals import scaled_interval
+from qmri_models.calibration.offsets import interval_offsets
 from qmri_models.calibration.out_of_distribution import OutOfDistribution
 
 log = logging.getLogger(__name__)
@@ -155,9 +158,10 @@ def interval_images(
 ) -> list[ismrmrd.Image]:
     """Return the lower and upper bound images of the slice's primary map.
 
-    The bounds are ``value - scale * SD`` and ``value + scale * SD`` over the kept pixels (fitted, not rejected as
-    implausible), 0 elsewhere as in the map. The lower bound is clamped at 0: a relaxation time is positive, so a
-    negative lower bound says no more than 0 and clamping leaves the coverage unchanged. Both carry the map's window
+    The bounds are ``value - scale * SD`` and ``value + scale * SD`` (or the quantile head's lower and upper offsets
+    in place of the SD) over the kept pixels (fitted, not rejected as implausible), 0 elsewhere as in the map. The
+    lower bound is clamped at 0: a relaxation time is positive, so a negative lower bound says no more than 0 and
+    clamping leaves the coverage unchanged. Both carry the map's window
     (a viewer shows the map and its bounds alike) and the interval's meaning in meta (``gadgets.image_meta``: which
     bound of which quantity, alpha, delta, the scale, the calibration id).
 
@@ -194,14 +198,17 @@ def interval_images(
     scale = calibration.scale_for(acceleration)
     kept = item.maps.kept
     value = item.maps.values[name]
-    sd = item.maps.sds[name][kept]
-    low, high = scaled_interval(value[kept], sd, sd, scale.scale)
+    below, above = interval_offsets(
+        calibration.quantile_head, name, value, item.maps.sds[name], item.maps.model_fit.get(name), kept
+    )
+    low, high = scaled_interval(value[kept], below[kept], above[kept], scale.scale)
     lower, upper = np.zeros(value.shape), np.zeros(value.shape)
     lower[kept] = np.maximum(low, 0.0)
     upper[kept] = high
     window = map_window(item, value, name)
     unit = item.maps.units[name]
     coverage = f"{100 * (1 - calibration.alpha):g}%"
+    offset_words = "SD" if calibration.quantile_head is None else "the quantile head's offset"
     sides: tuple[tuple[Bound, str, np.ndarray, int], ...] = (
         ("lower", "-", lower, config.lower_series_index),
         ("upper", "+", upper, config.upper_series_index),
@@ -210,7 +217,8 @@ def interval_images(
     for bound, sign, values, series in sides:
         role = bound_role(name, bound)
         comment = (
-            f"{name} {bound} bound ({unit}) = {name} {sign} {scale.scale:.4g} x SD, {coverage} calibrated interval "
+            f"{name} {bound} bound ({unit}) = {name} {sign} {scale.scale:.4g} x {offset_words}, {coverage} calibrated "
+            "interval "
             f"at R={acceleration} (calibration {calibration.id}, delta {calibration.delta:g}); "
             f"{'clamped at 0 (a relaxation time is positive); ' if bound == 'lower' else ''}0 where the map is 0"
             f"{recipe_note(calibration, item)}"

@@ -5,7 +5,8 @@ and its check's) are replayed through the shipped chain (``gadgets.calibration_r
 SD are scored against the simulator's truth on the calibration's tissue pixels (truth white matter, grey matter,
 lesion; kept by the fit):
 
-- pixel coverage of the calibrated interval ``map +- scale * SD`` (what MapIntervalGadget sends as series 21 and 22;
+- pixel coverage of the calibrated interval ``map +- scale * SD``, or with a quantile head's offsets in place of the
+  SD (what MapIntervalGadget sends as series 21 and 22;
   its clamping of the lower bound at 0 covers no other positive truth) and its mean width relative to the map in
   white and grey matter;
 - seed 001's correlations between the interval's full width and the absolute error, after a Gaussian blur of SD 2
@@ -26,6 +27,7 @@ interval covers its true value (at a calibrated acceleration).
 import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -49,6 +51,7 @@ from qmri_models.calibration.evaluation import (
     structure_error,
 )
 from qmri_models.calibration.files import UNCERTAINTY_WORDS, IntervalCalibration
+from qmri_models.calibration.offsets import interval_offsets
 from qmri_models.calibration.out_of_distribution import disagreement_scores, structure_flagged
 
 EVALUATION_SEED = 400_000
@@ -111,7 +114,12 @@ class AccelerationReport:
 
 
 def evaluate_acceleration(
-    calibration: IntervalCalibration, data: CalibrationData, acceleration: int, *, progress: bool
+    calibration: IntervalCalibration,
+    data: CalibrationData,
+    acceleration: int,
+    *,
+    progress: bool,
+    keep: Path | None = None,
 ) -> AccelerationReport:
     """Return the coverage, width, width-error correlations and structure errors of one acceleration.
 
@@ -121,11 +129,15 @@ def evaluate_acceleration(
     data : The fresh slices (``data.n_slices`` of them).
     acceleration : Undersampling factor.
     progress : Show a progress bar on stderr.
+    keep : File to keep the replayed maps in, or reuse them from (``replay_slices``), or None.
     """
     scale = calibration.scale_for(acceleration).scale
-    maps = replay_slices(map_chain(calibration.chain), data, acceleration, progress=progress)
+    maps = replay_slices(map_chain(calibration.chain), data, acceleration, progress=progress, keep=keep)
     mask = maps.mask(data.tissues)
-    width = 2.0 * scale * maps.sd
+    below, above = interval_offsets(
+        calibration.quantile_head, calibration.quantity, maps.value, maps.sd, maps.model_fit, maps.value > 0
+    )
+    width = scale * (below + above)
     error = np.abs(maps.value - maps.truth)
     per_slice = [error_correlation(width[i], error[i], mask[i]) for i in range(len(mask))]
     structures = [
@@ -163,6 +175,7 @@ def evaluate_uncertainty(
     matrix: int | None = None,
     seed: int = EVALUATION_SEED,
     progress: bool = True,
+    keep_maps: Path | None = None,
 ) -> list[AccelerationReport]:
     """Return the evaluation of a chain's calibrated intervals at each acceleration (module docstring).
 
@@ -174,6 +187,8 @@ def evaluate_uncertainty(
     matrix : Image size (None: the recipe's).
     seed : Base seed of the fresh slices; not the calibration's.
     progress : Show progress bars on stderr.
+    keep_maps : Folder to keep the replayed maps in (``evaluation_R<R>.npz``) and reuse them from (two calibrations
+        of one chain scored on the same slices replay them once), or None.
     """
     recipe = CalibrationData.from_recipe(calibration.recipe)
     if seed == recipe.seed:
@@ -181,7 +196,16 @@ def evaluate_uncertainty(
     data = dataclasses.replace(recipe, n_slices=n_slices, seed=seed, matrix=recipe.matrix if matrix is None else matrix)
     for acceleration in accelerations:
         calibration.scale_for(acceleration)  # every acceleration is calibrated, before any replay
-    return [evaluate_acceleration(calibration, data, a, progress=progress) for a in accelerations]
+    return [
+        evaluate_acceleration(
+            calibration,
+            data,
+            a,
+            progress=progress,
+            keep=None if keep_maps is None else keep_maps / f"evaluation_R{a}.npz",
+        )
+        for a in accelerations
+    ]
 
 
 def _number(value: float | None, digits: int = 3) -> str:
@@ -198,7 +222,8 @@ def report_table(calibration: IntervalCalibration, reports: Sequence[Acceleratio
     """Return the three tables (pixel coverage and width, width-error correlation, structures) as Markdown."""
     target = 1 - calibration.alpha
     lines = [
-        f"{calibration.chain}: {calibration.quantity} ± λ · SD ({UNCERTAINTY_WORDS[calibration.uncertainty]}), "
+        f"{calibration.chain}: {calibration.quantity} ± λ · SD ({UNCERTAINTY_WORDS[calibration.uncertainty]}"
+        f"{'' if calibration.quantile_head is None else ', through the quantile head ' + calibration.quantile_head}), "
         f"calibration {calibration.id} "
         f"(target pixel coverage ≥ {target:g})",
         "",

@@ -1,4 +1,4 @@
-"""``qmri calibrate``: a calibration file (the interval scale of a classical chain's map) and its model card.
+"""``qmri calibrate``: a calibration file (the interval scale of a mapping chain's map) and its model card.
 
 The flags are the fields of ``gadgets.calibration_run.CalibrationSettings`` (chain, risk, bound, accelerations,
 scales) and ``CalibrationData`` (the simulated slices), so every default is written once, there.
@@ -28,6 +28,7 @@ _SETTINGS_FIELDS = (
     "scale_step",
     "check_slices",
     "ood_level",
+    "quantile_head",
     "keep_maps",
 )
 _DATA_FIELDS = (
@@ -48,7 +49,8 @@ def add_commands(commands: Subcommands) -> None:
     add_command(
         commands,
         "calibrate",
-        "calibrate the interval map +- scale * SD of a mapping chain on fresh simulated slices",
+        "calibrate the interval map +- scale * SD (or a quantile head's offsets) of a mapping chain on fresh "
+        "simulated slices",
         _arguments,
     )
 

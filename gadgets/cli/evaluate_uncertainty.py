@@ -44,6 +44,11 @@ def _arguments(p: argparse.ArgumentParser) -> None:
         "every sphere's error, SD, flag and interval",
     )
     p.add_argument("--out", type=Path, help="also write the figures, every structure included, as JSON")
+    p.add_argument(
+        "--keep-maps",
+        type=Path,
+        help="brain: keep the replayed maps in this folder, and reuse those of the same chain and slices from it",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(run=_evaluate_uncertainty)
 
@@ -88,6 +93,7 @@ def _evaluate_uncertainty(args: argparse.Namespace) -> int:
             matrix=args.matrix,
             seed=seed,
             progress=not args.quiet,
+            keep_maps=args.keep_maps,
         )
     print(report_table(calibration, reports))
     if args.out is not None:

@@ -13,6 +13,7 @@ from gadgets.cli.dataclass_flags import DataclassFlags, add_dataclass_flags
 
 if TYPE_CHECKING:
     from qmri_models.training.configs import ErrorHeadTrainingConfig, FitTrainingConfig, ReconTrainingConfig
+    from qmri_models.training.train_map_quantile_head import QuantileHeadTraining
 
 T = TypeVar("T")
 
@@ -75,6 +76,12 @@ def _add_networks(p: argparse.ArgumentParser) -> None:
         "puq-error-head",
         "an error head on a trained puq-recon network: its per-phase uncertainty",
         _train_puq_error_head_arguments,
+    )
+    add_command(
+        networks,
+        "map-quantile-head",
+        "a mapping chain's map quantile head (pinball loss) on maps it makes of simulated slices",
+        _train_map_quantile_head_arguments,
     )
     add_command(
         networks,
@@ -222,6 +229,54 @@ def _train_puq_error_head(flags: "DataclassFlags[ErrorHeadTrainingConfig]", args
         f"{args.out}: {config.steps} steps in {history.wall_s:.0f} s; validation r {history.val_correlation[-1]:.3f} "
         f"(MC SD alone {history.val_mc_sd_correlation:.3f}), calibration {history.val_calibration[-1]:.2f}; "
         f"weights (network and head) in {args.out / 'weights.pt'}"
+    )
+    return 0
+
+
+def _train_map_quantile_head_arguments(p: argparse.ArgumentParser) -> None:
+    from typing import get_args
+
+    from gadgets.calibration_run import CalibratedChain
+    from gadgets.quantile_head_run import HEAD_TRAINING_SLICES
+    from qmri_models.training.train_map_quantile_head import QuantileHeadTraining
+
+    p.add_argument("--out", type=Path, required=True, help="run folder: the replayed maps (reused) and weights.pt")
+    p.add_argument("--chain", required=True, choices=get_args(CalibratedChain), help="the shipped mapping chain")
+    p.add_argument(
+        "--slices",
+        type=int,
+        default=HEAD_TRAINING_SLICES,
+        help="training slices per acceleration, of the chain's shipped calibration recipe and accelerations",
+    )
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    flags = add_dataclass_flags(
+        p,
+        QuantileHeadTraining,
+        ("alpha", "hidden", "epochs", "batch", "learning_rate", "seed"),
+        flag_names={"seed": "init-seed"},
+    )
+    p.set_defaults(run=partial(_train_map_quantile_head, flags))
+
+
+def _train_map_quantile_head(flags: "DataclassFlags[QuantileHeadTraining]", args: argparse.Namespace) -> int:
+    from gadgets.quantile_head_run import WEIGHTS_NAME, head_training_data, train_chain_quantile_head
+
+    settings = flags.build(args)
+    with user_errors():
+        data, accelerations = head_training_data(args.chain, args.slices)
+
+    def on_epoch(epoch: int, loss: float) -> None:
+        if not args.quiet:
+            print(f"epoch {epoch}/{settings.epochs}: pinball loss {loss:.5f}", flush=True)
+
+    with user_errors():
+        trained = train_chain_quantile_head(
+            args.chain, accelerations, data, settings, args.out, progress=not args.quiet, on_epoch=on_epoch
+        )
+    print(
+        f"{args.out / WEIGHTS_NAME}: pinball loss {trained.train_loss:.5f} (training), {trained.held_out_loss:.5f} "
+        f"(held out); held-out coverage before calibration {trained.held_out_coverage:.3f} "
+        f"(trained for {1 - settings.alpha:g})"
     )
     return 0
 

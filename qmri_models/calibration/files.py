@@ -40,12 +40,12 @@ _ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 """A calibration id: letters, digits, ``_ . -`` (it travels in image meta and DICOM text)."""
 
 
-def calibration_id(chain: str, uncertainty: str, alpha: float, delta: float) -> str:
-    """Return the id of a calibration of ``chain``'s ``uncertainty`` at ``alpha`` and ``delta``.
+def calibration_id(chain: str, uncertainty: str, alpha: float, delta: float, *, quantile_head: bool = False) -> str:
+    """Return the id of a calibration of ``chain``'s ``uncertainty`` (through a quantile head) at ``alpha``, ``delta``.
 
-    E.g. ``t1_molli-fit_sd-a0.1-d0.1``.
+    E.g. ``t1_molli-fit_sd-a0.1-d0.1``, ``t1_molli_puq-mc_sd_disagreement-quantiles-a0.1-d0.1``.
     """
-    return f"{chain}-{uncertainty}-a{alpha:g}-d{delta:g}"
+    return f"{chain}-{uncertainty}{'-quantiles' if quantile_head else ''}-a{alpha:g}-d{delta:g}"
 
 
 def _text(name: str, value: Any) -> str:
@@ -112,10 +112,16 @@ class IntervalCalibration:
     structure_scales: dict[int, Calibration] | None = None
     """Per acceleration, the scale of the structure-level interval ``structure mean +- lambda * its mean voxel SD``
     (``qmri_models.structures.means``; one loss per slice: the fraction of its structures outside), or None."""
+    quantile_head: str | None = None
+    """The map quantile head whose offsets the pixel scale multiplies (a shipped name of
+    ``qmri_models.pretrained.shipped_quantile_heads`` or a weights file), with the SD of ``uncertainty`` among its
+    inputs; None: the scale multiplies the SD itself."""
 
     def __post_init__(self) -> None:
         for name in ("id", "chain", "command"):
             _text(name, getattr(self, name))
+        if self.quantile_head is not None:
+            _text("quantile_head", self.quantile_head)
         if not _ID_PATTERN.fullmatch(self.id):
             raise ValueError(f"interval calibration field 'id' must match {_ID_PATTERN.pattern}, got {self.id!r}")
         if self.quantity not in QUANTITY_NAMES:
@@ -193,10 +199,13 @@ class IntervalCalibration:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "IntervalCalibration":
-        """Return the calibration of a dict made by ``to_dict``; missing or unknown keys and bad fields are named."""
+        """Return the calibration of a dict made by ``to_dict``; missing or unknown keys and bad fields are named.
+
+        ``quantile_head`` may be absent (files written before quantile heads: the scale multiplies the SD).
+        """
         _object("an interval calibration", data)
         names = [f.name for f in fields(cls)]
-        missing = [name for name in names if name not in data]
+        missing = [name for name in names if name not in data and name != "quantile_head"]
         unknown = sorted(set(data) - set(names))
         if missing or unknown:
             raise ValueError(f"interval calibration: missing fields {missing}, unknown fields {unknown}")

@@ -3,6 +3,8 @@
 ``puq_recon_t1.pt`` / ``puq_recon_t2.pt``: the unrolled reconstruction networks for MOLLI and T2-prep.
 ``puq_fit_t1.pt`` / ``puq_fit_t2.pt``: the learned fits, guided and unguided. ``PUQ_T1.md`` / ``PUQ_T2.md``: the cards.
 A loader takes a map name (``t1``, ``t2``: the shipped file) or a path to a file written by ``qmri train``.
+``map_quantile_head_<chain>.pt``: the map quantile heads of the PUQ chains (their cards are the calibration cards of
+``calibration/<chain>_quantiles.md``, which name them).
 """
 
 import hashlib
@@ -12,6 +14,7 @@ from typing import Any, Literal, get_args
 import torch
 
 from qmri_models.networks.fit_mlp import FitMlp
+from qmri_models.networks.map_quantile_head import MapQuantileHead
 from qmri_models.networks.unrolled import UnrolledRecon
 
 PRETRAINED_DIR = Path(__file__).resolve().parent
@@ -69,6 +72,30 @@ def load_fit_mlp(source: str | Path, *, guided: bool = True) -> FitMlp:
     mlp = FitMlp(n_phases=int(part["n_phases"]), hidden=int(part["hidden"]), guided=guided, map_name=state["map_name"])
     mlp.load_state_dict(part["state_dict"])
     return mlp.eval()
+
+
+def shipped_quantile_heads() -> dict[str, Path]:
+    """Return the shipped map quantile heads by name (the chain, e.g. ``t1_molli_puq``)."""
+    prefix = "map_quantile_head_"
+    return {path.stem.removeprefix(prefix): path for path in sorted(PRETRAINED_DIR.glob(f"{prefix}*.pt"))}
+
+
+def load_map_quantile_head(source: str | Path) -> MapQuantileHead:
+    """Return the map quantile head of a shipped name (``shipped_quantile_heads``) or of a ``weights.pt`` path.
+
+    Raises
+    ------
+    FileNotFoundError
+        If it is no shipped name and no file (the message lists the shipped names).
+    """
+    shipped = shipped_quantile_heads()
+    path = shipped[source] if isinstance(source, str) and source in shipped else Path(source)
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"no map quantile head {str(source)!r}: give a shipped name {sorted(shipped)} "
+            "or a weights file from `qmri train map-quantile-head`"
+        )
+    return MapQuantileHead.from_state(_load(path))
 
 
 def _load(path: Path) -> dict[str, Any]:

@@ -9,6 +9,7 @@ import shlex
 from pathlib import Path
 
 import pytest
+import torch
 
 from gadgets.calibration_run import (
     CALIBRATION_SEED,
@@ -22,8 +23,11 @@ from gadgets.calibration_run import (
     pooled_coverage,
 )
 from gadgets.cli import build_parser, main
+from gadgets.quantile_head_run import HEAD_TRAINING_SEED, WEIGHTS_NAME, train_chain_quantile_head
 from qmri_models.calibration.files import load_interval_calibration, shipped_calibrations
+from qmri_models.pretrained import load_map_quantile_head
 from qmri_models.structures.classify import classes_for
+from qmri_models.training.train_map_quantile_head import QuantileHeadTraining
 
 SHIPPED = {
     "t1_molli": ("T1", "fit_sd", (1, 2, 4), 64),
@@ -229,3 +233,59 @@ def test_too_few_slices_is_one_line_naming_the_bound(tmp_path: Path, caplog: pyt
     assert main(["calibrate", *flags, "--quiet", "--out", str(out)]) == 2
     assert re.search(r"no scale controls the risk at alpha=0.1, delta=0.1 with n=3 items", caplog.text)
     assert not out.exists()
+
+
+@pytest.mark.slow
+def test_a_quantile_head_trained_on_its_own_slices_is_calibrated_and_kept_maps_are_reused(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Head trained on 6 slices (seed 700000), calibrated on 24 others, through ``qmri calibrate --quantile-head``:
+    the file names the head, its card says so, its command reproduces it, and a second run replays nothing."""
+    data = CalibrationData(matrix=32, n_coils=4, n_slices=6, slices_per_file=6, seed=HEAD_TRAINING_SEED)
+    trained = train_chain_quantile_head(
+        "t2prep", (1,), data, QuantileHeadTraining(hidden=4, epochs=3), tmp_path / "head", progress=False
+    )
+    assert trained.head.quantity == "T2"
+    assert (tmp_path / "head" / "training_R1.npz").is_file()
+    weights = tmp_path / "head" / WEIGHTS_NAME
+    out, kept = tmp_path / "t2.json", tmp_path / "kept"
+    flags = ["--chain", "t2prep", "--alpha", "0.2", "--delta", "0.2", "--accelerations", "1", "--slices", "24"]
+    small = ["--slices-per-file", "12", "--matrix", "32", "--coils", "4", "--check-slices", "4", "--quiet"]
+    head = ["--quantile-head", str(weights), "--keep-maps", str(kept)]
+    assert main(["calibrate", *flags, *small, *head, "--out", str(out)]) == 0
+    calibration = load_interval_calibration(out)
+    assert calibration.id == "t2prep-fit_sd-quantiles-a0.2-d0.2"
+    assert calibration.quantile_head == str(weights)
+    assert f"quantile head `{weights}`" in card_path(out).read_text()
+    assert_card_matches(out)
+    caplog.clear()
+    with caplog.at_level("INFO", logger="gadgets.calibration_run"):
+        again = tmp_path / "again.json"
+        assert main(["calibrate", *flags, *small, *head, "--out", str(again)]) == 0
+    assert caplog.text.count("reusing the maps kept in") == 2  # calibration and check slices
+    assert load_interval_calibration(again).scales == calibration.scales
+    sd_only = tmp_path / "sd.json"
+    assert main(["calibrate", *flags, *small, "--keep-maps", str(kept), "--out", str(sd_only)]) == 0
+    assert load_interval_calibration(sd_only).scales != calibration.scales  # same slices, another interval
+
+
+@pytest.mark.slow
+def test_train_map_quantile_head_command_writes_loadable_weights(tmp_path: Path) -> None:
+    """One slice per acceleration of the shipped t2prep recipe (64^2 at 1, 2, 4x), one epoch: the weights load."""
+    out = tmp_path / "run"
+    words = ["train", "map-quantile-head", "--chain", "t2prep", "--slices", "1", "--epochs", "1", "--hidden", "4"]
+    assert main([*words, "--out", str(out), "--quiet"]) == 0
+    head = load_map_quantile_head(out / WEIGHTS_NAME)
+    assert (head.quantity, head.hidden, head.alpha) == ("T2", 4, 0.1)
+    training = torch.load(out / WEIGHTS_NAME, weights_only=True)["training"]
+    assert training["accelerations"] == [1, 2, 4]
+    assert (training["recipe"]["seed"], training["recipe"]["n_slices"], training["recipe"]["matrix"]) == (
+        HEAD_TRAINING_SEED,
+        1,
+        64,
+    )
+    assert sorted(p.name for p in out.glob("training_R*.npz")) == [
+        "training_R1.npz",
+        "training_R2.npz",
+        "training_R4.npz",
+    ]

@@ -7,6 +7,7 @@ import ismrmrd
 import numpy as np
 import pydicom
 import pytest
+import torch
 
 from gadgets.dicom.files import DicomSeriesWriter, series_description
 from gadgets.evaluate import read_series
@@ -22,6 +23,7 @@ from qmri_models.calibration.files import IntervalCalibration, save_interval_cal
 from qmri_models.calibration.out_of_distribution import OutOfDistribution
 from qmri_models.calibration.risk_control import Calibration
 from qmri_models.fitting.maps import SliceMaps
+from qmri_models.networks.map_quantile_head import MapQuantileHead, quantile_offsets
 from tests.chain_variants import variant_text, with_gadget
 from tests.conftest import dciodvfy_lines, make_raw, raw_header_and_items
 
@@ -94,6 +96,23 @@ def test_bounds_are_the_map_minus_and_plus_scale_sd_on_kept_pixels() -> None:
     assert (t1[kept] <= high[kept]).all()
     assert (low[~kept] == 0).all()
     assert (high[~kept] == 0).all()  # rejected pixels' marked SD does not leak into the bounds
+
+
+def test_a_calibration_with_a_quantile_head_scales_its_offsets(tmp_path: Path) -> None:
+    """The bounds are the map -+ scale x the head's lower / upper offsets (``quantile_offsets``), and say so."""
+    torch.manual_seed(3)
+    head = MapQuantileHead(quantity="T1", alpha=0.1, hidden=4)
+    weights = tmp_path / "head.pt"
+    torch.save({"settings": head.settings(), "state_dict": head.state_dict(), "training": {}}, weights)
+    item = slice_maps()
+    lower, upper = interval_images(item, replace(calibration(), quantile_head=str(weights)), 2, MapIntervalConfig())
+    t1, kept = item.maps.values["T1"], item.maps.kept
+    below, above = quantile_offsets(head.eval(), t1, item.maps.sds["T1"], None, kept)
+    assert not np.allclose(below[kept], above[kept])  # an asymmetric interval
+    np.testing.assert_allclose(lower.data[0, 0][kept], np.maximum(t1 - SCALE * below, 0)[kept], rtol=1e-6)
+    np.testing.assert_allclose(upper.data[0, 0][kept], (t1 + SCALE * above)[kept], rtol=1e-6)
+    assert (upper.data[0, 0][~kept] == 0).all()
+    assert "T1 + 1.618 x the quantile head's offset, 90% calibrated" in meaning_of(upper).comment
 
 
 def test_bound_images_say_which_bound_of_which_interval() -> None:

@@ -1,6 +1,7 @@
 """Calibration files: the ``IntervalCalibration`` JSON round trip, its validation (each bad field named),
 ``scale_for``'s exact lookup, the atomic save, and loading by shipped name or path."""
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -36,7 +37,7 @@ def good() -> IntervalCalibration:
         uncertainty="fit_sd",
         alpha=0.1,
         delta=0.1,
-        bound="hoeffding_bentkus",
+        bound="wsr",
         scales={a: calibration_at(a) for a in (1, 2, 4)},
         recipe={"matrix": 64, "n_coils": 8, "snr": 50.0, "seeds": [100000, 100001]},
         command="qmri calibrate --chain t1_molli",
@@ -45,6 +46,21 @@ def good() -> IntervalCalibration:
 
 def test_id_names_chain_uncertainty_alpha_and_delta() -> None:
     assert good().id == "t1_molli-fit_sd-a0.1-d0.1"
+    assert (
+        calibration_id("t1_molli_puq", "mc_sd", 0.1, 0.05, quantile_head=True)
+        == "t1_molli_puq-mc_sd-quantiles-a0.1-d0.05"
+    )
+
+
+def test_quantile_head_is_optional_in_files_and_round_trips() -> None:
+    data = good().to_dict()
+    assert data["quantile_head"] is None
+    del data["quantile_head"]  # files written before quantile heads
+    assert IntervalCalibration.from_dict(data).quantile_head is None
+    with_head = dataclasses.replace(good(), quantile_head="t1_molli_puq")
+    assert IntervalCalibration.from_dict(json.loads(json.dumps(with_head.to_dict()))) == with_head
+    with pytest.raises(ValueError, match="'quantile_head' must be a non-empty string"):
+        dataclasses.replace(good(), quantile_head="")
 
 
 def test_round_trip_through_json_text(tmp_path: Path) -> None:
@@ -82,7 +98,8 @@ def test_scale_for_is_exact_and_names_the_calibrated_ones() -> None:
         ({"delta": "0.1"}, "'delta' must be a number in"),
         ({"bound": "chernoff"}, "'bound' must be one of"),
         ({"alpha": 0.2}, "acceleration 1 has alpha 0.1, the file 0.2"),
-        ({"bound": "bentkus"}, "acceleration 1 has bound 'hoeffding_bentkus'"),
+        ({"bound": "bentkus"}, "acceleration 1 has bound 'wsr'"),
+        ({"quantile_head": 3}, "'quantile_head' must be a non-empty string"),
         ({"scales": {}}, "'scales' must be a non-empty dict"),
         ({"scales": []}, "'scales' must be an object with string keys"),
         ({"scales": {"x": {}}}, "acceleration keys that are integers >= 1, got 'x'"),
