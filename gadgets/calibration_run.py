@@ -282,7 +282,10 @@ def map_chain(name: str) -> MapChain:
 def replay_provenance(chain: MapChain, data: CalibrationData, acceleration: int) -> str:
     """Return what identifies replayed maps: the chain with every property, the slices' recipe, the acceleration."""
     recipe = data.recipe(chain.contrast, [acceleration])
-    return json.dumps({"chain": repr(chain.chain), "recipe": recipe, "acceleration": acceleration}, sort_keys=True)
+    stages = [[stage.name, stage.spec.classname, repr(stage.config)] for stage in chain.chain.stages]
+    return json.dumps(
+        {"chain": chain.chain.name, "stages": stages, "recipe": recipe, "acceleration": acceleration}, sort_keys=True
+    )
 
 
 def replay_slices(
