@@ -52,6 +52,7 @@ from qmri_models.calibration.out_of_distribution import (
     disagreement_scores,
 )
 from qmri_models.calibration.risk_control import calibrate_interval_scale
+from qmri_models.pretrained import quantile_head_training
 from qmri_models.protocols import protocol_spec
 from qmri_models.simulation.raw_writer import write_raw
 from qmri_models.simulation.scan import NoiseModel, Phantom, ScanSettings, simulate_scan
@@ -277,6 +278,20 @@ def map_chain(name: str) -> MapChain:
         recons[0] if recons else None,
         reports[0].classes_of(quantity) if reports else classes_for(quantity),
     )
+
+
+def chain_calibration(name: str) -> str:
+    """Return the calibration the shipped chain ``name``'s MapIntervalGadget uses (its default for evaluations).
+
+    Raises
+    ------
+    ValueError
+        If the chain has no MapIntervalGadget.
+    """
+    configs = [s.config for s in resolve_chain(name).stages if isinstance(s.config, MapIntervalConfig)]
+    if not configs:
+        raise ValueError(f"chain {name!r} has no MapIntervalGadget: name a calibration")
+    return configs[0].calibration
 
 
 def replay_provenance(chain: MapChain, data: CalibrationData, acceleration: int) -> str:
@@ -758,14 +773,45 @@ def model_card(calibration: IntervalCalibration, checks: Sequence[Coverage], *, 
             "",
             f"New slices of the same recipe (other seeds), replayed through `{calibration.chain}`: coverage is the "
             f"fraction of tissue pixels whose true {quantity} lies in the interval (target at least "
-            f"{1 - calibration.alpha:g}); width is the mean full width `2 λ SD / {quantity}`.",
+            f"{1 - calibration.alpha:g}); width is the mean full width "
+            f"`{'2 λ SD' if head is None else 'λ (lower + upper)'} / {quantity}`.",
             "",
             *coverage_table(checks),
             "",
             f"All accelerations together: coverage {pooled_coverage(checks):.4f}.",
         ]
+    if head is not None:
+        lines += ["", *quantile_head_section(head)]
     lines += ["", "## Command", "", "```", calibration.command, "```", ""]
     return "\n".join(lines)
+
+
+def quantile_head_section(source: str) -> list[str]:
+    """Return the model card lines that say how the quantile head ``source`` was trained (its weights' record)."""
+    training = quantile_head_training(source)
+    recipe, settings = training["recipe"], training["settings"]
+    seeds = sorted(s for file_seeds in recipe["file_seeds"].values() for s in file_seeds)
+    command = (
+        f"qmri train map-quantile-head --chain {training['chain']} --slices {recipe['n_slices']} "
+        f"--alpha {settings['alpha']:g} --hidden {settings['hidden']} --epochs {settings['epochs']} "
+        f"--batch {settings['batch']} --learning-rate {settings['learning_rate']:g} --init-seed {settings['seed']} "
+        "--out RUN"
+    )
+    return [
+        "## Quantile head",
+        "",
+        f"`{source}`: {recipe['n_slices']} slices per acceleration ({', '.join(map(str, training['accelerations']))}"
+        f"), {recipe['matrix']}^2, seeds {seeds[0]}-{seeds[-1]} (raw files; never the calibration's), replayed "
+        f"through `{training['chain']}`; {settings['epochs']} epochs of the pinball loss at "
+        f"{settings['alpha'] / 2:g} and {1 - settings['alpha'] / 2:g} on the relative error of every kept object "
+        f"pixel. Pinball loss {training['train_loss']:.5f} on the training slices, {training['held_out_loss']:.5f} "
+        f"on the tenth held out; held-out coverage at λ = 1: {training['held_out_coverage']:.3f}.",
+        "",
+        "```",
+        command,
+        f"cp RUN/weights.pt qmri_models/pretrained/map_quantile_head_{training['chain']}.pt",
+        "```",
+    ]
 
 
 def _cell(value: Any) -> str:

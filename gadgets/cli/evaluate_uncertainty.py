@@ -26,7 +26,9 @@ def _arguments(p: argparse.ArgumentParser) -> None:
 
     p.add_argument("--chain", required=True, choices=get_args(CalibratedChain), help="the shipped mapping chain")
     p.add_argument(
-        "--calibration", help="its calibration: a shipped name or a file of qmri calibrate (default: the chain's)"
+        "--calibration",
+        help="its calibration: a shipped name or a file of qmri calibrate (default: the one the chain's "
+        "MapIntervalGadget uses)",
     )
     p.add_argument(
         "--accelerations", type=positive_int, nargs="+", help="accelerations to evaluate (default: the calibrated)"
@@ -54,6 +56,7 @@ def _arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _evaluate_uncertainty(args: argparse.Namespace) -> int:
+    from gadgets.calibration_run import chain_calibration
     from gadgets.uncertainty_evaluation import (
         EVALUATION_SEED,
         SPHERE_SEED,
@@ -66,7 +69,8 @@ def _evaluate_uncertainty(args: argparse.Namespace) -> int:
     from qmri_models.calibration.files import load_interval_calibration
 
     with user_errors():  # a calibration file that is not one, an acceleration it does not cover, a bad seed
-        calibration = load_interval_calibration(args.calibration or args.chain)
+        calibration_name = args.calibration or chain_calibration(args.chain)
+        calibration = load_interval_calibration(calibration_name)
         if calibration.chain != args.chain:
             raise ValueError(f"calibration {calibration.id!r} is of chain {calibration.chain!r}, not {args.chain!r}")
         if args.phantom == "spheres":
@@ -97,7 +101,7 @@ def _evaluate_uncertainty(args: argparse.Namespace) -> int:
         )
     print(report_table(calibration, reports))
     if args.out is not None:
-        words = ["qmri", "evaluate-uncertainty", "--chain", args.chain, "--calibration", args.calibration or args.chain]
+        words = ["qmri", "evaluate-uncertainty", "--chain", args.chain, "--calibration", calibration_name]
         words += ["--accelerations", *(str(r.pixels.acceleration) for r in reports), "--slices", str(args.slices)]
         words += [*(["--matrix", str(args.matrix)] if args.matrix else []), "--seed", str(seed)]
         _write_json(args.out, report_json(calibration, reports, command=shlex.join(words), seed=seed))

@@ -88,6 +88,11 @@ def load_map_quantile_head(source: str | Path) -> MapQuantileHead:
     FileNotFoundError
         If it is no shipped name and no file (the message lists the shipped names).
     """
+    return MapQuantileHead.from_state(_load(_quantile_head_path(source)))
+
+
+def _quantile_head_path(source: str | Path) -> Path:
+    """Return the weights file of a shipped head name or a path; a FileNotFoundError lists the shipped names."""
     shipped = shipped_quantile_heads()
     path = shipped[source] if isinstance(source, str) and source in shipped else Path(source)
     if not path.is_file():
@@ -95,7 +100,15 @@ def load_map_quantile_head(source: str | Path) -> MapQuantileHead:
             f"no map quantile head {str(source)!r}: give a shipped name {sorted(shipped)} "
             "or a weights file from `qmri train map-quantile-head`"
         )
-    return MapQuantileHead.from_state(_load(path))
+    return path
+
+
+def quantile_head_training(source: str | Path) -> dict[str, Any]:
+    """Return how a map quantile head (as ``load_map_quantile_head`` takes it) was trained.
+
+    The record ``qmri train map-quantile-head`` keeps in the weights: chain, accelerations, recipe, settings, losses.
+    """
+    return dict(_load(_quantile_head_path(source))["training"])
 
 
 def _load(path: Path) -> dict[str, Any]:

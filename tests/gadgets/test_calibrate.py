@@ -6,6 +6,8 @@ The slow tests replay simulated slices through the classical chains."""
 import math
 import re
 import shlex
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -21,21 +23,25 @@ from gadgets.calibration_run import (
     check_coverage,
     map_chain,
     pooled_coverage,
+    replay_provenance,
 )
 from gadgets.cli import build_parser, main
 from gadgets.quantile_head_run import HEAD_TRAINING_SEED, WEIGHTS_NAME, train_chain_quantile_head
+from qmri_models.calibration.bounds import DEFAULT_BOUND
 from qmri_models.calibration.files import load_interval_calibration, shipped_calibrations
 from qmri_models.pretrained import load_map_quantile_head
 from qmri_models.structures.classify import classes_for
 from qmri_models.training.train_map_quantile_head import QuantileHeadTraining
 
 SHIPPED = {
-    "t1_molli": ("T1", "fit_sd", (1, 2, 4), 64),
-    "t2prep": ("T2", "fit_sd", (1, 2, 4), 64),
-    "t1_molli_puq": ("T1", "mc_sd_disagreement", (4, 6, 8, 10), 160),
-    "t2prep_puq": ("T2", "mc_sd_disagreement", (4, 6, 8, 10), 160),
+    "t1_molli": ("t1_molli", "T1", "fit_sd", (1, 2, 4), 64, None),
+    "t2prep": ("t2prep", "T2", "fit_sd", (1, 2, 4), 64, None),
+    "t1_molli_puq": ("t1_molli_puq", "T1", "mc_sd_disagreement", (4, 6, 8, 10), 160, None),
+    "t2prep_puq": ("t2prep_puq", "T2", "mc_sd_disagreement", (4, 6, 8, 10), 160, None),
+    "t1_molli_puq_quantiles": ("t1_molli_puq", "T1", "mc_sd_disagreement", (4, 6, 8, 10), 160, "t1_molli_puq"),
+    "t2prep_puq_quantiles": ("t2prep_puq", "T2", "mc_sd_disagreement", (4, 6, 8, 10), 160, "t2prep_puq"),
 }
-"""Each shipped calibration's quantity, SD kind, accelerations and matrix."""
+"""Each shipped calibration's chain, quantity, SD kind, accelerations, matrix and quantile head."""
 CLASSICAL = ("t1_molli", "t2prep")
 FRESH_SEED = 300_000
 """Seed of the slow test's fresh slices: apart from the calibration's and from the card's check."""
@@ -80,10 +86,11 @@ def assert_card_matches(path: Path) -> None:
 
 @pytest.mark.parametrize("name", SHIPPED)
 def test_shipped_calibration_loads_with_its_recipe_and_card(name: str) -> None:
-    quantity, uncertainty, accelerations, matrix = SHIPPED[name]
+    chain, quantity, uncertainty, accelerations, matrix, head = SHIPPED[name]
     calibration = load_interval_calibration(name)
-    assert (calibration.chain, calibration.quantity, calibration.uncertainty) == (name, quantity, uncertainty)
-    assert (calibration.alpha, calibration.delta, calibration.bound) == (0.1, 0.1, "hoeffding_bentkus")
+    assert (calibration.chain, calibration.quantity, calibration.uncertainty) == (chain, quantity, uncertainty)
+    assert calibration.quantile_head == head
+    assert (calibration.alpha, calibration.delta, calibration.bound) == (0.1, 0.1, DEFAULT_BOUND)
     assert calibration.accelerations == accelerations
     recipe = calibration.recipe
     assert (recipe["matrix"], recipe["n_coils"], recipe["snr"], recipe["noise"]) == (matrix, 8, 50.0, "correlated")
@@ -112,7 +119,8 @@ def test_shipped_command_line_parses_back_to_the_recipe(name: str) -> None:
     words = shlex.split(calibration.command)
     assert words[:2] == ["qmri", "calibrate"]
     args = build_parser().parse_args(words[1:])
-    assert (args.chain, args.alpha, args.delta, args.bound) == (name, 0.1, 0.1, calibration.bound)
+    assert (args.chain, args.alpha, args.delta, args.bound) == (SHIPPED[name][0], 0.1, 0.1, calibration.bound)
+    assert args.quantile_head == calibration.quantile_head
     assert tuple(args.accelerations) == calibration.accelerations
     recipe = calibration.recipe
     assert (args.n_slices, args.matrix, args.n_coils, args.snr, args.seed) == (
@@ -191,7 +199,7 @@ def test_shipped_calibration_covers_fresh_slices(name: str) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["t1_molli_puq", "t2prep_puq"])
+@pytest.mark.parametrize("name", ["t1_molli_puq_quantiles", "t2prep_puq_quantiles"])
 def test_shipped_puq_calibration_covers_a_few_fresh_slices_at_8x(name: str) -> None:
     """Three new 160^2 slices at 8x (about 30 s of PUQ on 2 cores): pixel coverage near the card's."""
     calibration = load_interval_calibration(name)
@@ -289,3 +297,17 @@ def test_train_map_quantile_head_command_writes_loadable_weights(tmp_path: Path)
         "training_R2.npz",
         "training_R4.npz",
     ]
+
+
+def test_replay_provenance_is_the_same_in_another_process() -> None:
+    """Kept maps are reused across runs only if a new process describes the same replay identically."""
+    data = CalibrationData(matrix=32, n_slices=4)
+    here = replay_provenance(map_chain("t1_molli_puq"), data, 8)
+    code = (
+        "from gadgets.calibration_run import CalibrationData, map_chain, replay_provenance; "
+        "print(replay_provenance(map_chain('t1_molli_puq'), CalibrationData(matrix=32, n_slices=4), 8))"
+    )
+    there = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+    assert there == here
+    assert here != replay_provenance(map_chain("t1_molli_puq"), data, 6)
+    assert here != replay_provenance(map_chain("t2prep_puq"), data, 8)

@@ -1,4 +1,5 @@
-"""The shipped PUQ weights: they load, hold their model card's check figure, and their uncertainty means something."""
+"""The shipped weights: the PUQ networks load, hold their model card's check figure, and their uncertainty means
+something; the map quantile heads load and were trained on slices their calibrations never saw."""
 
 import re
 
@@ -6,9 +7,17 @@ import numpy as np
 import pytest
 import torch
 
+from qmri_models.calibration.files import load_interval_calibration
 from qmri_models.networks.mc_sampling import McEstimate
 from qmri_models.networks.puq_recon import puq_reconstruct
-from qmri_models.pretrained import MAP_NAMES, PRETRAINED_DIR, load_fit_mlp, load_recon_network
+from qmri_models.pretrained import (
+    MAP_NAMES,
+    PRETRAINED_DIR,
+    load_fit_mlp,
+    load_map_quantile_head,
+    load_recon_network,
+    shipped_quantile_heads,
+)
 from qmri_models.puq_evaluation import HELD_OUT_SEED, combined_truth, uncertainty_error_correlation
 from qmri_models.recon.cartesian import calibration_lines, phase_sensitivities
 from qmri_models.simulation.scan import ScanSettings, SimulatedSlice, simulate_slice
@@ -17,8 +26,26 @@ from qmri_models.training.ship import check_examples_nrmse, model_card
 
 def test_shipped_weights_are_small() -> None:
     total = sum(path.stat().st_size for path in PRETRAINED_DIR.glob("*.pt"))
-    assert len(list(PRETRAINED_DIR.glob("*.pt"))) == 4
+    assert len(list(PRETRAINED_DIR.glob("puq_*.pt"))) == 4
+    assert sorted(shipped_quantile_heads()) == ["t1_molli_puq", "t2prep_puq"]
+    assert len(list(PRETRAINED_DIR.glob("*.pt"))) == 6
     assert total < 30e6
+
+
+@pytest.mark.parametrize(("chain", "quantity"), [("t1_molli_puq", "T1"), ("t2prep_puq", "T2")])
+def test_shipped_quantile_heads_load_and_were_trained_apart_from_the_calibration(chain: str, quantity: str) -> None:
+    head = load_map_quantile_head(chain)
+    assert (head.quantity, head.alpha) == (quantity, 0.1)
+    training = torch.load(shipped_quantile_heads()[chain], weights_only=True)["training"]
+    assert training["chain"] == chain
+    calibration = load_interval_calibration(f"{chain}_quantiles")
+    assert calibration.quantile_head == chain
+    training_seeds = {s for seeds in training["recipe"]["file_seeds"].values() for s in seeds}
+    calibration_seeds = {s for seeds in calibration.recipe["file_seeds"].values() for s in seeds}
+    assert training_seeds
+    assert not training_seeds & calibration_seeds
+    assert training["recipe"]["matrix"] == calibration.recipe["matrix"]
+    assert training["held_out_coverage"] == pytest.approx(0.9, abs=0.06)
 
 
 @pytest.mark.slow
