@@ -35,6 +35,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from qmri_models.calibration.bounds import BoundName
 from qmri_models.calibration.evaluation import BLUR_SIGMA_PX, error_correlation, pearson, spearman
 from qmri_models.calibration.risk_control import calibrate_interval_scale
 from qmri_models.fitting.guided import fit_guided_maps
@@ -60,6 +61,9 @@ ALPHA = 0.1
 """Tolerated fraction of tissue pixels outside the calibrated interval."""
 DELTA = 0.1
 """Tolerated probability that the calibration fails to control it."""
+PIXEL_ITEM_BOUND: BoundName = "hoeffding_bentkus"
+"""The bound of the pixel-item calibration: each pixel's loss is 0 or 1, where the WSR default gains nothing over
+Hoeffding-Bentkus and would scan thousands of items at every lambda."""
 LAMBDAS = np.round(np.arange(0.0, 20.0 + 1e-9, 0.01), 12)
 """Candidate interval scales (the calibration run's grid: 0 to 20 in steps of 0.01)."""
 TISSUES = ("white_matter", "grey_matter")
@@ -274,7 +278,7 @@ def pixel_interval(
     first, second = mask[:half], mask[half:]
     v, t, u = (a[:half][first][:, None] for a in (value, truth, sd))  # every pixel one item
     try:
-        calibration = calibrate_interval_scale(v, t, u, u, LAMBDAS, alpha=ALPHA, delta=DELTA)
+        calibration = calibrate_interval_scale(v, t, u, u, LAMBDAS, alpha=ALPHA, delta=DELTA, bound=PIXEL_ITEM_BOUND)
     except ValueError as exc:  # the documented refusal: even the largest lambda leaves too many pixels out
         log.warning("no interval: %s", exc)
         return None
