@@ -73,8 +73,8 @@ def test_offsets_are_sigmoid_times_map_zero_outside_and_one_slice_is_a_batch(tra
         assert (offset[~maps["kept"]] == 0).all()
         assert ((offset >= 0) & (offset <= maps["value"])).all()
     one = quantile_offsets(trained, maps["value"][1], maps["sd"][1], None, maps["kept"][1])
-    np.testing.assert_allclose(one[0], lower[1], rtol=1e-6)
-    np.testing.assert_allclose(one[1], upper[1], rtol=1e-6)
+    np.testing.assert_allclose(one[0], lower[1], rtol=1e-5)  # float32 convolutions batched differently
+    np.testing.assert_allclose(one[1], upper[1], rtol=1e-5)
 
 
 def test_features_are_clipped_dimensionless_and_zero_outside() -> None:
