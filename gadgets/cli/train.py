@@ -246,7 +246,8 @@ def _train_map_quantile_head_arguments(p: argparse.ArgumentParser) -> None:
         "--slices",
         type=int,
         default=HEAD_TRAINING_SLICES,
-        help="training slices per acceleration, of the chain's shipped calibration recipe and accelerations",
+        help="training slices per acceleration, of the chain's shipped calibration recipe and accelerations "
+        f"(default {HEAD_TRAINING_SLICES})",
     )
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     flags = add_dataclass_flags(
