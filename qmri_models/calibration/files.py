@@ -19,6 +19,7 @@ from qmri_models.calibration.bounds import BOUND_NAMES, BoundName
 from qmri_models.calibration.out_of_distribution import OutOfDistribution
 from qmri_models.calibration.risk_control import Calibration
 from qmri_models.fitting.maps import SD_KINDS, SdKind
+from qmri_models.shipped import shipped_or_path
 
 SHIPPED_DIR = Path(__file__).resolve().parent.parent / "pretrained" / "calibration"
 """The shipped calibration files (``<name>.json``) and their model cards (``<name>.md``)."""
@@ -254,13 +255,9 @@ def load_interval_calibration(name_or_path: str | Path) -> IntervalCalibration:
     ValueError
         If the file is no valid calibration (the message names the file and the field).
     """
-    shipped = shipped_calibrations()
-    path = shipped[name_or_path] if isinstance(name_or_path, str) and name_or_path in shipped else Path(name_or_path)
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"no calibration file {str(name_or_path)!r}: give a shipped name {sorted(shipped)} "
-            "or a file written by `qmri calibrate`"
-        )
+    path = shipped_or_path(
+        name_or_path, shipped_calibrations(), what="calibration file", made_by="a file written by `qmri calibrate`"
+    )
     try:
         return IntervalCalibration.from_dict(json.loads(path.read_text(encoding="utf-8")))
     except (json.JSONDecodeError, ValueError) as error:

@@ -16,6 +16,7 @@ import torch
 from qmri_models.networks.fit_mlp import FitMlp
 from qmri_models.networks.map_quantile_head import MapQuantileHead
 from qmri_models.networks.unrolled import UnrolledRecon
+from qmri_models.shipped import shipped_or_path
 
 PRETRAINED_DIR = Path(__file__).resolve().parent
 MapName = Literal["t1", "t2"]
@@ -93,14 +94,12 @@ def load_map_quantile_head(source: str | Path) -> MapQuantileHead:
 
 def _quantile_head_path(source: str | Path) -> Path:
     """Return the weights file of a shipped head name or a path; a FileNotFoundError lists the shipped names."""
-    shipped = shipped_quantile_heads()
-    path = shipped[source] if isinstance(source, str) and source in shipped else Path(source)
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"no map quantile head {str(source)!r}: give a shipped name {sorted(shipped)} "
-            "or a weights file from `qmri train map-quantile-head`"
-        )
-    return path
+    return shipped_or_path(
+        source,
+        shipped_quantile_heads(),
+        what="map quantile head",
+        made_by="a weights file from `qmri train map-quantile-head`",
+    )
 
 
 def quantile_head_training(source: str | Path) -> dict[str, Any]:
