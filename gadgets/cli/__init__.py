@@ -10,7 +10,18 @@ import argparse
 import logging
 import sys
 
-from gadgets.cli import calibrate, chains, dicom, evaluate_ensemble, evaluate_uncertainty, results, run, simulate, train
+from gadgets.cli import (
+    calibrate,
+    chains,
+    dicom,
+    evaluate_ensemble,
+    evaluate_image_intervals,
+    evaluate_uncertainty,
+    results,
+    run,
+    simulate,
+    train,
+)
 from gadgets.cli.arguments import CommandParser, UsageError
 from gadgets.runtime.chain import ChainError
 from gadgets.runtime.pipeline import StreamError
@@ -27,7 +38,18 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     parser.add_argument("--debug", action="store_true", help="show the traceback of an error (for bug reports)")
     commands = parser.add_subparsers(dest="command", required=True)
-    for group in (run, simulate, train, calibrate, evaluate_uncertainty, evaluate_ensemble, chains, results, dicom):
+    for group in (
+        run,
+        simulate,
+        train,
+        calibrate,
+        evaluate_uncertainty,
+        evaluate_image_intervals,
+        evaluate_ensemble,
+        chains,
+        results,
+        dicom,
+    ):
         group.add_commands(commands)
     return parser
 
