@@ -201,12 +201,16 @@ def test_shipped_calibration_covers_fresh_slices(name: str) -> None:
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ["t1_molli_puq_quantiles", "t2prep_puq_quantiles"])
 def test_shipped_puq_calibration_covers_a_few_fresh_slices_at_8x(name: str) -> None:
-    """Three new 160^2 slices at 8x (about 30 s of PUQ on 2 cores): pixel coverage near the card's."""
+    """Three new 160^2 slices at 8x (about 30 s of PUQ on 2 cores): pixel coverage near the card's.
+
+    A slice's coverage varies with an SD of about 0.05 at 8x (T2), so three slices and the card's ten differ by up
+    to about 0.07 at two SDs: the tolerance is 0.08. The coverage floor is the issue's 0.89 less 2 points for 3 slices.
+    """
     calibration = load_interval_calibration(name)
     (row,) = check_coverage(calibration, n_slices=3, seed=FRESH_SEED, accelerations=[8], progress=False)
     card = card_coverage_rows(card_path(shipped_calibrations()[name]).read_text())
     assert row.coverage >= 1 - calibration.alpha - 0.03, (row.coverage, card[8])
-    assert row.coverage == pytest.approx(card[8], abs=0.05)
+    assert row.coverage == pytest.approx(card[8], abs=0.08)
     assert row.n_flagged is not None
     assert row.n_flagged <= 0.05 * row.n_pixels  # brain slices like the calibration's are rarely flagged
     assert row.n_structures_covered >= 0.75 * row.n_structures
