@@ -26,6 +26,7 @@ _RECON_FIELDS = (
     "matrix",
     "n_coils",
     "accelerations",
+    "phantom_fraction",
     "n_iterations",
     "hidden",
     "dropout",

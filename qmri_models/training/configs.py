@@ -27,6 +27,13 @@ class SliceRecipe:
     """Accelerations drawn from, uniformly (the PUQ paper's, each with its ACS fraction)."""
     snr: float = 50.0
     """Mean tissue signal of the brightest phase over the noise SD."""
+    phantom_fraction: float = 0.0
+    """Fraction of the slices (of each split) that are random sphere phantoms (QA objects: T1 100-3000 ms, T2 20-400
+    ms) instead of brain slices, rounded to whole slices."""
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.phantom_fraction <= 1.0:
+            raise ValueError(f"phantom_fraction must lie in [0, 1], got {self.phantom_fraction}")
 
 
 @dataclass(frozen=True)
@@ -47,6 +54,7 @@ class ReconTrainingConfig(SliceRecipe):
     seed: int = 0
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         for name in ("n_train", "n_val", "steps", "batch_size", "validate_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
@@ -55,8 +63,8 @@ class ReconTrainingConfig(SliceRecipe):
 
     def data_recipe(self) -> dict[str, Any]:
         """Return the fields that decide the simulated examples (the cache key)."""
-        names = ("map_name", "n_train", "n_val", "matrix", "n_coils", "accelerations", "snr", "seed")
-        return {name: getattr(self, name) for name in names}
+        names = ("map_name", "n_train", "n_val", "matrix", "n_coils", "accelerations", "snr", "phantom_fraction")
+        return {name: getattr(self, name) for name in (*names, "seed")}
 
 
 @dataclass(frozen=True)
@@ -72,20 +80,16 @@ class StageOneData(SliceRecipe):
     n_val: int = 6
     mc_samples: int = 20
     """MC samples per slice."""
-    phantom_fraction: float = 0.0
-    """Fraction of the training and of the validation slices that are random sphere phantoms (QA objects) instead
-    of brain slices, rounded to whole slices."""
     seed: int = 7
     """Seed of the slices (keep it apart from the reconstruction training's, 0, so they are new slices)."""
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         for name in ("n_train", "n_val"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.mc_samples < 2:
             raise ValueError(f"mc_samples must be at least 2, got {self.mc_samples}")
-        if not 0.0 <= self.phantom_fraction <= 1.0:
-            raise ValueError(f"phantom_fraction must lie in [0, 1], got {self.phantom_fraction}")
 
 
 @dataclass(frozen=True)

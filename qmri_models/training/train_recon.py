@@ -178,6 +178,7 @@ def _examples(config: ReconTrainingConfig, out_dir: Path) -> tuple[ReconExamples
                 accelerations=config.accelerations,
                 snr=config.snr,
                 seed=config.seed + seed_offset,
+                phantom_fraction=config.phantom_fraction,
             )
             return dataclasses.asdict(examples)
 

@@ -11,7 +11,7 @@ from qmri_models.networks.puq_recon import input_scale
 from qmri_models.networks.unrolled import sens_expand
 from qmri_models.training.configs import ErrorHeadTrainingConfig, FitTrainingConfig, ReconTrainingConfig
 from qmri_models.training.recon_data import phantom_slices, simulate_recon_examples
-from qmri_models.training.train_recon import CHECKPOINT, HISTORY, WEIGHTS, batch_indices, train_recon
+from qmri_models.training.train_recon import CHECKPOINT, HISTORY, WEIGHTS, _examples, batch_indices, train_recon
 
 TINY = ReconTrainingConfig(
     map_name="t2",
@@ -83,6 +83,22 @@ def test_phantom_examples_replace_brain_slices_and_keep_the_others() -> None:
 def test_phantom_fraction_outside_zero_to_one_is_refused() -> None:
     with pytest.raises(ValueError, match="phantom_fraction must lie in"):
         FitTrainingConfig(phantom_fraction=-0.1)
+    with pytest.raises(ValueError, match="phantom_fraction must lie in"):
+        ReconTrainingConfig(phantom_fraction=1.5)
+
+
+def test_recon_training_examples_take_the_phantom_fraction(tmp_path: Path) -> None:
+    """The cached training examples are the simulator's with the configured phantoms, and the fraction is in the
+    cache key (a run with another fraction simulates anew)."""
+    config = replace(TINY, n_train=2, n_val=1, matrix=32, phantom_fraction=0.5)
+    train, _ = _examples(config, tmp_path)
+    expected = simulate_recon_examples(
+        "t2", 2, matrix=32, n_coils=2, accelerations=(4,), snr=50.0, seed=config.seed, phantom_fraction=0.5
+    )
+    brain = simulate_recon_examples("t2", 2, matrix=32, n_coils=2, accelerations=(4,), snr=50.0, seed=config.seed)
+    torch.testing.assert_close(train.truth_ms, expected.truth_ms)
+    assert not torch.equal(train.truth_ms, brain.truth_ms)
+    assert torch.load(tmp_path / "examples_train.pt", weights_only=True)["recipe"]["phantom_fraction"] == 0.5
 
 
 def test_batch_order_covers_every_example_each_epoch() -> None:
