@@ -16,7 +16,8 @@ import math
 
 import torch
 from torch import nn
-from torch.nn import functional
+
+from qmri_models.networks.dilated_head import dilated_layers, run_layers, stage_one_features
 
 VARIANCE_FLOOR = 1e-6
 """Smallest predicted error variance, in the network's units (the zero-filled image's 99th percentile is 1)."""
@@ -40,15 +41,7 @@ class ErrorHead(nn.Module):
             raise ValueError(f"hidden must be at least 1, got {hidden}")
         self.n_phases = n_phases
         self.hidden = hidden
-        inputs = 5 * n_phases  # mean (real, imaginary), zero-filled (real, imaginary), MC SD
-        self.layers = nn.ModuleList(
-            [
-                nn.Conv2d(inputs, hidden, 3, padding=1),
-                nn.Conv2d(hidden, hidden, 3, padding=2, dilation=2),
-                nn.Conv2d(hidden, hidden, 3, padding=4, dilation=4),
-                nn.Conv2d(hidden, n_phases, 3, padding=1),
-            ]
-        )
+        self.layers = dilated_layers(5 * n_phases, hidden, n_phases)  # stage_one_features in, log-variance out
 
     def start_at(self, variance: float) -> None:
         """Set the output bias so that an untrained head predicts about ``variance`` everywhere."""
@@ -67,10 +60,7 @@ class ErrorHead(nn.Module):
         zero_filled : Coil-combined zero-filled images. Shape `(b, p, y, x)` complex.
         mc_sd : MC-dropout SD. Shape `(b, p, y, x)` float.
         """
-        x = torch.cat([mean.real, mean.imag, zero_filled.real, zero_filled.imag, mc_sd], dim=1)
-        for layer in self.layers[:-1]:
-            x = functional.relu(layer(x))
-        log_variance = self.layers[-1](x).clamp(*LOG_VARIANCE_RANGE)
+        log_variance = run_layers(self.layers, stage_one_features(mean, zero_filled, mc_sd)).clamp(*LOG_VARIANCE_RANGE)
         return log_variance.exp() + VARIANCE_FLOOR
 
     def forward(self, mean: torch.Tensor, zero_filled: torch.Tensor, mc_sd: torch.Tensor) -> torch.Tensor:

@@ -9,7 +9,8 @@ Shapes (batch first): images `(batch, phases, y, x)` complex, SD `(batch, phases
 
 import torch
 from torch import nn
-from torch.nn import functional
+
+from qmri_models.networks.dilated_head import dilated_layers, run_layers, stage_one_features
 
 
 class ImageQuantileHead(nn.Module):
@@ -27,14 +28,7 @@ class ImageQuantileHead(nn.Module):
         if n_phases < 1 or hidden < 1:
             raise ValueError(f"n_phases and hidden must be at least 1, got {n_phases} and {hidden}")
         self.n_phases = n_phases
-        self.layers = nn.ModuleList(
-            [
-                nn.Conv2d(5 * n_phases, hidden, 3, padding=1),  # mean, zero-filled (real, imaginary), MC SD
-                nn.Conv2d(hidden, hidden, 3, padding=2, dilation=2),
-                nn.Conv2d(hidden, hidden, 3, padding=4, dilation=4),
-                nn.Conv2d(hidden, 2 * n_phases, 3, padding=1),
-            ]
-        )
+        self.layers = dilated_layers(5 * n_phases, hidden, 2 * n_phases)  # stage_one_features in
 
     def forward(
         self, mean: torch.Tensor, zero_filled: torch.Tensor, mc_sd: torch.Tensor
@@ -47,9 +41,6 @@ class ImageQuantileHead(nn.Module):
         zero_filled : Coil-combined zero-filled images. Shape `(b, p, y, x)` complex.
         mc_sd : MC-dropout SD. Shape `(b, p, y, x)` float.
         """
-        x = torch.cat([mean.real, mean.imag, zero_filled.real, zero_filled.imag, mc_sd], dim=1)
-        for layer in self.layers[:-1]:
-            x = functional.relu(layer(x))
-        fractions = torch.sigmoid(self.layers[-1](x))
+        fractions = torch.sigmoid(run_layers(self.layers, stage_one_features(mean, zero_filled, mc_sd)))
         magnitude = mean.abs()
         return fractions[:, : self.n_phases] * magnitude, fractions[:, self.n_phases :] * magnitude

@@ -19,7 +19,8 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
-from torch.nn import functional
+
+from qmri_models.networks.dilated_head import dilated_layers, run_layers
 
 N_FEATURES = 4
 """Input channels: log map, relative SD, relative disagreement, kept mask."""
@@ -51,21 +52,11 @@ class MapQuantileHead(nn.Module):
         self.quantity = quantity
         self.alpha = alpha
         self.hidden = hidden
-        self.layers = nn.ModuleList(
-            [
-                nn.Conv2d(N_FEATURES, hidden, 3, padding=1),
-                nn.Conv2d(hidden, hidden, 3, padding=2, dilation=2),
-                nn.Conv2d(hidden, hidden, 3, padding=4, dilation=4),
-                nn.Conv2d(hidden, 2, 3, padding=1),
-            ]
-        )
+        self.layers = dilated_layers(N_FEATURES, hidden, 2)
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         """Return the relative offsets ``sigmoid(o)`` in (0, 1): `(batch, 2, y, x)`, lower then upper."""
-        x = features
-        for layer in self.layers[:-1]:
-            x = functional.relu(layer(x))
-        return torch.sigmoid(self.layers[-1](x))
+        return torch.sigmoid(run_layers(self.layers, features))
 
     def settings(self) -> dict[str, Any]:
         """Return what rebuilds the head (``from_state``): quantity, alpha, hidden."""
