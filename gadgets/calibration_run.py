@@ -52,7 +52,7 @@ from qmri_models.calibration.out_of_distribution import (
     disagreement_scores,
 )
 from qmri_models.calibration.risk_control import calibrate_interval_scale
-from qmri_models.pretrained import quantile_head_training
+from qmri_models.pretrained import quantile_head_training, weights_sha256
 from qmri_models.protocols import protocol_spec
 from qmri_models.simulation.raw_writer import write_raw
 from qmri_models.simulation.scan import NoiseModel, Phantom, ScanSettings, simulate_scan
@@ -295,12 +295,22 @@ def chain_calibration(name: str) -> str:
 
 
 def replay_provenance(chain: MapChain, data: CalibrationData, acceleration: int) -> str:
-    """Return what identifies replayed maps: the chain with every property, the slices' recipe, the acceleration."""
-    recipe = data.recipe(chain.contrast, [acceleration])
-    stages = [[stage.name, stage.spec.classname, repr(stage.config)] for stage in chain.chain.stages]
-    return json.dumps(
-        {"chain": chain.chain.name, "stages": stages, "recipe": recipe, "acceleration": acceleration}, sort_keys=True
-    )
+    """Return what identifies replayed maps.
+
+    That is the chain with every property, the SHA-256 of every network weights file it loads (a network retrained
+    and shipped under the same name makes other maps), the slices' recipe and the acceleration.
+    """
+    stages = [s.config for s in chain.chain.stages]
+    recon = [weights_sha256("recon", c.weights) for c in stages if isinstance(c, PuqReconConfig)]
+    fit = [weights_sha256("fit", c.fit_weights) for c in stages if isinstance(c, PuqFitConfig)]
+    identity = {
+        "chain": chain.chain.name,
+        "stages": [[stage.name, stage.spec.classname, repr(stage.config)] for stage in chain.chain.stages],
+        "weights": recon + fit,
+        "recipe": data.recipe(chain.contrast, [acceleration]),
+        "acceleration": acceleration,
+    }
+    return json.dumps(identity, sort_keys=True)
 
 
 def replay_slices(

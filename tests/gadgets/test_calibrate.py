@@ -3,9 +3,11 @@ command writes a file and card that agree and that its own command line reproduc
 
 The slow tests replay simulated slices through the classical chains."""
 
+import dataclasses
 import math
 import re
 import shlex
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -26,10 +28,11 @@ from gadgets.calibration_run import (
     replay_provenance,
 )
 from gadgets.cli import build_parser, main
+from gadgets.puq_recon import PuqReconConfig
 from gadgets.quantile_head_run import HEAD_TRAINING_SEED, WEIGHTS_NAME, train_chain_quantile_head
 from qmri_models.calibration.bounds import DEFAULT_BOUND
 from qmri_models.calibration.files import load_interval_calibration, shipped_calibrations
-from qmri_models.pretrained import load_map_quantile_head
+from qmri_models.pretrained import load_map_quantile_head, weights_path
 from qmri_models.structures.classify import classes_for
 from qmri_models.training.train_map_quantile_head import QuantileHeadTraining
 
@@ -315,3 +318,21 @@ def test_replay_provenance_is_the_same_in_another_process() -> None:
     assert there == here
     assert here != replay_provenance(map_chain("t1_molli_puq"), data, 6)
     assert here != replay_provenance(map_chain("t2prep_puq"), data, 8)
+
+
+def test_replay_provenance_changes_with_the_weights_behind_a_name(tmp_path: Path) -> None:
+    """A network retrained and saved under the same path makes other maps: kept maps of the old one are not reused."""
+    weights = tmp_path / "recon.pt"
+    chain = map_chain("t1_molli_puq")
+    stages = tuple(
+        dataclasses.replace(s, config=dataclasses.replace(s.config, weights=str(weights)))
+        if isinstance(s.config, PuqReconConfig)
+        else s
+        for s in chain.chain.stages
+    )
+    site = dataclasses.replace(chain, chain=dataclasses.replace(chain.chain, stages=stages))
+    data = CalibrationData(matrix=32, n_slices=4)
+    shutil.copy(weights_path("recon", "t1"), weights)
+    before = replay_provenance(site, data, 8)
+    shutil.copy(weights_path("recon", "t2"), weights)
+    assert replay_provenance(site, data, 8) != before
