@@ -582,18 +582,25 @@ def check_coverage(
 
 
 def calibrated_coverage(
-    calibration: IntervalCalibration, maps: ReplayedMaps, data: CalibrationData, acceleration: int
+    calibration: IntervalCalibration,
+    maps: ReplayedMaps,
+    data: CalibrationData,
+    acceleration: int,
+    *,
+    offsets: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> Coverage:
     """Return the coverage of a calibration's pixel and (if any) structure intervals on maps at ``acceleration``.
 
-    With an out-of-distribution threshold there, the flagged tissue pixels are counted too.
+    With an out-of-distribution threshold there, the flagged tissue pixels are counted too. ``offsets`` are the
+    interval's offsets of these maps when the caller has them already (``interval_offsets``); None: made here.
     """
     ood = calibration.out_of_distribution
     threshold = None if ood is None else ood.thresholds.get(acceleration)
     scale = calibration.scale_for(acceleration).scale
-    offsets = interval_offsets(
-        calibration.quantile_head, calibration.quantity, maps.value, maps.sd, maps.model_fit, maps.value > 0
-    )
+    if offsets is None:
+        offsets = interval_offsets(
+            calibration.quantile_head, calibration.quantity, maps.value, maps.sd, maps.model_fit, maps.value > 0
+        )
     coverage = interval_coverage(maps, data, acceleration, scale, offsets=offsets, ood_threshold=threshold)
     structure_scale = (calibration.structure_scales or {}).get(acceleration)
     if structure_scale is not None:

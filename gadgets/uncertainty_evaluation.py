@@ -141,38 +141,33 @@ def evaluate_acceleration(
     width = scale * (below + above)
     error = np.abs(maps.value - maps.truth)
     per_slice = [error_correlation(width[i], error[i], mask[i]) for i in range(len(mask))]
-    structures = [
-        StructureRow(
-            slice_index=i,
-            tissue=tissue,
-            n_pixels=s.n_pixels,
-            mean_error=s.mean_error,
-            mean_truth=float(maps.truth[i][where].mean()),
-            mean_sd=s.mean_sd,
-        )
-        for tissue in STRUCTURE_TISSUES
-        for i, where in enumerate(maps.mask([tissue]))
-        if where.any()
-        for s in [structure_error(maps.value[i], maps.truth[i], maps.sd[i], where)]
-    ]
+    structures, half_widths = [], []
+    for tissue in STRUCTURE_TISSUES:
+        for i, where in enumerate(maps.mask([tissue])):
+            if not where.any():
+                continue
+            found = structure_error(maps.value[i], maps.truth[i], maps.sd[i], where)
+            structures.append(
+                StructureRow(
+                    slice_index=i,
+                    tissue=tissue,
+                    n_pixels=found.n_pixels,
+                    mean_error=found.mean_error,
+                    mean_truth=float(maps.truth[i][where].mean()),
+                    mean_sd=found.mean_sd,
+                )
+            )
+            half_widths.append(width[i][where].mean() / 2)
     sds = np.array([s.mean_sd for s in structures])
     errors = np.abs([s.mean_error for s in structures])
-    half_widths = np.array(
-        [
-            width[i][where].mean() / 2
-            for tissue in STRUCTURE_TISSUES
-            for i, where in enumerate(maps.mask([tissue]))
-            if where.any()
-        ]
-    )
-    pixels = calibrated_coverage(calibration, maps, data, acceleration)
+    pixels = calibrated_coverage(calibration, maps, data, acceleration, offsets=(below, above))
     return AccelerationReport(
         pixels=pixels,
         correlations={name: summarise([getattr(c, name) for c in per_slice]) for name in CORRELATION_NAMES},
         structures=structures,
         structure_pearson=pearson(sds, errors),
         structure_spearman=spearman(sds, errors),
-        structure_within_half_width=float(np.mean(errors <= half_widths)),
+        structure_within_half_width=float(np.mean(errors <= np.array(half_widths))),
     )
 
 

@@ -117,13 +117,14 @@ def quantile_offsets(
     -------
     Lower and upper offsets, >= 0, in the maps' unit; the shape of ``value``.
     """
-    single = np.ndim(value) == 2
-    arrays = [None if a is None else np.asarray(a)[None] if single else np.asarray(a) for a in (value, sd, model_fit)]
-    mask = np.asarray(kept, dtype=bool)[None] if single else np.asarray(kept, dtype=bool)
-    maps = np.where(mask, arrays[0], 0.0)  # type: ignore[arg-type]  # value is never None
-    features = map_features(maps, arrays[1], arrays[2], mask, quantity=head.quantity)  # type: ignore[arg-type]
+    if np.ndim(value) == 2:
+        one = None if model_fit is None else model_fit[None]
+        lower, upper = quantile_offsets(head, value[None], sd[None], one, np.asarray(kept)[None], batch=batch)
+        return lower[0], upper[0]
+    mask = np.asarray(kept, dtype=bool)
+    maps = np.where(mask, value, 0.0)
+    features = map_features(maps, sd, model_fit, mask, quantity=head.quantity)
     with torch.no_grad():
         relative = torch.cat([head(features[i : i + batch]) for i in range(0, len(features), batch)]).numpy()
     offsets = relative.astype(np.float64) * np.maximum(maps, 0.0)[:, None]
-    lower, upper = offsets[:, 0], offsets[:, 1]
-    return (lower[0], upper[0]) if single else (lower, upper)
+    return offsets[:, 0], offsets[:, 1]
