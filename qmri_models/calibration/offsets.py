@@ -12,13 +12,24 @@ from functools import lru_cache
 import numpy as np
 
 from qmri_models.networks.map_quantile_head import MapQuantileHead, quantile_offsets
-from qmri_models.pretrained import load_map_quantile_head
+from qmri_models.pretrained import load_map_quantile_head, quantile_head_path
+
+
+def _head(source: str) -> MapQuantileHead:
+    """Return the head of ``source``, loaded once per weights file as it is now.
+
+    A file replaced under the same path, as a site may between streams, is loaded again, as calibration files are
+    for every stream.
+    """
+    path = quantile_head_path(source)
+    stat = path.stat()
+    return _loaded_head(str(path), stat.st_mtime_ns, stat.st_size)
 
 
 @lru_cache(maxsize=8)
-def _head(source: str) -> MapQuantileHead:
-    """Return the head of ``source``, loaded once per process."""
-    return load_map_quantile_head(source)
+def _loaded_head(path: str, mtime_ns: int, size: int) -> MapQuantileHead:
+    """Return the head in ``path``; the modification time and size are the cache key's, not read here."""
+    return load_map_quantile_head(path)
 
 
 def interval_offsets(

@@ -89,11 +89,17 @@ def load_map_quantile_head(source: str | Path) -> MapQuantileHead:
     FileNotFoundError
         If it is no shipped name and no file (the message lists the shipped names).
     """
-    return MapQuantileHead.from_state(_load(_quantile_head_path(source)))
+    return MapQuantileHead.from_state(_load(quantile_head_path(source)))
 
 
-def _quantile_head_path(source: str | Path) -> Path:
-    """Return the weights file of a shipped head name or a path; a FileNotFoundError lists the shipped names."""
+def quantile_head_path(source: str | Path) -> Path:
+    """Return the weights file of a shipped map quantile head name or a path.
+
+    Raises
+    ------
+    FileNotFoundError
+        If it is no shipped name and no file (the message lists the shipped names).
+    """
     return shipped_or_path(
         source,
         shipped_quantile_heads(),
@@ -107,7 +113,7 @@ def quantile_head_training(source: str | Path) -> dict[str, Any]:
 
     The record ``qmri train map-quantile-head`` keeps in the weights: chain, accelerations, recipe, settings, losses.
     """
-    return dict(_load(_quantile_head_path(source))["training"])
+    return dict(_load(quantile_head_path(source))["training"])
 
 
 def _load(path: Path) -> dict[str, Any]:

@@ -7,6 +7,7 @@ s that varies over the image and is what the SD channel reports (``SD = s map``)
 quantiles of the relative error are ``-/+ 1.645 s``.
 """
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -137,3 +138,20 @@ def test_training_needs_two_slices_and_a_pixel() -> None:
         train_map_quantile_head(
             maps["value"], maps["sd"], None, maps["truth"], np.zeros_like(maps["kept"]), quantity="T1"
         )
+
+
+def test_a_head_file_replaced_under_its_path_is_loaded_again(tmp_path: Path) -> None:
+    """Between streams a site may replace its head file: the next offsets come from the new weights."""
+    path = tmp_path / "head.pt"
+    maps = synthetic_maps(7, 1)
+    offsets = []
+    for seed in (1, 2):
+        torch.manual_seed(seed)
+        head = MapQuantileHead(quantity="T1", alpha=ALPHA, hidden=4)
+        torch.save({"settings": head.settings(), "state_dict": head.state_dict(), "training": {}}, path)
+        os.utime(path, ns=(seed * 10**9, seed * 10**9))  # distinct modification times even on a coarse clock
+        offsets.append(interval_offsets(str(path), "T1", maps["value"], maps["sd"], None, maps["kept"])[0])
+        np.testing.assert_array_equal(
+            offsets[-1], quantile_offsets(head.eval(), maps["value"], maps["sd"], None, maps["kept"])[0]
+        )
+    assert not np.array_equal(offsets[0], offsets[1])
