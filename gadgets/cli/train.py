@@ -185,7 +185,7 @@ def _train_puq_fit_arguments(p: argparse.ArgumentParser) -> None:
 
     _add_run_options(p, "pixel caches, checkpoint, weights, history")
     flags = _add_stage_one_flags(
-        p, FitTrainingConfig, ("epochs",), {"mc_samples": "MC samples per slice for the stage-1 SD"}
+        p, FitTrainingConfig, ("epochs", "loss"), {"mc_samples": "MC samples per slice for the stage-1 SD"}
     )
     p.set_defaults(run=partial(_train_puq_fit, flags))
 

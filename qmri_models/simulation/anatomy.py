@@ -60,7 +60,7 @@ RANDOM_SPHERE_COUNT = (6, 14)
 """Fewest and most spheres of a random phantom (both included)."""
 RANDOM_SPHERE_T1_MS = (100.0, 3000.0)
 """Range of a random phantom sphere's T1 in ms, drawn log-uniformly."""
-RANDOM_SPHERE_T2_MS = (20.0, 400.0)
+RANDOM_SPHERE_T2_MS = (20.0, 2000.0)
 """Range of a random phantom sphere's T2 in ms, drawn log-uniformly and then capped at the sphere's T1."""
 RANDOM_SPHERE_PD = (0.6, 1.0)
 """Range of a random phantom's proton density (one value for container and spheres), drawn uniformly."""
@@ -387,6 +387,21 @@ def random_sphere_phantom(matrix: int, rng: np.random.Generator) -> ParameterMap
         background_t2_ms=float(rng.uniform(*RANDOM_FLUID_T2_MS)),
         rng=rng,
     )
+
+
+def random_phantom_ranges() -> dict[str, tuple[float, float]]:
+    """Return the ranges ``random_sphere_phantom`` draws from, by name (``sphere_t2_ms``: ``RANDOM_SPHERE_T2_MS``...).
+
+    A training run records them with its data, so its cache and model card follow the ranges it was made with.
+    """
+    return {
+        "sphere_count": RANDOM_SPHERE_COUNT,
+        "sphere_t1_ms": RANDOM_SPHERE_T1_MS,
+        "sphere_t2_ms": RANDOM_SPHERE_T2_MS,
+        "pd": RANDOM_SPHERE_PD,
+        "fluid_t1_ms": RANDOM_FLUID_T1_MS,
+        "fluid_t2_ms": RANDOM_FLUID_T2_MS,
+    }
 
 
 def _log_uniform(rng: np.random.Generator, bounds: tuple[float, float], size: int) -> np.ndarray:

@@ -8,7 +8,7 @@ build its options without loading either.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal, get_args
 
 if TYPE_CHECKING:
     from qmri_models.pretrained import MapName
@@ -28,8 +28,8 @@ class SliceRecipe:
     snr: float = 50.0
     """Mean tissue signal of the brightest phase over the noise SD."""
     phantom_fraction: float = 0.0
-    """Fraction of the slices (of each split) that are random sphere phantoms (QA objects: T1 100-3000 ms, T2 20-400
-    ms) instead of brain slices, rounded to whole slices."""
+    """Fraction of the slices (of each split) that are random sphere phantoms (QA objects, values drawn as
+    ``anatomy.random_sphere_phantom`` says) instead of brain slices, rounded to whole slices."""
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.phantom_fraction <= 1.0:
@@ -92,6 +92,11 @@ class StageOneData(SliceRecipe):
             raise ValueError(f"mc_samples must be at least 2, got {self.mc_samples}")
 
 
+FitLoss = Literal["relative", "mse"]
+"""The learned fit's training loss: ``relative`` is the mean squared relative error ``((map - truth) / truth)^2``,
+``mse`` the paper's mean squared error of the map over its scale (``fit_mlp.SCALE_MS``)."""
+
+
 @dataclass(frozen=True)
 class FitTrainingConfig(StageOneData):
     """What to train on (``StageOneData``) and how: the paper's MLP (5 layers, 64 units, Adam 1e-3, batch 1024)."""
@@ -100,9 +105,14 @@ class FitTrainingConfig(StageOneData):
     epochs: int = 30
     batch_size: int = 1024
     learning_rate: float = 1e-3
+    loss: FitLoss = "relative"
+    """Training loss: relative (squared relative error, every pixel's error weighed against its value) or mse (the
+    paper's; long relaxation times the protocol cannot measure dominate it)."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if self.loss not in get_args(FitLoss):
+            raise ValueError(f"loss must be one of {', '.join(get_args(FitLoss))}, got {self.loss!r}")
         for name in ("epochs", "batch_size", "hidden"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")

@@ -23,6 +23,7 @@ from qmri_models.networks.unrolled import UnrolledRecon
 from qmri_models.pretrained import CONTRAST_OF_MAP, MapName, weights_sha256
 from qmri_models.puq_evaluation import combined_truth
 from qmri_models.recon.cartesian import calibration_lines, phase_sensitivities
+from qmri_models.simulation.anatomy import random_phantom_ranges
 from qmri_models.simulation.scan import ScanSettings, simulate_slice
 from qmri_models.training.configs import StageOneData
 
@@ -177,7 +178,15 @@ def stage_one_recipe(data: StageOneData) -> dict[str, Any]:
     recipe: dict[str, Any] = {name: getattr(data, name) for name in names}
     recipe["accelerations"] = list(data.accelerations)
     recipe["recon_sha256"] = weights_sha256("recon", data.recon_weights)
-    return recipe
+    return recipe | phantom_recipe(data.phantom_fraction)
+
+
+def phantom_recipe(phantom_fraction: float) -> dict[str, Any]:
+    """Return what decides a training set's phantom slices beyond their fraction (empty without phantom slices).
+
+    That is the ranges their values are drawn from (``anatomy.random_phantom_ranges``), under ``phantom_ranges``.
+    """
+    return {"phantom_ranges": random_phantom_ranges()} if phantom_fraction > 0 else {}
 
 
 def simulate_stage_one(data: StageOneData, split: str) -> ReconExamples:

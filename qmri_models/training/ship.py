@@ -13,7 +13,6 @@ from typing import Any
 import torch
 
 from qmri_models.pretrained import PRETRAINED_DIR, MapName, load_recon_network
-from qmri_models.simulation import anatomy
 from qmri_models.training.configs import ReconTrainingConfig
 from qmri_models.training.recon_data import VAL_SEED_OFFSET, simulate_recon_examples
 from qmri_models.training.train_recon import validation_nrmse
@@ -72,9 +71,10 @@ def model_card(map_name: MapName, recon: dict[str, Any], fit: dict[str, Any], ch
     defaults = dataclasses.asdict(ReconTrainingConfig())
     reduced = [f"{k} {rc[k]} (paper {defaults[k]})" for k in _PAPER_SIZES if rc.get(k) != defaults[k]]
     recon_flags = _flags(rc, defaults, {"n_coils": "coils", "n_iterations": "iterations"})
-    fit_flags = _named_flags(fc, ("n_train", "n_val", "mc_samples", "phantom_fraction", "epochs", "seed"))
+    fit_flags = _named_flags(fc, ("n_train", "n_val", "mc_samples", "phantom_fraction", "epochs", "loss", "seed"))
     stage_one_run = "RUN" if recon.get("error_head") is None else "RUN_HEAD"
-    phantoms, by_object = _phantom_recipe(fc["phantom_fraction"]), _rmse_by_object(fh["val_rmse_by_object_ms"])
+    phantoms = _phantom_recipe(fc["phantom_fraction"], fit.get("phantom_ranges"))
+    by_object = _by_object(fh["val_rmse_by_object_ms"], " ms") + _median_ape(fh.get("val_median_ape_by_object", {}))
     return f"""# PUQ {map_name.upper()} weights ({contrast})
 
 Trained in this repository on simulated data only; nothing was downloaded.
@@ -102,7 +102,7 @@ Trained in this repository on simulated data only; nothing was downloaded.
   {fc["seed"]}, same recipe as stage 1{phantoms}.
 - Network: the paper's MLP, 5 fully connected layers of {fc["hidden"]} units, ReLU; inputs normalised by the
   pixel's largest signal (not the first phase's: MOLLI's first TI sits on the null of fat). Adam
-  {fc["learning_rate"]:g}, batch {fc["batch_size"]}, MSE, {fc["epochs"]} epochs (paper: 200).
+  {fc["learning_rate"]:g}, batch {fc["batch_size"]}, {_LOSS_WORDS[fc["loss"]]}, {fc["epochs"]} epochs (paper: 200).
 - Wall time {fh["wall_s"] / 60:.1f} min (training only) on {device_note}.
 - Validation RMSE, all pixels: {fh["val_rmse_guided_ms"][-1]:.1f} ms guided,
   {fh["val_rmse_unguided_ms"][-1]:.1f} ms unguided{by_object}.
@@ -110,15 +110,30 @@ Trained in this repository on simulated data only; nothing was downloaded.
 """
 
 
-def _phantom_recipe(fraction: float) -> str:
-    """Return the card's words on the phantom slices of the learned fit's data (empty without any)."""
+def _phantom_recipe(fraction: float, ranges: dict[str, tuple[float, float]] | None) -> str:
+    """Return the card's words on the phantom slices of the learned fit's data (empty without any).
+
+    Raises
+    ------
+    ValueError
+        If the data had phantom slices but the weights do not say what they were drawn from (``phantom_ranges``).
+    """
     if fraction == 0:
         return ""
-    a = anatomy
+    if ranges is None:
+        raise ValueError("the fit weights had phantom slices but carry no phantom_ranges")
     return f"""; a fraction {fraction:g} of each split's slices (rounded) are random
-  sphere phantoms instead of brain: {_span(a.RANDOM_SPHERE_COUNT)} spheres with T1 {_span(a.RANDOM_SPHERE_T1_MS)} ms and
-  T2 {_span(a.RANDOM_SPHERE_T2_MS)} ms (log-uniform, T2 at most T1), PD {_span(a.RANDOM_SPHERE_PD)}, in fluid of
-  T1 {_span(a.RANDOM_FLUID_T1_MS)} ms and T2 {_span(a.RANDOM_FLUID_T2_MS)} ms; their pixels are the spheres and fluid"""
+  sphere phantoms instead of brain: {_span(ranges["sphere_count"])} spheres with T1 {_span(ranges["sphere_t1_ms"])} ms
+  and T2 {_span(ranges["sphere_t2_ms"])} ms (log-uniform, T2 at most T1), PD {_span(ranges["pd"])}, in fluid of
+  T1 {_span(ranges["fluid_t1_ms"])} ms and T2 {_span(ranges["fluid_t2_ms"])} ms; their pixels are the spheres and
+  fluid"""
+
+
+_LOSS_WORDS = {
+    "mse": "MSE of the map over its scale (the paper's)",
+    "relative": "squared relative error (not the paper's MSE: see `train_fit.fit_loss`)",
+}
+"""The card's words for each ``FitTrainingConfig.loss``."""
 
 
 def _span(bounds: tuple[float, float]) -> str:
@@ -126,15 +141,25 @@ def _span(bounds: tuple[float, float]) -> str:
     return f"{bounds[0]:g}-{bounds[1]:g}"
 
 
-def _rmse_by_object(rmse_ms: dict[str, float]) -> str:
-    """Return the card's words on the validation RMSE on brain and phantom pixels apart (empty without phantoms)."""
-    if "guided phantom" not in rmse_ms:
+def _by_object(figures: dict[str, float], unit: str) -> str:
+    """Return the card's words on a validation figure on brain and phantom pixels apart (empty without phantoms).
+
+    ``unit`` follows each number as written (``" ms"``, ``"%"``).
+    """
+    if "guided phantom" not in figures:
         return ""
     return ";\n  " + "; ".join(
-        f"{name} pixels {rmse_ms[f'guided {name}']:.1f} ms guided, {rmse_ms[f'unguided {name}']:.1f} ms unguided"
+        f"{name} pixels {figures[f'guided {name}']:.1f}{unit} guided, "
+        f"{figures[f'unguided {name}']:.1f}{unit} unguided"
         for name in ("brain", "phantom")
-        if f"guided {name}" in rmse_ms
+        if f"guided {name}" in figures
     )
+
+
+def _median_ape(figures: dict[str, float]) -> str:
+    """Return the card's words on the validation median absolute percentage error (empty when the run has none)."""
+    words = _by_object(figures, "%")
+    return words and ".\n- Validation median absolute percentage error:" + words.removeprefix(";")
 
 
 def _error_head_section(map_name: MapName, head: dict[str, Any] | None, device_note: str) -> str:

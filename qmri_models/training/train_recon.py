@@ -24,7 +24,7 @@ from qmri_models.metrics import nrmse
 from qmri_models.networks.unrolled import UnrolledRecon, sens_reduce
 from qmri_models.training.checkpoints import load_or_make, refuse_other_config, save_atomic
 from qmri_models.training.configs import ReconTrainingConfig
-from qmri_models.training.recon_data import VAL_SEED_OFFSET, ReconExamples, simulate_recon_examples
+from qmri_models.training.recon_data import VAL_SEED_OFFSET, ReconExamples, phantom_recipe, simulate_recon_examples
 
 log = logging.getLogger(__name__)
 
@@ -182,7 +182,7 @@ def _examples(config: ReconTrainingConfig, out_dir: Path) -> tuple[ReconExamples
             )
             return dataclasses.asdict(examples)
 
-        recipe = {**config.data_recipe(), "split": name}
+        recipe = {**config.data_recipe(), **phantom_recipe(config.phantom_fraction), "split": name}
         sets.append(ReconExamples(**load_or_make(out_dir / f"examples_{name}.pt", recipe, make)))
     return sets[0], sets[1]
 

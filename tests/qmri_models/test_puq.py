@@ -14,9 +14,10 @@ from qmri_models.networks.fit_mlp import FitMlp, mlp_features
 from qmri_models.pretrained import load_fit_mlp, load_recon_network, weights_path
 from qmri_models.protocols import MOLLI_TI_MS
 from qmri_models.signal_models import signal_model
+from qmri_models.simulation.anatomy import random_phantom_ranges
 from qmri_models.training.configs import ErrorHeadTrainingConfig, FitTrainingConfig, ReconTrainingConfig
 from qmri_models.training.train_error_head import train_error_head
-from qmri_models.training.train_fit import train_fit
+from qmri_models.training.train_fit import fit_loss, train_fit
 from qmri_models.training.train_recon import train_recon
 
 TIMES = np.asarray(MOLLI_TI_MS)
@@ -191,8 +192,24 @@ def test_train_puq_fit_learns_resumes_and_loads(tmp_path: Path, tiny_recon_weigh
         mlp = load_fit_mlp(tmp_path / "fit_weights.pt", guided=guided)
         assert mlp.guided is guided
         assert mlp.map_name == "t1"
+    weights = torch.load(tmp_path / "fit_weights.pt", weights_only=True)
+    assert weights["config"]["loss"] == "relative"
+    assert weights["phantom_ranges"] == random_phantom_ranges()  # what the model card names
     with pytest.raises(ValueError, match="mc_samples differ"):
         train_fit(replace(config, mc_samples=4, epochs=5), tmp_path)
+
+
+def test_fit_loss_weighs_errors_relative_to_the_truth_or_as_the_paper() -> None:
+    predicted = torch.tensor([2.0, 0.5, 20.0])
+    target = torch.tensor([1.0, 1.0, 10.0])
+    # relative errors 1, -0.5, 1: a tenfold longer time with a tenfold larger error weighs as much
+    torch.testing.assert_close(fit_loss(predicted, target, "relative"), torch.tensor((1.0 + 0.25 + 1.0) / 3))
+    torch.testing.assert_close(fit_loss(predicted, target, "mse"), torch.tensor((1.0 + 0.25 + 100.0) / 3))
+
+
+def test_fit_training_config_refuses_an_unknown_loss() -> None:
+    with pytest.raises(ValueError, match="loss must be one of relative, mse, got 'l1'"):
+        FitTrainingConfig(loss="l1")  # type: ignore[arg-type]
 
 
 @pytest.mark.slow

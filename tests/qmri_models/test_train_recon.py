@@ -9,8 +9,10 @@ import torch
 
 from qmri_models.networks.puq_recon import input_scale
 from qmri_models.networks.unrolled import sens_expand
+from qmri_models.simulation import anatomy
+from qmri_models.simulation.anatomy import random_phantom_ranges
 from qmri_models.training.configs import ErrorHeadTrainingConfig, FitTrainingConfig, ReconTrainingConfig
-from qmri_models.training.recon_data import phantom_slices, simulate_recon_examples
+from qmri_models.training.recon_data import phantom_recipe, phantom_slices, simulate_recon_examples
 from qmri_models.training.train_recon import CHECKPOINT, HISTORY, WEIGHTS, _examples, batch_indices, train_recon
 
 TINY = ReconTrainingConfig(
@@ -98,7 +100,17 @@ def test_recon_training_examples_take_the_phantom_fraction(tmp_path: Path) -> No
     brain = simulate_recon_examples("t2", 2, matrix=32, n_coils=2, accelerations=(4,), snr=50.0, seed=config.seed)
     torch.testing.assert_close(train.truth_ms, expected.truth_ms)
     assert not torch.equal(train.truth_ms, brain.truth_ms)
-    assert torch.load(tmp_path / "examples_train.pt", weights_only=True)["recipe"]["phantom_fraction"] == 0.5
+    recipe = torch.load(tmp_path / "examples_train.pt", weights_only=True)["recipe"]
+    assert recipe["phantom_fraction"] == 0.5
+    assert recipe["phantom_ranges"] == random_phantom_ranges()
+
+
+def test_phantom_ranges_are_in_the_cache_key_only_with_phantoms() -> None:
+    """Widening a random phantom range changes what a run with phantoms simulates, so it must miss the old cache."""
+    assert phantom_recipe(0.0) == {}
+    ranges = phantom_recipe(0.33)["phantom_ranges"]
+    assert ranges["sphere_t2_ms"] == anatomy.RANDOM_SPHERE_T2_MS
+    assert set(ranges) == {"sphere_count", "sphere_t1_ms", "sphere_t2_ms", "pd", "fluid_t1_ms", "fluid_t2_ms"}
 
 
 def test_batch_order_covers_every_example_each_epoch() -> None:
