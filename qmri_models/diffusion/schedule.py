@@ -1,0 +1,68 @@
+"""The noise schedule of a diffusion model and the two samplers' MONAI schedulers built from it."""
+
+from dataclasses import dataclass
+from typing import Literal, get_args
+
+import torch
+from monai.networks.schedulers import DDIMScheduler, DDPMScheduler
+
+Sampler = Literal["ddpm", "ddim"]
+"""``ddpm``: the ancestral sampler of Ho et al. 2020 over every training step (what the qMRI Diffusor paper used);
+``ddim``: Song et al. 2021's deterministic sampler (eta 0) over a few evenly spaced steps."""
+
+SAMPLERS: tuple[str, ...] = get_args(Sampler)
+
+
+@dataclass(frozen=True)
+class NoiseSchedule:
+    """A DDPM noise schedule: betas rising linearly (Ho et al.'s) over ``train_steps`` steps.
+
+    The forward process is ``x_t = sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps`` with ``abar_t`` the cumulative product
+    of ``1 - beta`` up to step t (``alphas_cumprod``).
+    """
+
+    train_steps: int = 1000
+    """Diffusion steps T of training (and of the DDPM sampler)."""
+    beta_start: float = 1e-4
+    beta_end: float = 2e-2
+
+    def __post_init__(self) -> None:
+        if self.train_steps < 2:
+            raise ValueError(f"train_steps must be at least 2, got {self.train_steps}")
+        if not 0 < self.beta_start < self.beta_end < 1:
+            raise ValueError(f"need 0 < beta_start < beta_end < 1, got {self.beta_start}, {self.beta_end}")
+
+    def ddpm(self) -> DDPMScheduler:
+        """Return the training and ancestral-sampling scheduler (posterior variance ``fixed_small``, x0 clipped)."""
+        return DDPMScheduler(
+            num_train_timesteps=self.train_steps,
+            schedule="linear_beta",
+            beta_start=self.beta_start,
+            beta_end=self.beta_end,
+        )
+
+    def ddim(self, steps: int) -> DDIMScheduler:
+        """Return the few-step DDIM scheduler over ``steps`` evenly spaced steps, ``steps`` dividing ``train_steps``.
+
+        The steps are "trailing" (Lin et al. 2024): ``T-1, T-1-k, ..., k-1`` with ``k = train_steps // steps``, so
+        sampling starts from pure noise and each step lands where the next one starts. MONAI 1.6's own
+        ``set_timesteps`` spaces them by ``linspace(T-1, 0)`` while its ``step`` moves by ``T // steps``: for 10
+        steps of 1000 the chain then skips from 999 to 899 but the next call evaluates 888, and the samples keep
+        noise (the same mismatch as diffusers issue 12633).
+        """
+        if not 1 <= steps <= self.train_steps or self.train_steps % steps:
+            raise ValueError(f"steps must divide train_steps ({self.train_steps}), got {steps}")
+        scheduler = DDIMScheduler(
+            num_train_timesteps=self.train_steps,
+            schedule="linear_beta",
+            beta_start=self.beta_start,
+            beta_end=self.beta_end,
+        )
+        scheduler.set_timesteps(steps)
+        stride = self.train_steps // steps
+        scheduler.timesteps = torch.arange(self.train_steps - 1, -1, -stride)
+        return scheduler
+
+    def alphas_cumprod(self) -> torch.Tensor:
+        """Return ``abar_t`` for t = 0 .. T - 1. Shape `(train_steps,)` float32."""
+        return self.ddpm().alphas_cumprod.float()
