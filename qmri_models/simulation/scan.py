@@ -171,20 +171,18 @@ def simulate_slice(settings: ScanSettings, rng: np.random.Generator) -> Simulate
     The slice's truth, noise-free images, coils, mask, noisy k-space and noise readouts.
     """
     n = settings.matrix
-    truth = _slice_truth(settings, rng)
+    truth = slice_truth(settings, rng)
     images = (contrast_images(settings, truth) * np.exp(1j * smooth_phase(n, rng))).astype(np.complex64)
     covariance = noise_covariance(settings)
     sens = coil_sensitivities(settings.n_coils, n, rng, None if settings.noise == "white" else covariance)
     sampled = random_line_mask(len(settings.prep_times), n, settings.acceleration, settings.acs, rng)
-    tissue = truth.labels > 0
-    reference = max(float(np.abs(img[tissue]).mean()) for img in images)
-    noise_sd = reference / settings.snr
+    noise_sd = noise_sd_for_snr(images, truth.labels > 0, settings.snr)
     factor = None if settings.noise == "white" else np.linalg.cholesky(covariance)
     kdata = centered_fft2(images[:, None] * sens[None])
-    kdata += mix_coils(_complex_noise(rng, kdata.shape, noise_sd), factor, axis=1)
+    kdata += mix_coils(complex_noise(rng, kdata.shape, noise_sd), factor, axis=1)
     kdata *= sampled[:, None, :, None]
     noise_shape = (settings.n_noise_readouts, settings.n_coils, n)
-    noise = mix_coils(_complex_noise(rng, noise_shape, noise_sd / np.sqrt(NOISE_DWELL_RATIO)), factor)
+    noise = mix_coils(complex_noise(rng, noise_shape, noise_sd / np.sqrt(NOISE_DWELL_RATIO)), factor)
     return SimulatedSlice(
         truth=truth,
         images=images,
@@ -197,7 +195,21 @@ def simulate_slice(settings: ScanSettings, rng: np.random.Generator) -> Simulate
     )
 
 
-def _slice_truth(settings: ScanSettings, rng: np.random.Generator) -> ParameterMaps:
+def noise_sd_for_snr(images: np.ndarray, tissue: np.ndarray, snr: float) -> float:
+    """Return the noise SD (of the real and of the imaginary part) that gives the images an SNR of ``snr``.
+
+    The signal is the mean magnitude over the tissue of the brightest phase.
+
+    Parameters
+    ----------
+    images : Noise-free images. Shape `(phases, y, x)`.
+    tissue : Object pixels. Shape `(y, x)` bool.
+    snr : Signal over noise SD, positive.
+    """
+    return max(float(np.abs(img[tissue]).mean()) for img in images) / snr
+
+
+def slice_truth(settings: ScanSettings, rng: np.random.Generator) -> ParameterMaps:
     """Return the ground truth of one slice of ``settings.phantom`` (the fixed sphere phantom draws nothing)."""
     if settings.phantom == "brain":
         return brain_slice(settings.matrix, rng, fov_mm=settings.fov_mm)
@@ -224,7 +236,7 @@ def noise_covariance(settings: NoiseSettings) -> np.ndarray:
     return coil_noise_covariance(settings.n_coils, rng)
 
 
-def _complex_noise(rng: np.random.Generator, shape: tuple[int, ...], sd: float) -> np.ndarray:
+def complex_noise(rng: np.random.Generator, shape: tuple[int, ...], sd: float) -> np.ndarray:
     """Return circular complex Gaussian noise whose real and imaginary parts each have SD ``sd``."""
     return sd * (rng.standard_normal(shape) + 1j * rng.standard_normal(shape))
 

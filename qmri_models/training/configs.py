@@ -140,3 +140,58 @@ class ErrorHeadTrainingConfig(StageOneData):
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.learning_rate <= 0 or self.grad_clip <= 0:
             raise ValueError("learning_rate and grad_clip must be positive")
+
+
+@dataclass(frozen=True)
+class DiffusorTrainingConfig:
+    """What the qMRI Diffusor trains on (simulated IR slices in image space) and how.
+
+    The network defaults are reduced from the paper's (levels of 128, 256, 256 channels, 100 epochs of 3976
+    slices) to what trains on a 2-core CPU in hours; ``qmri train diffusor`` takes the paper's sizes on a GPU.
+    """
+
+    n_train: int = 400
+    n_val: int = 8
+    matrix: int = 96
+    """Image size in pixels per side (a multiple of the U-Net's downsampling)."""
+    snr_range: tuple[float, float] = (20.0, 120.0)
+    """Range the SNR of each slice is drawn from (log-uniformly): signal of the brightest TI over the noise SD."""
+    phantom_fraction: float = 0.33
+    """Fraction of the slices that are random sphere phantoms instead of brain slices, rounded."""
+    efficiency_range: tuple[float, float] = (0.80, 1.0)
+    """Range the inversion efficiency of each slice is drawn from (B = 1 + efficiency)."""
+    channels: tuple[int, ...] = (32, 64, 64)
+    """Channels of the U-Net's levels (the paper: 128, 256, 256)."""
+    attention_levels: tuple[bool, ...] = (False, False, True)
+    res_blocks: int = 1
+    norm_groups: int = 32
+    """Groups of the U-Net's group normalisations (each level's channels a multiple of it)."""
+    head_channels: int = 32
+    """Channels per attention head."""
+    train_steps: int = 1000
+    """Diffusion steps T of the noise schedule."""
+    steps: int = 4000
+    """Optimiser steps."""
+    batch_size: int = 8
+    learning_rate: float = 2e-4
+    grad_clip: float = 1.0
+    validate_every: int = 500
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("n_train", "n_val", "steps", "batch_size", "validate_every", "res_blocks", "train_steps"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if not 0 < self.snr_range[0] <= self.snr_range[1]:
+            raise ValueError(f"snr_range must be two positive numbers, low first, got {self.snr_range}")
+        if not 0 < self.efficiency_range[0] <= self.efficiency_range[1] <= 1:
+            raise ValueError(f"efficiency_range must lie in (0, 1], low first, got {self.efficiency_range}")
+        if not 0.0 <= self.phantom_fraction <= 1.0:
+            raise ValueError(f"phantom_fraction must lie in [0, 1], got {self.phantom_fraction}")
+        if self.learning_rate <= 0 or self.grad_clip <= 0:
+            raise ValueError("learning_rate and grad_clip must be positive")
+
+    def data_recipe(self) -> dict[str, Any]:
+        """Return the fields that decide the simulated examples (the cache key, with the phantom ranges)."""
+        names = ("n_train", "n_val", "matrix", "snr_range", "phantom_fraction", "efficiency_range", "seed")
+        return {name: getattr(self, name) for name in names}

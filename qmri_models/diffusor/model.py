@@ -1,0 +1,124 @@
+"""The qMRI Diffusor: a trained conditional denoiser with its schedule and inversion times, and map generation."""
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch.nn import functional
+
+from qmri_models.diffusion.denoiser import ConditionalDenoiser
+from qmri_models.diffusion.sampling import generate
+from qmri_models.diffusion.schedule import NoiseSchedule, Sampler
+from qmri_models.diffusor.scaling import MAP_NAMES, image_level, maps_from_unit_range
+
+
+@dataclass(frozen=True)
+class DiffusorMaps:
+    """The maps of one slice: the mean over the samples, their SD, and the samples."""
+
+    mean: np.ndarray
+    """T1 (ms), PD (the images' units) and B. Shape `(3, y, x)` float32."""
+    sd: np.ndarray
+    """SD over the samples, same units. Shape `(3, y, x)` float32 (0 with one sample)."""
+    samples: np.ndarray
+    """Every sample's maps. Shape `(n_samples, 3, y, x)` float32."""
+
+    def value(self, name: str) -> np.ndarray:
+        """Return the mean map ``name`` (``T1``, ``PD`` or ``B``). Shape `(y, x)`."""
+        return self.mean[MAP_NAMES.index(name)]
+
+    def spread(self, name: str) -> np.ndarray:
+        """Return the SD map of ``name``. Shape `(y, x)`."""
+        return self.sd[MAP_NAMES.index(name)]
+
+
+class Diffusor:
+    """Generate T1, PD and B from the IR magnitude images of a slice, as the qMRI Diffusor paper."""
+
+    def __init__(self, denoiser: ConditionalDenoiser, schedule: NoiseSchedule, ti_ms: tuple[float, ...]) -> None:
+        """Bundle a trained denoiser with the schedule it was trained with and the inversion times of its images."""
+        if denoiser.config.condition_channels != len(ti_ms) or denoiser.config.target_channels != len(MAP_NAMES):
+            raise ValueError(
+                f"the denoiser takes {denoiser.config.condition_channels} images to {denoiser.config.target_channels}"
+                f" maps; the Diffusor needs {len(ti_ms)} to {len(MAP_NAMES)}"
+            )
+        self.denoiser, self.schedule, self.ti_ms = denoiser, schedule, tuple(float(t) for t in ti_ms)
+
+    def generate_maps(
+        self,
+        magnitude: np.ndarray,
+        *,
+        n_samples: int = 10,
+        sampler: Sampler = "ddim",
+        steps: int = 50,
+        seed: int = 0,
+        device: str | torch.device = "cpu",
+        on_step: Callable[[int, int], None] | None = None,
+    ) -> DiffusorMaps:
+        """Return the maps of one slice: mean and SD over ``n_samples`` generations.
+
+        Parameters
+        ----------
+        magnitude : IR magnitude images at ``ti_ms``. Shape `(tis, y, x)`; any size (padded for the U-Net).
+        n_samples : Generations N (one batch).
+        sampler : ``ddpm`` or ``ddim`` (``qmri_models.diffusion.sampling.generate``).
+        steps : DDIM steps.
+        seed : Seed of the generations.
+        device : Where the network runs.
+        on_step : Progress, as ``generate``'s.
+
+        Raises
+        ------
+        ValueError
+            If the images are not one per inversion time the network was trained for.
+        """
+        if magnitude.ndim != 3 or magnitude.shape[0] != len(self.ti_ms):
+            raise ValueError(
+                f"the Diffusor takes {len(self.ti_ms)} images (TI {', '.join(f'{t:g}' for t in self.ti_ms)} ms), "
+                f"got shape {magnitude.shape}"
+            )
+        level = image_level(magnitude)
+        condition = torch.from_numpy(np.abs(magnitude) / level).float().to(device)
+        y, x = condition.shape[1:]
+        step = self.denoiser.config.downsampling
+        padded = functional.pad(condition, (0, -x % step, 0, -y % step))
+        scaled = generate(
+            self.denoiser.to(device),
+            padded,
+            self.schedule,
+            n_samples=n_samples,
+            sampler=sampler,
+            steps=steps,
+            seed=seed,
+            on_step=on_step,
+        )[..., :y, :x]
+        maps = maps_from_unit_range(scaled).cpu().numpy()
+        maps[:, MAP_NAMES.index("PD")] *= level
+        return DiffusorMaps(
+            mean=maps.mean(axis=0).astype(np.float32),
+            sd=(maps.std(axis=0, ddof=1) if n_samples > 1 else np.zeros_like(maps[0])).astype(np.float32),
+            samples=maps.astype(np.float32),
+        )
+
+    def state(self) -> dict[str, Any]:
+        """Return what ``from_state`` rebuilds the Diffusor from."""
+        return {
+            "denoiser": self.denoiser.state(),
+            "schedule": {
+                "train_steps": self.schedule.train_steps,
+                "beta_start": self.schedule.beta_start,
+                "beta_end": self.schedule.beta_end,
+            },
+            "ti_ms": list(self.ti_ms),
+        }
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any]) -> "Diffusor":
+        """Return the Diffusor ``state()`` saved (network on the CPU, in eval mode)."""
+        return cls(
+            ConditionalDenoiser.from_state(state["denoiser"]),
+            NoiseSchedule(**state["schedule"]),
+            tuple(state["ti_ms"]),
+        )
