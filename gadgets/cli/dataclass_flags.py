@@ -157,6 +157,8 @@ def _flag_form(hint: Any, *, where: str) -> dict[str, Any]:
         return {"action": argparse.BooleanOptionalAction}
     if origin is tuple and len(args) == 2 and args[1] is Ellipsis and args[0] in (int, float, str, Path):
         return {"nargs": "+", "type": args[0]}
+    if origin is tuple and args and all(a is args[0] for a in args) and args[0] in (int, float, str, Path):
+        return {"nargs": len(args), "type": args[0]}
     if hint in (int, float, str, Path):
         return {"type": hint}
     raise TypeError(f"{where}: no command-line form for type {hint!r}")

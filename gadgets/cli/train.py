@@ -12,7 +12,12 @@ from gadgets.cli.arguments import CommandParser, Subcommands, add_command, user_
 from gadgets.cli.dataclass_flags import DataclassFlags, add_dataclass_flags
 
 if TYPE_CHECKING:
-    from qmri_models.training.configs import ErrorHeadTrainingConfig, FitTrainingConfig, ReconTrainingConfig
+    from qmri_models.training.configs import (
+        DiffusorTrainingConfig,
+        ErrorHeadTrainingConfig,
+        FitTrainingConfig,
+        ReconTrainingConfig,
+    )
     from qmri_models.training.train_map_quantile_head import QuantileHeadTraining
 
 T = TypeVar("T")
@@ -42,6 +47,21 @@ _RECON_HELP = {
     "n_iterations": "unrolled iterations",
     "hidden": "hidden channels of every denoiser",
 }
+_DIFFUSOR_FIELDS = (
+    "n_train",
+    "n_val",
+    "matrix",
+    "snr_range",
+    "phantom_fraction",
+    "efficiency_range",
+    "channels",
+    "res_blocks",
+    "steps",
+    "batch_size",
+    "learning_rate",
+    "validate_every",
+    "seed",
+)
 _STAGE_ONE_FIELDS = ("map_name", "n_train", "n_val", "matrix", "accelerations", "mc_samples", "phantom_fraction")
 """The fields of ``StageOneData`` (the stage-1 data recipe) that ``puq-fit`` and ``puq-error-head`` share."""
 _STAGE_ONE_HELP = {
@@ -83,6 +103,12 @@ def _add_networks(p: argparse.ArgumentParser) -> None:
         "map-quantile-head",
         "a mapping chain's map quantile head (pinball loss) on maps it makes of simulated slices",
         _train_map_quantile_head_arguments,
+    )
+    add_command(
+        networks,
+        "diffusor",
+        "the qMRI Diffusor: T1, PD and B from IR images by a conditional DDPM",
+        _train_diffusor_arguments,
     )
     add_command(
         networks,
@@ -203,6 +229,44 @@ def _train_puq_fit(flags: "DataclassFlags[FitTrainingConfig]", args: argparse.Na
         f"{args.out}: {config.epochs} epochs on {history.n_train_pixels} pixels in {history.wall_s:.0f} s; validation "
         f"RMSE {history.val_rmse_guided_ms[-1]:.1f} ms guided, {history.val_rmse_unguided_ms[-1]:.1f} ms unguided; "
         f"weights in {args.out / 'fit_weights.pt'}"
+    )
+    return 0
+
+
+def _train_diffusor_arguments(p: argparse.ArgumentParser) -> None:
+    from qmri_models.training.configs import DiffusorTrainingConfig
+
+    _add_run_options(p, "examples, checkpoint, weights, history")
+    flags = add_dataclass_flags(
+        p,
+        DiffusorTrainingConfig,
+        _DIFFUSOR_FIELDS,
+        help_texts={"n_train": "simulated training slices", "n_val": "simulated validation slices (their own seeds)"},
+    )
+    p.set_defaults(run=partial(_train_diffusor, flags))
+
+
+def _train_diffusor(flags: "DataclassFlags[DiffusorTrainingConfig]", args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from qmri_models.device import torch_device
+    from qmri_models.training.train_diffusor import WEIGHTS, train_diffusor
+
+    with user_errors():
+        config = flags.build(args)
+        device = torch_device(args.device)
+    with tqdm(total=config.steps, desc="diffusor", unit="step", disable=args.quiet) as bar:
+
+        def on_step(step: int, loss: float) -> None:
+            bar.n = step
+            bar.set_postfix(loss=f"{loss:.3g}", refresh=False)
+            bar.refresh()
+
+        with user_errors():  # a run folder trained with other settings
+            history = train_diffusor(config, args.out, device=device, on_step=on_step)
+    print(
+        f"{args.out}: {config.steps} steps in {history.wall_s:.0f} s; validation loss {history.val_loss[-1]:.4f}, "
+        f"T1 NRMSE {history.val_t1_nrmse[-1]:.4f}; weights in {args.out / WEIGHTS}"
     )
     return 0
 

@@ -161,9 +161,9 @@ class DiffusorTrainingConfig:
     efficiency_range: tuple[float, float] = (0.80, 1.0)
     """Range the inversion efficiency of each slice is drawn from (B = 1 + efficiency)."""
     channels: tuple[int, ...] = (32, 64, 64)
-    """Channels of the U-Net's levels (the paper: 128, 256, 256)."""
-    attention_levels: tuple[bool, ...] = (False, False, True)
+    """Channels of the U-Net's levels (the paper: 128, 256, 256); self-attention at the lowest level only."""
     res_blocks: int = 1
+    """Residual blocks per level."""
     norm_groups: int = 32
     """Groups of the U-Net's group normalisations (each level's channels a multiple of it)."""
     head_channels: int = 32

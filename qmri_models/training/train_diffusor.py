@@ -87,7 +87,7 @@ def train_diffusor(
             target_channels=len(MAP_NAMES),
             condition_channels=len(IR_TI_MS),
             channels=config.channels,
-            attention_levels=config.attention_levels,
+            attention_levels=(*(False,) * (len(config.channels) - 1), True),
             res_blocks=config.res_blocks,
             norm_groups=config.norm_groups,
             head_channels=config.head_channels,

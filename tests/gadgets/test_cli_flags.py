@@ -40,6 +40,7 @@ class Settings(Base):
     """The ``mode``, 100% documented."""
     verbose: bool = False
     sizes: tuple[int, ...] = (1, 2)
+    span: tuple[float, float] = (0.5, 2.0)
     limit: float | None = None
     folder: Path = Path("out")
     tags: tuple[str, ...] = field(default_factory=tuple)
@@ -50,7 +51,7 @@ class Settings(Base):
             raise ValueError(f"count must be at least 1, got {self.count}")
 
 
-FIELDS = ("count", "ratio", "name", "mode", "verbose", "sizes", "limit", "folder", "n_coils")
+FIELDS = ("count", "ratio", "name", "mode", "verbose", "sizes", "span", "limit", "folder", "n_coils")
 
 
 def parser_and_flags() -> tuple[argparse.ArgumentParser, object]:
@@ -68,7 +69,8 @@ def test_every_type_reads_its_flag() -> None:
     parser, flags = parser_and_flags()
     args = parser.parse_args(
         shlex.split(
-            "--count 5 --ratio 0.25 --name b --mode slow --verbose --sizes 4 5 6 --limit 2.5 --folder x --coils 2"
+            "--count 5 --ratio 0.25 --name b --mode slow --verbose --sizes 4 5 6 --span 1 3 --limit 2.5 --folder x "
+            "--coils 2"
         )
     )
     expected = Settings(
@@ -78,6 +80,7 @@ def test_every_type_reads_its_flag() -> None:
         mode="slow",
         verbose=True,
         sizes=(4, 5, 6),
+        span=(1.0, 3.0),
         limit=2.5,
         folder=Path("x"),
         n_coils=2,
@@ -94,6 +97,9 @@ def test_help_is_the_field_documentation_with_the_default() -> None:
     assert helps["mode"] == "The mode, 100%% documented (default fast)"  # argparse formats help with %
     assert helps["name"] == "who (default a)"
     assert helps["sizes"] == "(default 1 2)"
+    assert helps["span"] == "(default 0.5 2.0)"
+    with pytest.raises(argparse.ArgumentError, match="expected 2 arguments"):
+        parser.parse_args(["--span", "1"])
     assert helps["limit"] == ""
     assert "100% documented (default fast)" in " ".join(parser.format_help().split())
     assert field_docs(Settings)["count"] == "How many, from the string after the field."

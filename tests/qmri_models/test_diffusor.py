@@ -21,7 +21,6 @@ TINY = DiffusorTrainingConfig(
     n_val=1,
     matrix=32,
     channels=(8, 16),
-    attention_levels=(False, True),
     norm_groups=4,
     head_channels=8,
     train_steps=20,
