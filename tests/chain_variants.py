@@ -41,3 +41,16 @@ def chain_variant(name: str, gadget: str, **properties: object) -> Chain:
     Parsed as a client's chain text would be: site properties (paths, nodes, weights files) are refused.
     """
     return parse_chain(variant_text(name, gadget, **properties), name=f"{name} variant")
+
+
+def with_gadget_replaced(name: str, gadget: str, classname: str, **properties: object) -> str:
+    """Return a shipped chain's XML with one of its gadgets (by ``<name>``) swapped for ``<classname>``, which gets
+    exactly ``properties``."""
+    root = fromstring(shipped_text(name))
+    (node,) = [g for g in root.iter("gadget") if g.findtext("name") == gadget]
+    node.find("classname").text = classname
+    for old in node.findall("property"):
+        node.remove(old)
+    for key, value in properties.items():
+        SubElement(node, "property", name=key, value=str(value))
+    return tostring(root, encoding="unicode")

@@ -632,11 +632,37 @@ def _ucum(units: str) -> Code:
     return Code(units, "UCUM", _UCUM_MEANINGS.get(units, units))
 
 
+_UNPAIRED_BODY_PARTS = frozenset(
+    {
+        "ABDOMEN",
+        "BRAIN",
+        "CHEST",
+        "CSPINE",
+        "HEAD",
+        "HEART",
+        "LIVER",
+        "LSPINE",
+        "NECK",
+        "PELVIS",
+        "PROSTATE",
+        "SPINE",
+        "TSPINE",
+        "WHOLEBODY",
+    }
+)
+"""Body Part Examined defined terms (DICOM PS3.16 CID 4031) of structures that are not paired: no Laterality."""
+
+
 def _add_anatomy(ds: Dataset, body_part: str) -> None:
-    """Set Body Part Examined, or an empty Laterality when the body part (and so whether it is paired) is unknown."""
+    """Set Body Part Examined, and an empty Laterality unless the part is known to be unpaired.
+
+    Laterality (Type 2C) is required for a paired structure and must be absent for an unpaired one; for a part we
+    cannot place (none, a paired one whose side the header does not give, or a term outside the defined ones such as
+    a phantom's ``PHANTOM``) it is present and empty, which the standard allows when it is unknown.
+    """
     if body_part:
         ds.BodyPartExamined = body_part
-    else:
+    if body_part.upper() not in _UNPAIRED_BODY_PARTS:
         ds.Laterality = ""
 
 

@@ -20,6 +20,7 @@ GADGET_MODULES = (
     "gadgets.fitting",
     "gadgets.puq_recon",
     "gadgets.puq_fit",
+    "gadgets.diffusor",
     "gadgets.mrf",
     "gadgets.structure_report",
     "gadgets.intervals",

@@ -22,10 +22,11 @@ MIN_ISLAND_PIXELS = 20
 simulated CG-SENSE brain slices (64^2 R1 and R4, 160^2 R4, 256^2 R4): the noise islands had 1 to 10 pixels (one of
 52), the smallest tissue island 269 pixels (at 64^2); 20 pixels is 7 mm across at 160^2 (220 mm field of view)."""
 
-SdKind = Literal["fit_sd", "mc_sd", "mc_sd_disagreement"]
+SdKind = Literal["fit_sd", "mc_sd", "mc_sd_disagreement", "diffusion_sd"]
 """What a map's SD is: ``fit_sd`` the least-squares fit's (from its residual); ``mc_sd`` the spread of the maps of
 the MC samples; ``mc_sd_disagreement`` that spread combined with how far the learned map lies from the model-based
-fit of the same images, ``sqrt(mc_sd^2 + (learned - model_based)^2)``, so it grows where the learned fit is doubtful."""
+fit of the same images, ``sqrt(mc_sd^2 + (learned - model_based)^2)``, so it grows where the learned fit is doubtful;
+``diffusion_sd`` the spread of the maps a diffusion model generated for the same images."""
 SD_KINDS: tuple[SdKind, ...] = get_args(SdKind)
 
 

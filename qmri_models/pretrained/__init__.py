@@ -4,7 +4,8 @@
 ``puq_fit_t1.pt`` / ``puq_fit_t2.pt``: the learned fits, guided and unguided. ``PUQ_T1.md`` / ``PUQ_T2.md``: the cards.
 A loader takes a map name (``t1``, ``t2``: the shipped file) or a path to a file written by ``qmri train``.
 ``map_quantile_head_<chain>.pt``: the map quantile heads of the PUQ chains (their cards are the calibration cards of
-``calibration/<chain>_quantiles.md``, which name them).
+``calibration/<chain>_quantiles.md``, which name them). ``diffusor_<name>.pt``: qMRI Diffusor weights (none shipped
+yet; ``qmri train diffusor`` writes them).
 """
 
 import hashlib
@@ -13,6 +14,7 @@ from typing import Any, Literal, get_args
 
 import torch
 
+from qmri_models.diffusor.model import Diffusor
 from qmri_models.networks.fit_mlp import FitMlp
 from qmri_models.networks.map_quantile_head import MapQuantileHead
 from qmri_models.networks.unrolled import UnrolledRecon
@@ -114,6 +116,26 @@ def quantile_head_training(source: str | Path) -> dict[str, Any]:
     The record ``qmri train map-quantile-head`` keeps in the weights: chain, accelerations, recipe, settings, losses.
     """
     return dict(_load(quantile_head_path(source))["training"])
+
+
+def shipped_diffusors() -> dict[str, Path]:
+    """Return the shipped qMRI Diffusor weights by name (``t1_ir``: T1, PD and B from the 7-TI IR protocol)."""
+    prefix = "diffusor_"
+    return {path.stem.removeprefix(prefix): path for path in sorted(PRETRAINED_DIR.glob(f"{prefix}*.pt"))}
+
+
+def load_diffusor(source: str | Path) -> Diffusor:
+    """Return the qMRI Diffusor of a shipped name (``shipped_diffusors``) or of a ``weights.pt`` path, on the CPU.
+
+    Raises
+    ------
+    FileNotFoundError
+        If it is no shipped name and no file (the message lists the shipped names).
+    """
+    path = shipped_or_path(
+        source, shipped_diffusors(), what="Diffusor weights", made_by="a weights file from `qmri train diffusor`"
+    )
+    return Diffusor.from_state(torch.load(path, map_location="cpu", weights_only=True)["diffusor"])
 
 
 def _load(path: Path) -> dict[str, Any]:
