@@ -110,6 +110,9 @@ class MapSeriesConfig(GadgetConfig):
     window_width: float = prop(0.0, "window width of the map in its unit (0: the kept pixels' 1st-99th percentile)")
     extra_maps: str = prop("", "further maps to send, comma-separated (e.g. T2,PD,MatchScore for MRF); none if empty")
     extra_series_index: int = prop(13, "image_series_index of the first further map; the others follow", minimum=0)
+    extra_sd_series_index: int = prop(
+        0, "image_series_index of the first further map's SD map, the others following; 0 sends none", minimum=0
+    )
     send_model_fit: bool = prop(
         True, "send the model-based fit beside a learned map (PUQ's learned fit), when there is one"
     )
@@ -148,13 +151,14 @@ def map_images_to_mrd(item: MapImages, config: MapSeriesConfig) -> list[ismrmrd.
 
     Returns
     -------
-    The map image, the SD image, the further maps in ``extra_maps`` order, then the model-based fit of a learned map
-    (``SliceMaps.model_fit``, role ``<map>ModelFit``).
+    The map image, the SD image, the further maps in ``extra_maps`` order, their SD maps (when
+    ``extra_sd_series_index`` is set), then the model-based fit of a learned map (``SliceMaps.model_fit``, role
+    ``<map>ModelFit``).
 
     Raises
     ------
     ValueError
-        If a further map is not among the slice's maps, or the SD is asked for a map without one.
+        If a further map is not among the slice's maps, or an SD is asked for a map without one.
     """
     maps, name = item.maps, item.primary_map
     fixed = (config.window_center, config.window_width) if config.window_width > 0 else None
@@ -168,6 +172,11 @@ def map_images_to_mrd(item: MapImages, config: MapSeriesConfig) -> list[ismrmrd.
             raise ValueError(f"extra_maps names {extra!r}, but the {item.model} maps are {', '.join(maps.values)}")
         series = config.extra_series_index + offset
         images.append(_map_image(item, maps.values[extra], series, extra, _map_comment(item, extra)))
+    for offset, extra in enumerate(config.extra_map_names if config.extra_sd_series_index else ()):
+        if extra not in maps.sds:
+            raise ValueError(f"the {item.model} maps have no {extra} SD; set extra_sd_series_index to 0")
+        series = config.extra_sd_series_index + offset
+        images.append(_map_image(item, maps.sds[extra], series, f"{extra}SD", _sd_comment(item, extra)))
     if config.send_model_fit and name in maps.model_fit:
         images.append(model_fit_image(item, config.model_fit_series_index))
     return images

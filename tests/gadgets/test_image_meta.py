@@ -126,6 +126,37 @@ def test_output_images_read_back_to_the_meta_they_carry() -> None:
         assert meta_text(meaning_of(image)) == image.attribute_string
 
 
+def test_further_maps_and_their_sd_maps_go_to_their_series() -> None:
+    """T1, PD and B as the Diffusor gives them: PD and B after the T1 pair, their SDs after them when asked."""
+    refs = [ismrmrd.Acquisition.from_array(np.zeros((1, 8), np.complex64))]
+    context = SliceContext(0, refs, (220.0, 220.0, 8.0))
+    mask = np.ones((6, 6), bool)
+    values = {name: np.full((6, 6), v, np.float32) for name, v in (("T1", 900.0), ("PD", 0.8), ("B", 1.9))}
+    sds = {name: v / 20 for name, v in values.items()}
+    maps = SliceMaps(values, sds, {"T1": "ms", "PD": "a.u.", "B": "1"}, mask, mask)
+    item = MapImages(maps, "T1", "inversion_recovery", context)
+    config = MapSeriesConfig(extra_maps="PD,B", extra_series_index=13, extra_sd_series_index=17)
+    written = map_images_to_mrd(item, config)
+    assert [(image.image_series_index, meaning_of(image).role) for image in written] == [
+        (11, "T1"),
+        (12, "T1SD"),
+        (13, "PD"),
+        (14, "B"),
+        (17, "PDSD"),
+        (18, "BSD"),
+    ]
+    np.testing.assert_allclose(written[5].data.squeeze(), 1.9 / 20, rtol=1e-6)
+    assert meaning_of(written[4]).units == "a.u."
+    assert [image.image_series_index for image in map_images_to_mrd(item, MapSeriesConfig(extra_maps="PD"))] == [
+        11,
+        12,
+        13,
+    ]
+    no_sd = MapImages(SliceMaps(values, {"T1": sds["T1"]}, maps.units, mask, mask), "T1", "mrf", context)
+    with pytest.raises(ValueError, match="the mrf maps have no PD SD; set extra_sd_series_index to 0"):
+        map_images_to_mrd(no_sd, config)
+
+
 def test_numbers_are_kept_as_the_meta_stores_them() -> None:
     assert PHASE.window == (192.496, 347.513)
     assert PHASE.prep_time_ms == 180.123
