@@ -56,6 +56,8 @@ _DIFFUSOR_FIELDS = (
     "efficiency_range",
     "channels",
     "res_blocks",
+    "norm_groups",
+    "head_channels",
     "steps",
     "batch_size",
     "learning_rate",
