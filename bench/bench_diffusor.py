@@ -1,0 +1,135 @@
+"""qMRI Diffusor: time per slice of N generations with the few-step DDIM sampler and the paper's DDPM sampler.
+
+What it measures
+----------------
+``Diffusor.generate_maps`` on one simulated IR slice (``--matrix``, 7 TIs) with ``--samples`` generations as one
+batch, on ``--device``: DDIM with each step count of ``--ddim-steps``, then the ancestral DDPM sampler over all 1000
+training steps. The network is ``--weights`` (a weights file of ``qmri train diffusor`` or a shipped name), or,
+without it, an untrained one of ``DiffusorTrainingConfig``'s default size: the time does not depend on the weights.
+On a CPU the full DDPM run takes long; ``--ddpm-timed-steps K`` times its first K steps and scales to 1000 (said so
+in the table). Each row is printed with the ratio to the first DDIM row, timed in the same process after one untimed
+warm-up step.
+
+Run it with::
+
+    cd /work/main && .venv/bin/python bench/bench_diffusor.py [--matrix 160] [--samples 10] [--ddim-steps 10 20 50] \
+        [--ddpm-timed-steps 1000] [--device auto] [--weights FILE]
+"""
+
+import argparse
+import dataclasses
+
+import numpy as np
+import torch
+from bench_common import clock, cpu_name, print_rows
+
+from qmri_models.device import torch_device
+from qmri_models.diffusion.denoiser import ConditionalDenoiser, DenoiserConfig
+from qmri_models.diffusion.schedule import NoiseSchedule
+from qmri_models.diffusor.model import Diffusor
+from qmri_models.diffusor.scaling import MAP_NAMES
+from qmri_models.pretrained import load_diffusor
+from qmri_models.protocols import IR_TI_MS
+from qmri_models.training.configs import DiffusorTrainingConfig
+from qmri_models.training.diffusor_data import simulate_ir_examples
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--matrix", type=int, default=160)
+    parser.add_argument("--samples", type=int, default=10)
+    parser.add_argument("--ddim-steps", type=int, nargs="+", default=[10, 20, 50])
+    parser.add_argument("--ddpm-timed-steps", type=int, default=1000, help="DDPM steps timed (scaled to 1000)")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--weights", help="a Diffusor weights file or shipped name (default: untrained, default size)")
+    return parser.parse_args()
+
+
+def default_size_diffusor() -> Diffusor:
+    """Return an untrained Diffusor of the default training configuration's size."""
+    config = DiffusorTrainingConfig()
+    denoiser = ConditionalDenoiser(
+        DenoiserConfig(
+            target_channels=len(MAP_NAMES),
+            condition_channels=len(IR_TI_MS),
+            channels=config.channels,
+            attention_levels=(*(False,) * (len(config.channels) - 1), True),
+            res_blocks=config.res_blocks,
+            norm_groups=config.norm_groups,
+            head_channels=config.head_channels,
+        )
+    )
+    return Diffusor(denoiser, NoiseSchedule(train_steps=config.train_steps), IR_TI_MS)
+
+
+class _EnoughStepsError(Exception):
+    """Raised from the progress callback once the steps to time are done."""
+
+
+def seconds_per_step(
+    diffusor: Diffusor,
+    magnitude: np.ndarray,
+    args: argparse.Namespace,
+    device: torch.device,
+    sampler: str,
+    steps: int,
+    stop_after: int | None = None,
+) -> tuple[float, int]:
+    """Return the wall time per denoising step of one generation run and the steps it timed."""
+    done = {"n": 0, "end": 0.0}
+
+    def on_step(step: int, total: int) -> None:
+        done["n"] = step
+        if stop_after is not None and step >= stop_after:
+            done["end"] = clock(device)
+            raise _EnoughStepsError
+
+    start = clock(device)
+    try:
+        diffusor.generate_maps(
+            magnitude, n_samples=args.samples, sampler=sampler, steps=steps, device=device, on_step=on_step
+        )  # type: ignore[arg-type]
+        done["end"] = clock(device)
+    except _EnoughStepsError:
+        pass
+    return (done["end"] - start) / done["n"], done["n"]
+
+
+def main() -> None:
+    args = parse_args()
+    device = torch_device(args.device)
+    diffusor = load_diffusor(args.weights) if args.weights else default_size_diffusor()
+    size = dataclasses.asdict(diffusor.denoiser.config)
+    magnitude = (
+        simulate_ir_examples(
+            1, matrix=args.matrix, snr_range=(30.0, 30.0), phantom_fraction=0.0, efficiency_range=(0.9, 0.9), seed=7
+        )
+        .condition[0]
+        .numpy()
+    )
+    where = (
+        torch.cuda.get_device_name(device)
+        if device.type == "cuda"
+        else f"{cpu_name()}, {torch.get_num_threads()} threads"
+    )
+    print(f"qMRI Diffusor, {args.matrix}^2 slice, N={args.samples} generations as one batch, on {where}")
+    print(
+        f"network: channels {size['channels']}, res blocks {size['res_blocks']}"
+        f" ({'untrained, default size' if not args.weights else args.weights})"
+    )
+    seconds_per_step(diffusor, magnitude, args, device, "ddim", 1)  # warm-up
+    rows, baseline = [], None
+    for steps in args.ddim_steps:
+        per_step, _ = seconds_per_step(diffusor, magnitude, args, device, "ddim", steps)
+        total = per_step * steps
+        baseline = baseline or total
+        rows.append((f"DDIM {steps} steps", f"{total:.1f}", f"{per_step * 1000:.0f}", f"{total / baseline:.2f}"))
+    timed = min(args.ddpm_timed_steps, 1000)
+    per_step, n = seconds_per_step(diffusor, magnitude, args, device, "ddpm", 1000, stop_after=timed)
+    label = "DDPM 1000 steps" + ("" if n == 1000 else f" (first {n} timed, scaled)")
+    rows.append((label, f"{per_step * 1000:.1f}", f"{per_step * 1000:.0f}", f"{per_step * 1000 / baseline:.2f}"))
+    print_rows(("sampler", "s per slice", "ms per step", f"vs DDIM {args.ddim_steps[0]}"), rows)
+
+
+if __name__ == "__main__":
+    main()
