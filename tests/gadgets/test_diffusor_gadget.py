@@ -7,6 +7,7 @@ import ismrmrd
 import numpy as np
 import pytest
 
+from gadgets.cli import main
 from gadgets.evaluate import read_series
 from gadgets.runtime.chain import ChainError, load_chain, parse_chain
 from gadgets.runtime.replay import replay
@@ -80,3 +81,16 @@ def test_a_client_chain_cannot_choose_the_sample_count(tmp_path: Path) -> None:
     text = with_gadget_replaced("t1_ir", "Fit", "DiffusorGadget", samples=50)
     with pytest.raises(ChainError, match="samples"):
         parse_chain(text, name="client")
+
+
+def test_evaluate_diffusor_prints_the_sphere_and_tissue_tables(
+    tiny_weights: Path, capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
+) -> None:
+    args = ["--weights", str(tiny_weights), "--snr", "100", "--brain-slices", "1", "--matrix", "64", "--samples", "2"]
+    assert main(["evaluate-diffusor", *args, "--steps", "4", "--device", "cpu"]) == 0
+    out = capsys.readouterr().out
+    assert "| 100 | 1884 | 18" in out  # the LM fit of the 1884 ms sphere reads 18xx ms
+    assert "| 100 | white_matter |" in out
+    assert "Pearson after blur" in out
+    assert main(["evaluate-diffusor", *args, "--steps", "3"]) == 2
+    assert "steps must divide train_steps (20), got 3" in caplog.text
