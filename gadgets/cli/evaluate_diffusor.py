@@ -23,7 +23,7 @@ def add_commands(commands: Subcommands) -> None:
 
 def _arguments(p: argparse.ArgumentParser) -> None:
     from qmri_models.diffusion.schedule import Sampler
-    from qmri_models.diffusor.evaluation import Generation
+    from qmri_models.diffusor_evaluation import Generation
 
     defaults = Generation()
     p.add_argument("--weights", default="t1_ir", help="Diffusor weights: a shipped name or a qmri train diffusor file")
@@ -42,7 +42,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     import numpy as np
 
     from qmri_models.device import torch_device
-    from qmri_models.diffusor.evaluation import Generation, brain_scores, sphere_rows, tissue_table
+    from qmri_models.diffusor_evaluation import Generation, brain_scores, sphere_rows, tissue_table
     from qmri_models.pretrained import load_diffusor
 
     with user_errors():

@@ -9,9 +9,9 @@ import torch
 
 from qmri_models.diffusion.denoiser import ConditionalDenoiser, DenoiserConfig
 from qmri_models.diffusion.schedule import NoiseSchedule
-from qmri_models.diffusor.evaluation import Generation, brain_scores, sphere_rows, tissue_table
 from qmri_models.diffusor.model import Diffusor
 from qmri_models.diffusor.scaling import image_level, maps_from_unit_range, maps_to_unit_range
+from qmri_models.diffusor_evaluation import Generation, brain_scores, sphere_rows, tissue_table
 from qmri_models.pretrained import load_diffusor
 from qmri_models.protocols import IR_TI_MS
 from qmri_models.simulation.anatomy import NIST_T1_MS
