@@ -149,8 +149,7 @@ def _by_object(figures: dict[str, float], unit: str) -> str:
     if "guided phantom" not in figures:
         return ""
     return ";\n  " + "; ".join(
-        f"{name} pixels {figures[f'guided {name}']:.1f}{unit} guided, "
-        f"{figures[f'unguided {name}']:.1f}{unit} unguided"
+        f"{name} pixels {figures[f'guided {name}']:.1f}{unit} guided, {figures[f'unguided {name}']:.1f}{unit} unguided"
         for name in ("brain", "phantom")
         if f"guided {name}" in figures
     )
