@@ -51,6 +51,7 @@ _DIFFUSOR_FIELDS = (
     "n_train",
     "n_val",
     "matrix",
+    "crop",
     "snr_range",
     "phantom_fraction",
     "efficiency_range",

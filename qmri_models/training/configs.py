@@ -152,8 +152,11 @@ class DiffusorTrainingConfig:
 
     n_train: int = 400
     n_val: int = 8
-    matrix: int = 96
-    """Image size in pixels per side (a multiple of the U-Net's downsampling)."""
+    matrix: int = 160
+    """Image size of the simulated slices in pixels per side (220 mm field of view, as the scans)."""
+    crop: int = 96
+    """Side of the random square each training batch is cut to, in pixels (a multiple of the U-Net's
+    downsampling; the matrix or more: whole slices). Validation maps whole slices."""
     snr_range: tuple[float, float] = (20.0, 120.0)
     """Range the SNR of each slice is drawn from (log-uniformly): signal of the brightest TI over the noise SD."""
     phantom_fraction: float = 0.33
@@ -179,7 +182,7 @@ class DiffusorTrainingConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        for name in ("n_train", "n_val", "steps", "batch_size", "validate_every", "res_blocks", "train_steps"):
+        for name in ("n_train", "n_val", "steps", "batch_size", "validate_every", "res_blocks", "train_steps", "crop"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
         if not 0 < self.snr_range[0] <= self.snr_range[1]:

@@ -17,12 +17,13 @@ from qmri_models.protocols import IR_TI_MS
 from qmri_models.simulation.anatomy import NIST_T1_MS
 from qmri_models.training.configs import DiffusorTrainingConfig
 from qmri_models.training.diffusor_data import simulate_ir_examples
-from qmri_models.training.train_diffusor import CHECKPOINT, WEIGHTS, train_diffusor
+from qmri_models.training.train_diffusor import CHECKPOINT, WEIGHTS, _cropped, train_diffusor
 
 TINY = DiffusorTrainingConfig(
     n_train=4,
     n_val=1,
-    matrix=32,
+    matrix=40,
+    crop=32,
     channels=(8, 16),
     norm_groups=4,
     head_channels=8,
@@ -74,6 +75,20 @@ def test_simulated_examples_follow_the_ir_model_and_repeat() -> None:
     assert float(t1[~mask].abs().max()) == 0.0
     again = simulate_ir_examples(3, phantom_fraction=0.34, **kwargs)  # type: ignore[arg-type]
     torch.testing.assert_close(again.condition, examples.condition)
+
+
+def test_training_batches_are_cut_to_a_square_of_the_slices() -> None:
+    target = torch.arange(2 * 3 * 40 * 40, dtype=torch.float32).view(2, 3, 40, 40)
+    condition = target.repeat(1, 3, 1, 1)[:, :7] + 0.5
+    cut_target, cut_condition = _cropped(target, condition, 32, step=5, seed=0)
+    assert cut_target.shape == (2, 3, 32, 32)
+    assert cut_condition.shape == (2, 7, 32, 32)
+    top, left = divmod(int(cut_target[0, 0, 0, 0]), 40)
+    torch.testing.assert_close(cut_target, target[..., top : top + 32, left : left + 32])
+    torch.testing.assert_close(cut_condition, condition[..., top : top + 32, left : left + 32])
+    places = {int(_cropped(target, condition, 32, step=s, seed=0)[0][0, 0, 0, 0]) for s in range(20)}
+    assert len(places) > 5  # a new place each step
+    assert _cropped(target, condition, 40, step=5, seed=0)[0] is target
 
 
 def test_training_writes_its_files_and_resumes_exactly(tmp_path: Path) -> None:
