@@ -24,14 +24,14 @@ import torch
 from bench_common import clock, cpu_name, print_rows
 
 from qmri_models.device import torch_device
-from qmri_models.diffusion.denoiser import ConditionalDenoiser, DenoiserConfig
+from qmri_models.diffusion.denoiser import ConditionalDenoiser
 from qmri_models.diffusion.schedule import NoiseSchedule
 from qmri_models.diffusor.model import Diffusor
-from qmri_models.diffusor.scaling import MAP_NAMES
 from qmri_models.pretrained import load_diffusor
 from qmri_models.protocols import IR_TI_MS
 from qmri_models.training.configs import DiffusorTrainingConfig
 from qmri_models.training.diffusor_data import simulate_ir_examples
+from qmri_models.training.train_diffusor import denoiser_config
 
 
 def parse_args() -> argparse.Namespace:
@@ -48,17 +48,7 @@ def parse_args() -> argparse.Namespace:
 def default_size_diffusor() -> Diffusor:
     """Return an untrained Diffusor of the default training configuration's size."""
     config = DiffusorTrainingConfig()
-    denoiser = ConditionalDenoiser(
-        DenoiserConfig(
-            target_channels=len(MAP_NAMES),
-            condition_channels=len(IR_TI_MS),
-            channels=config.channels,
-            attention_levels=(*(False,) * (len(config.channels) - 1), True),
-            res_blocks=config.res_blocks,
-            norm_groups=config.norm_groups,
-            head_channels=config.head_channels,
-        )
-    )
+    denoiser = ConditionalDenoiser(denoiser_config(config))
     return Diffusor(denoiser, NoiseSchedule(train_steps=config.train_steps), IR_TI_MS)
 
 

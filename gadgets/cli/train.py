@@ -146,7 +146,6 @@ def _train_puq_recon_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _train_puq_recon(flags: "DataclassFlags[ReconTrainingConfig]", args: argparse.Namespace) -> int:
-    from tqdm import tqdm
 
     from qmri_models.device import torch_device
     from qmri_models.training.train_recon import train_recon
@@ -154,15 +153,8 @@ def _train_puq_recon(flags: "DataclassFlags[ReconTrainingConfig]", args: argpars
     config = flags.build(args)
     with user_errors():
         device = torch_device(args.device)
-    with tqdm(total=config.steps, unit="step", desc=f"train puq-recon {config.map_name}", disable=args.quiet) as bar:
-
-        def on_step(step: int, loss: float) -> None:
-            bar.n = step
-            bar.set_postfix(loss=f"{loss:.3g}", refresh=False)
-            bar.refresh()
-
-        with user_errors():  # a run folder trained with other settings
-            history = train_recon(config, args.out, device=device, on_step=on_step)
+    with _loss_bar(config.steps, f"train puq-recon {config.map_name}", quiet=args.quiet) as on_step, user_errors():
+        history = train_recon(config, args.out, device=device, on_step=on_step)  # user error: another run's folder
     print(
         f"{args.out}: {config.steps} steps in {history.wall_s:.0f} s; validation NRMSE {history.val_nrmse[-1]:.4f} "
         f"(zero-filled {history.val_zero_filled_nrmse:.4f}); weights in {args.out / 'weights.pt'}"
@@ -188,6 +180,21 @@ def _add_stage_one_flags(
 def _stage_one_config(flags: DataclassFlags[T], args: argparse.Namespace) -> T:
     """Return a stage-1 trainer's configuration; the stage-1 network defaults to the shipped one of the map."""
     return flags.build(args, recon_weights=str(args.recon_weights or args.map_name))
+
+
+@contextmanager
+def _loss_bar(total: int, desc: str, *, quiet: bool) -> Iterator[Callable[[int, float], None]]:
+    """Yield an ``on_step(step, loss)`` that moves one tqdm bar over ``total`` steps with the loss beside it."""
+    from tqdm import tqdm
+
+    with tqdm(total=total, unit="step", desc=desc, disable=quiet) as bar:
+
+        def on_step(step: int, loss: float) -> None:
+            bar.n = step
+            bar.set_postfix(loss=f"{loss:.3g}", refresh=False)
+            bar.refresh()
+
+        yield on_step
 
 
 @contextmanager
@@ -250,7 +257,6 @@ def _train_diffusor_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _train_diffusor(flags: "DataclassFlags[DiffusorTrainingConfig]", args: argparse.Namespace) -> int:
-    from tqdm import tqdm
 
     from qmri_models.device import torch_device
     from qmri_models.training.train_diffusor import WEIGHTS, train_diffusor
@@ -258,15 +264,8 @@ def _train_diffusor(flags: "DataclassFlags[DiffusorTrainingConfig]", args: argpa
     with user_errors():
         config = flags.build(args)
         device = torch_device(args.device)
-    with tqdm(total=config.steps, desc="diffusor", unit="step", disable=args.quiet) as bar:
-
-        def on_step(step: int, loss: float) -> None:
-            bar.n = step
-            bar.set_postfix(loss=f"{loss:.3g}", refresh=False)
-            bar.refresh()
-
-        with user_errors():  # a run folder trained with other settings
-            history = train_diffusor(config, args.out, device=device, on_step=on_step)
+    with _loss_bar(config.steps, "train diffusor", quiet=args.quiet) as on_step, user_errors():
+        history = train_diffusor(config, args.out, device=device, on_step=on_step)  # user error: another run's folder
     print(
         f"{args.out}: {config.steps} steps in {history.wall_s:.0f} s; validation loss {history.val_loss[-1]:.4f}, "
         f"T1 NRMSE {history.val_t1_nrmse[-1]:.4f}; weights in {args.out / WEIGHTS}"

@@ -83,17 +83,7 @@ def train_diffusor(
     train_set, val_set = _examples(config, out_dir)
     torch.manual_seed(config.seed)
     schedule = NoiseSchedule(train_steps=config.train_steps)
-    denoiser = ConditionalDenoiser(
-        DenoiserConfig(
-            target_channels=len(MAP_NAMES),
-            condition_channels=len(IR_TI_MS),
-            channels=config.channels,
-            attention_levels=(*(False,) * (len(config.channels) - 1), True),
-            res_blocks=config.res_blocks,
-            norm_groups=config.norm_groups,
-            head_channels=config.head_channels,
-        )
-    ).to(device)
+    denoiser = ConditionalDenoiser(denoiser_config(config)).to(device)
     optimizer = torch.optim.Adam(denoiser.parameters(), lr=config.learning_rate)
     history = DiffusorHistory()
     step = 0
@@ -139,6 +129,19 @@ def train_diffusor(
     torch.save({**weights, "history": dataclasses.asdict(history)}, out_dir / WEIGHTS)
     (out_dir / HISTORY).write_text(json.dumps(dataclasses.asdict(history), indent=2))
     return history
+
+
+def denoiser_config(config: DiffusorTrainingConfig) -> DenoiserConfig:
+    """Return the U-Net of a training configuration: 7 IR images to T1, PD and B, attention at the lowest level."""
+    return DenoiserConfig(
+        target_channels=len(MAP_NAMES),
+        condition_channels=len(IR_TI_MS),
+        channels=config.channels,
+        attention_levels=(*(False,) * (len(config.channels) - 1), True),
+        res_blocks=config.res_blocks,
+        norm_groups=config.norm_groups,
+        head_channels=config.head_channels,
+    )
 
 
 def validation_loss(
