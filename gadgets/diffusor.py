@@ -85,6 +85,8 @@ def diffusor(connection: GadgetConnection) -> None:
     config = DiffusorConfig.from_connection(connection)
     device = str(torch_device(config.device))
     model = load_diffusor(config.weights)
+    if config.sampler == "ddim":
+        model.schedule.check_ddim_steps(config.steps)  # before any slice arrives
     connection.filter(PhaseImages)
     for item in connection:
         maps = diffuse_slice(item, config, model, device=device)
@@ -119,9 +121,9 @@ def diffuse_slice(item: PhaseImages, config: DiffusorConfig, model: Diffusor, *,
         seed=config.seed,
         device=device,
     )
-    steps = "1000" if config.sampler == "ddpm" else str(config.steps)
+    steps = model.schedule.sampler_steps(config.sampler, config.steps)
     log.info(
-        "slice %d: %d Diffusor samples (%s, %s steps) in %.1f s on %s",
+        "slice %d: %d Diffusor samples (%s, %d steps) in %.1f s on %s",
         item.slice,
         config.samples,
         config.sampler,

@@ -48,13 +48,14 @@ def _evaluate(args: argparse.Namespace) -> int:
     with user_errors():
         diffusor = load_diffusor(args.weights)
         generation = Generation(args.samples, args.sampler, args.steps, str(torch_device(args.device)))
-        diffusor.schedule.ddim(args.steps)  # a step count the schedule refuses fails here, before any slice
+        if args.sampler == "ddim":
+            diffusor.schedule.check_ddim_steps(args.steps)  # before any slice
     spheres, brains = [], []
     for snr in args.snr:
         print(f"SNR {snr:g}: {args.sphere_slices} phantom and {args.brain_slices} brain slices", file=sys.stderr)
         spheres += sphere_rows(diffusor, snr, generation, slices=args.sphere_slices, matrix=args.matrix)
         brains += brain_scores(diffusor, snr, generation, slices=args.brain_slices, matrix=args.matrix)
-    steps = "1000" if args.sampler == "ddpm" else str(args.steps)
+    steps = diffusor.schedule.sampler_steps(args.sampler, args.steps)
     print(f"qMRI Diffusor {args.weights}: N={args.samples}, {args.sampler} {steps} steps, {generation.device}")
     print("\n| SNR | true T1 ms | LM fit: mean (spread) | Diffusor: mean (spread) | Diffusor error | Diffusor SD |")
     print("|---|---|---|---|---|---|")

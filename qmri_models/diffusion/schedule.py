@@ -50,8 +50,7 @@ class NoiseSchedule:
         steps of 1000 the chain then skips from 999 to 899 but the next call evaluates 888, and the samples keep
         noise (the same mismatch as diffusers issue 12633).
         """
-        if not 1 <= steps <= self.train_steps or self.train_steps % steps:
-            raise ValueError(f"steps must divide train_steps ({self.train_steps}), got {steps}")
+        self.check_ddim_steps(steps)
         scheduler = DDIMScheduler(
             num_train_timesteps=self.train_steps,
             schedule="linear_beta",
@@ -62,6 +61,15 @@ class NoiseSchedule:
         stride = self.train_steps // steps
         scheduler.timesteps = torch.arange(self.train_steps - 1, -1, -stride)
         return scheduler
+
+    def check_ddim_steps(self, steps: int) -> None:
+        """Raise ValueError unless ``steps`` DDIM steps fit this schedule (1 to ``train_steps``, dividing it)."""
+        if not 1 <= steps <= self.train_steps or self.train_steps % steps:
+            raise ValueError(f"steps must divide train_steps ({self.train_steps}), got {steps}")
+
+    def sampler_steps(self, sampler: Sampler, steps: int) -> int:
+        """Return how many denoising steps ``sampler`` takes: all training steps for DDPM, ``steps`` for DDIM."""
+        return self.train_steps if sampler == "ddpm" else steps
 
     def alphas_cumprod(self) -> torch.Tensor:
         """Return ``abar_t`` for t = 0 .. T - 1. Shape `(train_steps,)` float32."""

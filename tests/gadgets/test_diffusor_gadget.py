@@ -41,9 +41,8 @@ def tiny_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def diffusor_chain(tmp_path: Path, weights: Path, **extra: object) -> Path:
-    text = with_gadget_replaced(
-        "t1_ir", "Fit", "DiffusorGadget", weights=weights, samples=3, steps=4, device="cpu", **extra
-    )
+    properties: dict[str, object] = {"weights": weights, "samples": 3, "steps": 4, "device": "cpu", **extra}
+    text = with_gadget_replaced("t1_ir", "Fit", "DiffusorGadget", **properties)
     path = tmp_path / "t1_ir_diffusion_test.xml"
     path.write_text(text)
     return path
@@ -94,3 +93,12 @@ def test_evaluate_diffusor_prints_the_sphere_and_tissue_tables(
     assert "Pearson after blur" in out
     assert main(["evaluate-diffusor", *args, "--steps", "3"]) == 2
     assert "steps must divide train_steps (20), got 3" in caplog.text
+
+
+def test_a_step_count_the_schedule_cannot_take_stops_the_stream_before_any_slice(
+    tmp_path: Path, tiny_weights: Path
+) -> None:
+    raw = make_raw(tmp_path / "ir.h5", contrast="ir", matrix=32, seed=2)
+    chain = load_chain(diffusor_chain(tmp_path, tiny_weights, steps=3))
+    with pytest.raises(Exception, match=r"steps must divide train_steps \(20\), got 3"):
+        replay(raw, chain, tmp_path / "out", progress=False)

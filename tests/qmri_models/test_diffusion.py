@@ -134,6 +134,13 @@ def test_denoiser_shapes_and_errors() -> None:
     torch.testing.assert_close(rebuilt(x, c, t), network.eval()(x, c, t))
 
 
+def test_sampler_steps_are_all_training_steps_for_ddpm() -> None:
+    schedule = NoiseSchedule(train_steps=20)
+    assert schedule.sampler_steps("ddpm", 4) == 20
+    assert schedule.sampler_steps("ddim", 4) == 4
+    assert len(schedule.ddim(4).timesteps) == 4
+
+
 def test_bad_settings_name_themselves() -> None:
     with pytest.raises(ValueError, match=r"steps must divide train_steps \(20\), got 21"):
         NoiseSchedule(train_steps=20).ddim(21)
