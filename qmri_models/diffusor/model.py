@@ -1,5 +1,6 @@
 """The qMRI Diffusor: a trained conditional denoiser with its schedule and inversion times, and map generation."""
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -106,11 +107,7 @@ class Diffusor:
         """Return what ``from_state`` rebuilds the Diffusor from."""
         return {
             "denoiser": self.denoiser.state(),
-            "schedule": {
-                "train_steps": self.schedule.train_steps,
-                "beta_start": self.schedule.beta_start,
-                "beta_end": self.schedule.beta_end,
-            },
+            "schedule": dataclasses.asdict(self.schedule),
             "ti_ms": list(self.ti_ms),
         }
 
