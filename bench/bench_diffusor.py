@@ -31,7 +31,7 @@ from qmri_models.pretrained import load_diffusor
 from qmri_models.protocols import IR_TI_MS
 from qmri_models.training.configs import DiffusorTrainingConfig
 from qmri_models.training.diffusor_data import simulate_ir_examples
-from qmri_models.training.train_diffusor import denoiser_config
+from qmri_models.training.train_diffusor import denoiser_config, training_patch
 
 
 def parse_args() -> argparse.Namespace:
@@ -49,7 +49,7 @@ def default_size_diffusor() -> Diffusor:
     """Return an untrained Diffusor of the default training configuration's size."""
     config = DiffusorTrainingConfig()
     denoiser = ConditionalDenoiser(denoiser_config(config))
-    return Diffusor(denoiser, NoiseSchedule(train_steps=config.train_steps), IR_TI_MS)
+    return Diffusor(denoiser, NoiseSchedule(train_steps=config.train_steps), IR_TI_MS, training_patch(config))
 
 
 class _EnoughStepsError(Exception):

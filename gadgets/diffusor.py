@@ -53,6 +53,14 @@ class DiffusorConfig(GadgetConfig):
     steps: int = prop(
         50, "DDIM steps, a divisor of the network's 1000 training steps", minimum=1, maximum=1000, site=True
     )
+    stride: int = prop(
+        0,
+        "pixels between the patches a patch-trained network generates by (at most its patch; smaller: more overlap, "
+        "more time); 0: half the patch",
+        minimum=0,
+        maximum=1024,
+        site=True,
+    )
     seed: int = prop(0, "seed of the generations (the same seed and images, the same maps)", minimum=0)
     mask_threshold: float = prop(
         MASK_THRESHOLD,
@@ -87,6 +95,7 @@ def diffusor(connection: GadgetConnection) -> None:
     model = load_diffusor(config.weights)
     if config.sampler == "ddim":
         model.schedule.check_ddim_steps(config.steps)  # before any slice arrives
+    model.patch_grid(config.stride)  # a stride beyond the patch stops the stream here
     connection.filter(PhaseImages)
     for item in connection:
         maps = diffuse_slice(item, config, model, device=device)
@@ -119,6 +128,7 @@ def diffuse_slice(item: PhaseImages, config: DiffusorConfig, model: Diffusor, *,
         sampler=config.sampler,
         steps=config.steps,
         seed=config.seed,
+        stride=config.stride,
         device=device,
     )
     steps = model.schedule.sampler_steps(config.sampler, config.steps)

@@ -33,12 +33,14 @@ EVALUATION_SEED = 600000
 
 @dataclass(frozen=True)
 class Generation:
-    """How the Diffusor generates: N samples by a sampler, on a device."""
+    """How the Diffusor generates: N samples by a sampler, patches ``stride`` apart, on a device."""
 
     n_samples: int = 10
     sampler: Sampler = "ddim"
     steps: int = 50
     device: str = "cpu"
+    stride: int = 0
+    """Pixels between patches (0: half the patch)."""
 
 
 @dataclass(frozen=True)
@@ -93,6 +95,7 @@ def map_slice(
         sampler=generation.sampler,
         steps=generation.steps,
         seed=seed,
+        stride=generation.stride,
         device=generation.device,
     )
     return fitted.values["T1"], generated, mask, time.perf_counter() - start

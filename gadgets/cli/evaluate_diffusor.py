@@ -34,6 +34,9 @@ def _arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--samples", type=int, default=defaults.n_samples, help="generations N per slice (default 10)")
     p.add_argument("--sampler", choices=get_args(Sampler), default=defaults.sampler, help="default ddim")
     p.add_argument("--steps", type=int, default=defaults.steps, help="DDIM steps (default 50)")
+    p.add_argument(
+        "--stride", type=int, default=defaults.stride, help="pixels between patches (default 0: half the patch)"
+    )
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda")
     p.set_defaults(run=_evaluate)
 
@@ -47,16 +50,18 @@ def _evaluate(args: argparse.Namespace) -> int:
 
     with user_errors():
         diffusor = load_diffusor(args.weights)
-        generation = Generation(args.samples, args.sampler, args.steps, str(torch_device(args.device)))
+        generation = Generation(args.samples, args.sampler, args.steps, str(torch_device(args.device)), args.stride)
         if args.sampler == "ddim":
             diffusor.schedule.check_ddim_steps(args.steps)  # before any slice
+        grid = diffusor.patch_grid(args.stride)
     spheres, brains = [], []
     for snr in args.snr:
         print(f"SNR {snr:g}: {args.sphere_slices} phantom and {args.brain_slices} brain slices", file=sys.stderr)
         spheres += sphere_rows(diffusor, snr, generation, slices=args.sphere_slices, matrix=args.matrix)
         brains += brain_scores(diffusor, snr, generation, slices=args.brain_slices, matrix=args.matrix)
     steps = diffusor.schedule.sampler_steps(args.sampler, args.steps)
-    print(f"qMRI Diffusor {args.weights}: N={args.samples}, {args.sampler} {steps} steps, {generation.device}")
+    patches = f", {grid.size} px patches every {grid.stride} px" if grid else ""
+    print(f"qMRI Diffusor {args.weights}: N={args.samples}, {args.sampler} {steps} steps{patches}, {generation.device}")
     print("\n| SNR | true T1 ms | LM fit: mean (spread) | Diffusor: mean (spread) | Diffusor error | Diffusor SD |")
     print("|---|---|---|---|---|---|")
     for row in sorted(spheres, key=lambda r: (-r.snr, -r.true_t1_ms)):

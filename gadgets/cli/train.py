@@ -119,6 +119,12 @@ def _add_networks(p: argparse.ArgumentParser) -> None:
         "copy trained PUQ weights into qmri_models/pretrained with a model card",
         _ship_puq_arguments,
     )
+    add_command(
+        networks,
+        "diffusor-ship",
+        "copy trained qMRI Diffusor weights into qmri_models/pretrained with a model card",
+        _ship_diffusor_arguments,
+    )
 
 
 def _add_run_options(p: argparse.ArgumentParser, out: str) -> None:
@@ -362,6 +368,21 @@ def _ship_puq(args: argparse.Namespace) -> int:
 
     card = ship(args.map, args.recon_run, args.fit_run, device_note=args.device_note)
     print(f"shipped {args.map} weights; model card {card}")
+    return 0
+
+
+def _ship_diffusor_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("run", type=Path, help="folder of qmri train diffusor")
+    p.add_argument("--name", default="t1_ir", help="shipped name, what DiffusorGadget weights takes (default t1_ir)")
+    p.add_argument("--device-note", required=True, help="where it was trained, in words, for the card")
+    p.set_defaults(run=_ship_diffusor)
+
+
+def _ship_diffusor(args: argparse.Namespace) -> int:
+    from qmri_models.training.ship_diffusor import ship_diffusor
+
+    card = ship_diffusor(args.run, args.name, device_note=args.device_note)
+    print(f"shipped Diffusor weights {args.name}; model card {card}")
     return 0
 
 

@@ -5,6 +5,7 @@ from collections.abc import Callable
 import torch
 
 from qmri_models.diffusion.denoiser import ConditionalDenoiser
+from qmri_models.diffusion.patches import PatchGrid, predict_noise
 from qmri_models.diffusion.schedule import SAMPLERS, NoiseSchedule, Sampler
 
 
@@ -18,6 +19,7 @@ def generate(
     steps: int = 50,
     seed: int = 0,
     batch_size: int | None = None,
+    patches: PatchGrid | None = None,
     on_step: Callable[[int, int], None] | None = None,
 ) -> torch.Tensor:
     """Return ``n_samples`` targets generated from independent noise, all conditioned on ``condition``.
@@ -36,6 +38,7 @@ def generate(
     steps : DDIM steps, 1 to ``schedule.train_steps``.
     seed : Seed of the starting noise (and of the DDPM sampler's noise).
     batch_size : Most samples per network call (None: all N at once).
+    patches : Denoise each step patch by patch, overlaps averaged (``patches.predict_noise``); None: whole images.
     on_step : Called with (steps done, steps in all) after every denoising step of every batch.
 
     Returns
@@ -68,7 +71,7 @@ def generate(
             cond = condition.unsqueeze(0).expand(count, *condition.shape)
             sample = torch.randn((count, *shape), generator=generator, device=device)
             for t in timesteps:
-                noise = denoiser(sample, cond, torch.full((count,), t, device=device, dtype=torch.long))
+                noise = predict_noise(denoiser, sample, cond, t, patches)
                 sample, _ = scheduler.step(noise, t, sample, generator=generator)
                 done += 1
                 if on_step is not None:

@@ -10,6 +10,7 @@ import torch
 from torch.nn import functional
 
 from qmri_models.diffusion.denoiser import ConditionalDenoiser
+from qmri_models.diffusion.patches import PatchGrid
 from qmri_models.diffusion.sampling import generate
 from qmri_models.diffusion.schedule import NoiseSchedule, Sampler
 from qmri_models.diffusor.scaling import MAP_NAMES, image_level, maps_from_unit_range
@@ -38,14 +39,22 @@ class DiffusorMaps:
 class Diffusor:
     """Generate T1, PD and B from the IR magnitude images of a slice, as the qMRI Diffusor paper."""
 
-    def __init__(self, denoiser: ConditionalDenoiser, schedule: NoiseSchedule, ti_ms: tuple[float, ...]) -> None:
-        """Bundle a trained denoiser with the schedule it was trained with and the inversion times of its images."""
+    def __init__(
+        self, denoiser: ConditionalDenoiser, schedule: NoiseSchedule, ti_ms: tuple[float, ...], patch: int | None
+    ) -> None:
+        """Bundle a trained denoiser with its schedule, the inversion times of its images and its training patch.
+
+        ``patch`` is the side (pixels) of the squares the denoiser was trained on; None if it saw whole slices.
+        """
         if denoiser.config.condition_channels != len(ti_ms) or denoiser.config.target_channels != len(MAP_NAMES):
             raise ValueError(
                 f"the denoiser takes {denoiser.config.condition_channels} images to {denoiser.config.target_channels}"
                 f" maps; the Diffusor needs {len(ti_ms)} to {len(MAP_NAMES)}"
             )
+        if patch is not None and patch % denoiser.config.downsampling:
+            raise ValueError(f"a {patch} px patch is no multiple of the U-Net's {denoiser.config.downsampling}")
         self.denoiser, self.schedule, self.ti_ms = denoiser, schedule, tuple(float(t) for t in ti_ms)
+        self.patch = patch
 
     def generate_maps(
         self,
@@ -55,6 +64,7 @@ class Diffusor:
         sampler: Sampler = "ddim",
         steps: int = 50,
         seed: int = 0,
+        stride: int = 0,
         device: str | torch.device = "cpu",
         on_step: Callable[[int, int], None] | None = None,
     ) -> DiffusorMaps:
@@ -67,19 +77,23 @@ class Diffusor:
         sampler : ``ddpm`` or ``ddim`` (``qmri_models.diffusion.sampling.generate``).
         steps : DDIM steps.
         seed : Seed of the generations.
+        stride : Pixels between patches, for a Diffusor trained on patches (at most the patch; 0: half the patch, so
+            every pixel is seen by up to four patches; ignored for a Diffusor trained on whole slices).
         device : Where the network runs.
         on_step : Progress, as ``generate``'s.
 
         Raises
         ------
         ValueError
-            If the images are not one per inversion time the network was trained for.
+            If the images are not one per inversion time the network was trained for, or the stride does not fit
+            the patch.
         """
         if magnitude.ndim != 3 or magnitude.shape[0] != len(self.ti_ms):
             raise ValueError(
                 f"the Diffusor takes {len(self.ti_ms)} images (TI {', '.join(f'{t:g}' for t in self.ti_ms)} ms), "
                 f"got shape {magnitude.shape}"
             )
+        grid = self.patch_grid(stride)
         level = image_level(magnitude)
         condition = torch.from_numpy(np.abs(magnitude) / level).float().to(device)
         y, x = condition.shape[1:]
@@ -93,6 +107,7 @@ class Diffusor:
             sampler=sampler,
             steps=steps,
             seed=seed,
+            patches=grid,
             on_step=on_step,
         )[..., :y, :x]
         maps = maps_from_unit_range(scaled).cpu().numpy()
@@ -103,12 +118,25 @@ class Diffusor:
             samples=maps.astype(np.float32),
         )
 
+    def patch_grid(self, stride: int = 0) -> PatchGrid | None:
+        """Return the patches the Diffusor generates by, ``stride`` px apart (0: half the patch); None: whole slices.
+
+        Raises
+        ------
+        ValueError
+            If the stride is larger than the patch.
+        """
+        if self.patch is None:
+            return None
+        return PatchGrid(self.patch, stride or max(1, self.patch // 2))
+
     def state(self) -> dict[str, Any]:
         """Return what ``from_state`` rebuilds the Diffusor from."""
         return {
             "denoiser": self.denoiser.state(),
             "schedule": dataclasses.asdict(self.schedule),
             "ti_ms": list(self.ti_ms),
+            "patch": self.patch,
         }
 
     @classmethod
@@ -118,4 +146,5 @@ class Diffusor:
             ConditionalDenoiser.from_state(state["denoiser"]),
             NoiseSchedule(**state["schedule"]),
             tuple(state["ti_ms"]),
+            state["patch"],
         )

@@ -154,9 +154,9 @@ class DiffusorTrainingConfig:
     n_val: int = 8
     matrix: int = 160
     """Image size of the simulated slices in pixels per side (220 mm field of view, as the scans)."""
-    crop: int = 96
+    crop: int = 64
     """Side of the random square each training batch is cut to, in pixels (a multiple of the U-Net's
-    downsampling; the matrix or more: whole slices). Validation maps whole slices."""
+    downsampling; the matrix or more: whole slices). The Diffusor then generates patch by patch at this size."""
     snr_range: tuple[float, float] = (20.0, 120.0)
     """Range the SNR of each slice is drawn from (log-uniformly): signal of the brightest TI over the noise SD."""
     phantom_fraction: float = 0.33
@@ -173,12 +173,12 @@ class DiffusorTrainingConfig:
     """Channels per attention head."""
     train_steps: int = 1000
     """Diffusion steps T of the noise schedule."""
-    steps: int = 4000
+    steps: int = 10000
     """Optimiser steps."""
     batch_size: int = 8
     learning_rate: float = 2e-4
     grad_clip: float = 1.0
-    validate_every: int = 500
+    validate_every: int = 1000
     seed: int = 0
 
     def __post_init__(self) -> None:

@@ -4,9 +4,10 @@ As ``train_recon``: everything a run needs to continue lives in ``OUT/checkpoint
 is refused, only ``steps`` may grow), the simulated examples are cached in ``OUT/examples_{train,val}.pt`` and the
 result goes to ``OUT/weights.pt`` (``Diffusor.state()`` with the configuration and history). Each step draws a
 batch (a permutation per epoch, a function of the step), flips it and cuts it to a ``crop`` square at random (so
-the pixels keep the scans' size while a step costs less) and takes one Adam step on the noise-prediction loss.
-Validation: that loss on the whole validation slices with fixed noise, and the T1 NRMSE in the object of the mean
-of two 10-step DDIM generations.
+the pixels keep the scans' size while a step costs less) and takes one Adam step on the noise-prediction loss; a
+Diffusor trained on crops generates patch by patch at the crop's size (``diffusion.patches``). Validation: that loss
+on the whole validation slices with fixed noise, and the T1 NRMSE in the object of the mean of two 10-step DDIM
+generations.
 """
 
 import dataclasses
@@ -113,7 +114,8 @@ def train_diffusor(
             history.steps.append(step)
             history.train_loss.append(loss_value)
             history.val_loss.append(validation_loss(denoiser, schedule, val_set, device))
-            history.val_t1_nrmse.append(validation_t1_nrmse(Diffusor(denoiser, schedule, IR_TI_MS), val_set, device))
+            diffusor = Diffusor(denoiser, schedule, IR_TI_MS, training_patch(config))
+            history.val_t1_nrmse.append(validation_t1_nrmse(diffusor, val_set, device))
             history.wall_s = wall_before + time.perf_counter() - started
             _save(checkpoint_path, config, step, denoiser, optimizer, generator, history)
             denoiser.train()
@@ -124,7 +126,7 @@ def train_diffusor(
                 history.val_loss[-1],
                 history.val_t1_nrmse[-1],
             )
-    diffusor = Diffusor(denoiser.cpu(), schedule, IR_TI_MS)
+    diffusor = Diffusor(denoiser.cpu(), schedule, IR_TI_MS, training_patch(config))
     weights = {"config": dataclasses.asdict(config), "diffusor": diffusor.state()}
     torch.save({**weights, "history": dataclasses.asdict(history)}, out_dir / WEIGHTS)
     (out_dir / HISTORY).write_text(json.dumps(dataclasses.asdict(history), indent=2))
@@ -142,6 +144,11 @@ def denoiser_config(config: DiffusorTrainingConfig) -> DenoiserConfig:
         norm_groups=config.norm_groups,
         head_channels=config.head_channels,
     )
+
+
+def training_patch(config: DiffusorTrainingConfig) -> int | None:
+    """Return the side of the squares the run trains on (pixels), or None when it trains on whole slices."""
+    return config.crop if config.crop < config.matrix else None
 
 
 def validation_loss(

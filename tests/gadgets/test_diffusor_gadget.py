@@ -1,5 +1,5 @@
-"""DiffusorGadget on a replayed IR scan, with tiny weights trained by the test (the shipped ones come with the
-chain): maps and SD series shaped and masked like the fit's, DICOM clean, the protocol and the site checked."""
+"""DiffusorGadget on a replayed IR scan, with tiny weights trained by the test on 16 px patches: maps and SD series
+shaped and masked like the fit's, DICOM clean, the protocol, the stride and the site checked."""
 
 from pathlib import Path
 
@@ -23,6 +23,7 @@ TINY = DiffusorTrainingConfig(
     n_train=2,
     n_val=1,
     matrix=32,
+    crop=16,
     channels=(8, 16),
     norm_groups=4,
     head_channels=8,
@@ -41,7 +42,8 @@ def tiny_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def diffusor_chain(tmp_path: Path, weights: Path, **extra: object) -> Path:
-    properties: dict[str, object] = {"weights": weights, "samples": 3, "steps": 4, "device": "cpu", **extra}
+    properties: dict[str, object] = {"weights": weights, "samples": 3, "steps": 4, "stride": 8, "device": "cpu"}
+    properties.update(extra)
     text = with_gadget_replaced("t1_ir", "Fit", "DiffusorGadget", **properties)
     path = tmp_path / "t1_ir_diffusion_test.xml"
     path.write_text(text)
@@ -86,11 +88,13 @@ def test_evaluate_diffusor_prints_the_sphere_and_tissue_tables(
     tiny_weights: Path, capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
 ) -> None:
     args = ["--weights", str(tiny_weights), "--snr", "100", "--brain-slices", "1", "--matrix", "64", "--samples", "2"]
+    args += ["--stride", "8"]
     assert main(["evaluate-diffusor", *args, "--steps", "4", "--device", "cpu"]) == 0
     out = capsys.readouterr().out
     assert "| 100 | 1884 | 18" in out  # the LM fit of the 1884 ms sphere reads 18xx ms
     assert "| 100 | white_matter |" in out
     assert "Pearson after blur" in out
+    assert "16 px patches every 8 px" in out
     assert main(["evaluate-diffusor", *args, "--steps", "3"]) == 2
     assert "steps must divide train_steps (20), got 3" in caplog.text
 
@@ -101,4 +105,11 @@ def test_a_step_count_the_schedule_cannot_take_stops_the_stream_before_any_slice
     raw = make_raw(tmp_path / "ir.h5", contrast="ir", matrix=32, seed=2)
     chain = load_chain(diffusor_chain(tmp_path, tiny_weights, steps=3))
     with pytest.raises(Exception, match=r"steps must divide train_steps \(20\), got 3"):
+        replay(raw, chain, tmp_path / "out", progress=False)
+
+
+def test_a_stride_beyond_the_patch_stops_the_stream_before_any_slice(tmp_path: Path, tiny_weights: Path) -> None:
+    raw = make_raw(tmp_path / "ir.h5", contrast="ir", matrix=32, seed=2)
+    chain = load_chain(diffusor_chain(tmp_path, tiny_weights, stride=17))
+    with pytest.raises(Exception, match=r"stride <= size, got 16, 17"):
         replay(raw, chain, tmp_path / "out", progress=False)

@@ -1,11 +1,13 @@
 """The diffusion machinery: schedule against its closed form, samplers against the exact denoiser of a known
-distribution, determinism, the network's shapes and the training loss."""
+distribution, determinism, patch-wise denoising against a direct computation, the network's shapes and the training
+loss."""
 
 import numpy as np
 import pytest
 import torch
 
 from qmri_models.diffusion.denoiser import ConditionalDenoiser, DenoiserConfig
+from qmri_models.diffusion.patches import PatchGrid, predict_noise
 from qmri_models.diffusion.sampling import generate, noise_prediction_loss
 from qmri_models.diffusion.schedule import NoiseSchedule
 
@@ -173,3 +175,56 @@ def test_training_lowers_the_noise_prediction_loss() -> None:
         loss.backward()
         optimizer.step()
     assert loss_now() < 0.7 * before
+
+
+@pytest.mark.parametrize(
+    ("length", "size", "stride", "starts"),
+    [(20, 8, 3, [0, 3, 6, 9, 12]), (20, 8, 8, [0, 8, 12]), (8, 8, 4, [0]), (5, 8, 2, [0]), (17, 8, 9, None)],
+)
+def test_patch_starts_cover_the_side_and_end_at_the_edge(
+    length: int, size: int, stride: int, starts: list[int] | None
+) -> None:
+    if starts is None:
+        with pytest.raises(ValueError, match="stride <= size"):
+            PatchGrid(size, stride)
+        return
+    got = PatchGrid(size, stride).starts(length)
+    assert got == starts
+    covered = np.zeros(length, bool)
+    for start in got:
+        covered[start : start + size] = True
+    assert covered.all()
+
+
+def test_patchwise_prediction_is_the_mean_of_the_overlapping_patches() -> None:
+    def patch_mean(noisy: torch.Tensor, condition: torch.Tensor, steps: torch.Tensor) -> torch.Tensor:
+        """A denoiser that sees its whole input: every pixel gets the input's mean (per example and channel)."""
+        return (noisy + condition.mean(dim=1, keepdim=True)).mean(dim=(-2, -1), keepdim=True).expand_as(noisy)
+
+    rng = np.random.default_rng(3)
+    noisy = torch.from_numpy(rng.standard_normal((2, 1, 13, 11)))
+    condition = torch.from_numpy(rng.standard_normal((2, 2, 13, 11)))
+    got = predict_noise(patch_mean, noisy, condition, 5, PatchGrid(6, 4)).numpy()
+    direct = np.zeros((2, 1, 13, 11))
+    count = np.zeros((13, 11))
+    for top in (0, 4, 7):  # by hand: 13 px with 6 px patches every 4 px, the last at the edge
+        for left in (0, 4, 5):
+            window = (..., slice(top, top + 6), slice(left, left + 6))
+            value = (noisy[window] + condition[window].mean(dim=1, keepdim=True)).mean(dim=(-2, -1), keepdim=True)
+            direct[window] += value.numpy()
+            count[window[1:]] += 1
+    np.testing.assert_allclose(got, direct / count, rtol=1e-12)
+    whole = predict_noise(patch_mean, noisy, condition, 5, PatchGrid(16, 4)).numpy()
+    np.testing.assert_allclose(whole, patch_mean(noisy, condition, torch.zeros(2)).numpy(), rtol=1e-12)
+
+
+def test_patchwise_generation_equals_whole_for_a_pixelwise_denoiser() -> None:
+    schedule = NoiseSchedule(train_steps=100)
+    oracle = GaussianOracle(schedule, sd=0.2)
+    condition = torch.linspace(-0.5, 0.5, 20 * 17).view(1, 20, 17)
+    for sampler in ("ddim", "ddpm"):
+        whole = generate(oracle, condition, schedule, n_samples=2, sampler=sampler, steps=10, seed=4)
+        patched = generate(
+            oracle, condition, schedule, n_samples=2, sampler=sampler, steps=10, seed=4, patches=PatchGrid(8, 3)
+        )
+        torch.testing.assert_close(patched, whole, rtol=1e-5, atol=1e-6)

@@ -1,4 +1,5 @@
-"""The qMRI Diffusor: its scalings, its simulated training data, training with exact resume, and map generation."""
+"""The qMRI Diffusor: its scalings, its simulated training data, training with exact resume, map generation and
+shipping with a model card."""
 
 from dataclasses import replace
 from pathlib import Path
@@ -17,6 +18,7 @@ from qmri_models.protocols import IR_TI_MS
 from qmri_models.simulation.anatomy import NIST_T1_MS
 from qmri_models.training.configs import DiffusorTrainingConfig
 from qmri_models.training.diffusor_data import simulate_ir_examples
+from qmri_models.training.ship_diffusor import check_examples_t1_nrmse, model_card, ship_diffusor
 from qmri_models.training.train_diffusor import CHECKPOINT, WEIGHTS, _cropped, train_diffusor
 
 TINY = DiffusorTrainingConfig(
@@ -113,18 +115,20 @@ def test_generated_maps_have_the_images_size_units_and_spread(tmp_path: Path) ->
     denoiser = ConditionalDenoiser(
         DenoiserConfig(3, 7, channels=(8, 16), attention_levels=(False, False), norm_groups=4, head_channels=8)
     )
-    diffusor = Diffusor.from_state(Diffusor(denoiser, NoiseSchedule(train_steps=20), IR_TI_MS).state())
+    diffusor = Diffusor.from_state(Diffusor(denoiser, NoiseSchedule(train_steps=20), IR_TI_MS, 16).state())
     magnitude = np.random.default_rng(1).random((7, 30, 26)).astype(np.float32)
-    maps = diffusor.generate_maps(magnitude, n_samples=3, steps=5, seed=2)
+    maps = diffusor.generate_maps(magnitude, n_samples=3, steps=5, seed=2, stride=8)  # 16 px patches
     assert maps.mean.shape == maps.sd.shape == (3, 30, 26)
     assert maps.samples.shape == (3, 3, 30, 26)
     np.testing.assert_allclose(maps.mean, maps.samples.mean(axis=0), rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(maps.sd, maps.samples.std(axis=0, ddof=1), rtol=1e-4, atol=1e-5)
-    doubled = diffusor.generate_maps(2 * magnitude, n_samples=3, steps=5, seed=2)
+    doubled = diffusor.generate_maps(2 * magnitude, n_samples=3, steps=5, seed=2, stride=8)
     np.testing.assert_allclose(doubled.value("PD"), 2 * maps.value("PD"), rtol=1e-4)  # PD in the images' units
     np.testing.assert_allclose(doubled.value("T1"), maps.value("T1"), rtol=1e-4)
     with pytest.raises(ValueError, match="takes 7 images"):
         diffusor.generate_maps(magnitude[:5])
+    with pytest.raises(ValueError, match="stride <= size, got 16, 32"):
+        diffusor.generate_maps(magnitude, stride=32)
 
 
 def test_evaluation_scores_both_methods_on_spheres_and_brain(tmp_path: Path) -> None:
@@ -146,3 +150,19 @@ def test_evaluation_scores_both_methods_on_spheres_and_brain(tmp_path: Path) -> 
     table = tissue_table([brain], ("white_matter", "grey_matter", "nowhere"))
     assert table[0][:2] == ("30", "white_matter")
     assert table[2][2:] == ("-", "-")
+
+
+def test_shipping_writes_the_weights_with_their_check_figure_and_a_card_from_the_run(tmp_path: Path) -> None:
+    train_diffusor(TINY, tmp_path / "run")
+    card = ship_diffusor(tmp_path / "run", "tiny", device_note="a test", dest=tmp_path)
+    shipped = torch.load(tmp_path / "diffusor_tiny.pt", weights_only=True)
+    check = shipped["check"]["val_t1_nrmse"]
+    text = card.read_text()
+    assert card.name == "DIFFUSOR_TINY.md"
+    assert f"{check:.5f}" in text
+    assert "--n-train 4 --n-val 1 --matrix 40 --crop 32 --channels 8 16" in text
+    assert "32 px patches" in text
+    assert " min on a test.\n" in text
+    diffusor = load_diffusor(tmp_path / "diffusor_tiny.pt")
+    assert check_examples_t1_nrmse(shipped["config"], diffusor) == pytest.approx(check, rel=1e-5)
+    assert model_card("tiny", shipped, check, "a test") == text
