@@ -1,11 +1,15 @@
 """The qMRI Diffusor on the stream: T1, PD and inversion efficiency B generated from a slice's IR images.
 
 The mean of N generations is the map, their SD the map's SD (``sd_kind`` ``diffusion_sd``); every generation's T1
-map travels on as the maps' samples (for the structure report's spread). Sample count, sampler and steps decide the
+map travels on as the maps' samples (for the structure report's spread), and the Levenberg-Marquardt fit of the same
+images as the learned map's model fit (``MapSeriesGadget`` sends it in series 16): the Diffusor's SD says how much its
+samples disagree, not how far it has left its training (it reads the 21 ms NIST sphere as hundreds of ms with an SD
+of tens), and the fit beside it shows where. Sample count, sampler and steps decide the
 time per slice (on a CPU, a 50-step DDIM generation of 10 samples takes minutes; the paper's 1000-step DDPM
 sampler is for a GPU), so only the site chooses them.
 """
 
+import dataclasses
 import logging
 import time
 from dataclasses import dataclass
@@ -19,9 +23,10 @@ from qmri_models.device import torch_device
 from qmri_models.diffusion.schedule import Sampler
 from qmri_models.diffusor.model import Diffusor
 from qmri_models.diffusor.scaling import MAP_NAMES
-from qmri_models.fitting.maps import MASK_THRESHOLD, MIN_ISLAND_PIXELS, SliceMaps, fit_mask
+from qmri_models.fitting.maps import MASK_THRESHOLD, MIN_ISLAND_PIXELS, SliceMaps, fit_maps, fit_mask
 from qmri_models.fitting.plausibility import MAX_T1_MS, describe_rejections, plausible_maps
 from qmri_models.pretrained import load_diffusor, shipped_diffusors
+from qmri_models.signal_models import signal_model
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +81,11 @@ class DiffusorConfig(GadgetConfig):
     )
     max_t1_ms: float = prop(
         MAX_T1_MS, "largest plausible T1 (ms): a pixel above it is set to 0", minimum=1.0, maximum=1e5
+    )
+    model_fit: bool = prop(
+        True,
+        "also fit |PD (1 - B exp(-TI/T1))| to the same images (Levenberg-Marquardt, about a second per slice) and send "
+        "it beside the generated T1 (MapSeriesGadget model_fit_series_index): where the two differ the map is doubtful",
     )
     device: str = prop("auto", "auto (CUDA when present), cpu or cuda")
     send_phase_images: bool = prop(False, "also pass the IR images on (an ImageSeriesGadget downstream sends them)")
@@ -154,5 +164,9 @@ def diffuse_slice(item: PhaseImages, config: DiffusorConfig, model: Diffusor, *,
         ),
         {"T1": config.max_t1_ms},
     )
+    if config.model_fit:
+        fitted = fit_maps(signal_model("inversion_recovery"), magnitude, times, mask=mask, device=device)
+        clamped = np.clip(np.nan_to_num(fitted.values["T1"]), 0, config.max_t1_ms)
+        maps = dataclasses.replace(maps, model_fit={"T1": np.where(mask, clamped, 0).astype(np.float32)})
     log.info("slice %d: %s", item.slice, describe_rejections(maps))
     return MapImages(maps=maps, primary_map="T1", model="inversion_recovery", context=item.context)

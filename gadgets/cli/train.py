@@ -59,6 +59,7 @@ _DIFFUSOR_FIELDS = (
     "res_blocks",
     "norm_groups",
     "head_channels",
+    "prediction",
     "steps",
     "batch_size",
     "learning_rate",

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 
 Denoiser = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
-"""A noise predictor called as ``ConditionalDenoiser`` is: (noisy, condition, steps) to noise."""
+"""A network called as ``ConditionalDenoiser`` is: (noisy, condition, steps) to its prediction."""
 
 
 @dataclass(frozen=True)
@@ -41,14 +41,14 @@ class PatchGrid:
         return len(self.starts(y)) * len(self.starts(x))
 
 
-def predict_noise(
+def predict(
     denoiser: Denoiser,
     noisy: torch.Tensor,
     condition: torch.Tensor,
     step: int,
     grid: PatchGrid | None,
 ) -> torch.Tensor:
-    """Return the denoiser's noise prediction for a batch, whole or by ``grid``'s patches with overlaps averaged.
+    """Return the denoiser's prediction for a batch, whole or by ``grid``'s patches with overlaps averaged.
 
     Parameters
     ----------
@@ -60,7 +60,7 @@ def predict_noise(
 
     Returns
     -------
-    Predicted noise. Shape of ``noisy``.
+    The prediction (noise, velocity or sample, as the denoiser was trained). Shape of ``noisy``.
     """
     batch, _, y, x = noisy.shape
     if grid is None or grid.count(y, x) == 1:

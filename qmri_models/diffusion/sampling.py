@@ -5,7 +5,7 @@ from collections.abc import Callable
 import torch
 
 from qmri_models.diffusion.denoiser import ConditionalDenoiser
-from qmri_models.diffusion.patches import PatchGrid, predict_noise
+from qmri_models.diffusion.patches import PatchGrid, predict
 from qmri_models.diffusion.schedule import SAMPLERS, NoiseSchedule, Sampler
 
 
@@ -38,7 +38,7 @@ def generate(
     steps : DDIM steps, 1 to ``schedule.train_steps``.
     seed : Seed of the starting noise (and of the DDPM sampler's noise).
     batch_size : Most samples per network call (None: all N at once).
-    patches : Denoise each step patch by patch, overlaps averaged (``patches.predict_noise``); None: whole images.
+    patches : Denoise each step patch by patch, overlaps averaged (``patches.predict``); None: whole images.
     on_step : Called with (steps done, steps in all) after every denoising step of every batch.
 
     Returns
@@ -71,8 +71,8 @@ def generate(
             cond = condition.unsqueeze(0).expand(count, *condition.shape)
             sample = torch.randn((count, *shape), generator=generator, device=device)
             for t in timesteps:
-                noise = predict_noise(denoiser, sample, cond, t, patches)
-                sample, _ = scheduler.step(noise, t, sample, generator=generator)
+                output = predict(denoiser, sample, cond, t, patches)
+                sample, _ = scheduler.step(output, t, sample, generator=generator)
                 done += 1
                 if on_step is not None:
                     on_step(done, total)
@@ -80,17 +80,19 @@ def generate(
     return torch.cat(out).float()
 
 
-def noise_prediction_loss(
+def denoising_loss(
     denoiser: ConditionalDenoiser,
     schedule: NoiseSchedule,
     target: torch.Tensor,
     condition: torch.Tensor,
     generator: torch.Generator,
 ) -> torch.Tensor:
-    """Return Ho et al.'s training loss: the MSE between drawn noise and the denoiser's prediction of it.
+    """Return the training loss: the MSE between the denoiser's output and what it predicts.
 
     Each example gets a step t drawn uniformly from the schedule and noise ``eps``; the denoiser sees
-    ``x_t = sqrt(abar_t) target + sqrt(1 - abar_t) eps`` and the condition.
+    ``x_t = sqrt(abar_t) target + sqrt(1 - abar_t) eps`` and the condition, and is held to ``eps`` (Ho et al.'s
+    noise-prediction loss), to ``v = sqrt(abar_t) eps - sqrt(1 - abar_t) target`` or to ``target``, as
+    ``schedule.prediction`` says.
 
     Parameters
     ----------
@@ -106,5 +108,11 @@ def noise_prediction_loss(
     """
     steps = torch.randint(0, schedule.train_steps, (target.shape[0],), generator=generator, device=target.device)
     noise = torch.randn(target.shape, generator=generator, device=target.device)
-    noisy = schedule.ddpm().add_noise(target, noise, steps)
-    return torch.nn.functional.mse_loss(denoiser(noisy, condition, steps), noise)
+    scheduler = schedule.ddpm()
+    noisy = scheduler.add_noise(target, noise, steps)
+    wanted = {
+        "epsilon": lambda: noise,
+        "v_prediction": lambda: scheduler.get_velocity(target, noise, steps),
+        "sample": lambda: target,
+    }[schedule.prediction]()
+    return torch.nn.functional.mse_loss(denoiser(noisy, condition, steps), wanted)

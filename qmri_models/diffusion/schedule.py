@@ -6,6 +6,8 @@ from typing import Literal, get_args
 import torch
 from monai.networks.schedulers import DDIMScheduler, DDPMScheduler
 
+from qmri_models.diffusion.prediction import PREDICTIONS, Prediction
+
 Sampler = Literal["ddpm", "ddim"]
 """``ddpm``: the ancestral sampler of Ho et al. 2020 over every training step (what the qMRI Diffusor paper used);
 ``ddim``: Song et al. 2021's deterministic sampler (eta 0) over a few evenly spaced steps."""
@@ -25,10 +27,14 @@ class NoiseSchedule:
     """Diffusion steps T of training (and of the DDPM sampler)."""
     beta_start: float = 1e-4
     beta_end: float = 2e-2
+    prediction: Prediction = "epsilon"
+    """What the denoiser predicts (training target and samplers alike)."""
 
     def __post_init__(self) -> None:
         if self.train_steps < 2:
             raise ValueError(f"train_steps must be at least 2, got {self.train_steps}")
+        if self.prediction not in PREDICTIONS:
+            raise ValueError(f"prediction must be one of {', '.join(PREDICTIONS)}, got {self.prediction!r}")
         if not 0 < self.beta_start < self.beta_end < 1:
             raise ValueError(f"need 0 < beta_start < beta_end < 1, got {self.beta_start}, {self.beta_end}")
 
@@ -39,6 +45,7 @@ class NoiseSchedule:
             schedule="linear_beta",
             beta_start=self.beta_start,
             beta_end=self.beta_end,
+            prediction_type=self.prediction,
         )
 
     def ddim(self, steps: int) -> DDIMScheduler:
@@ -56,6 +63,7 @@ class NoiseSchedule:
             schedule="linear_beta",
             beta_start=self.beta_start,
             beta_end=self.beta_end,
+            prediction_type=self.prediction,
         )
         scheduler.set_timesteps(steps)
         stride = self.train_steps // steps

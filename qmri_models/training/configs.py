@@ -10,6 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, get_args
 
+from qmri_models.diffusion.prediction import PREDICTIONS, Prediction
+
 if TYPE_CHECKING:
     from qmri_models.pretrained import MapName
 
@@ -173,6 +175,11 @@ class DiffusorTrainingConfig:
     """Channels per attention head."""
     train_steps: int = 1000
     """Diffusion steps T of the noise schedule."""
+    prediction: Prediction = "v_prediction"
+    """What the U-Net predicts: v_prediction (the velocity), epsilon (the noise, as the paper) or sample. With the
+    noise, 1000 to 3000 steps on this CPU read the NIST spheres compressed towards 700 ms under 10-step DDIM (1884
+    ms as 986, 241 ms as 283 at 3000 steps) and did not move; Lin et al. 2024 pair the velocity with the trailing
+    DDIM steps the samplers use."""
     steps: int = 10000
     """Optimiser steps."""
     batch_size: int = 8
@@ -193,6 +200,8 @@ class DiffusorTrainingConfig:
             raise ValueError(f"phantom_fraction must lie in [0, 1], got {self.phantom_fraction}")
         if self.learning_rate <= 0 or self.grad_clip <= 0:
             raise ValueError("learning_rate and grad_clip must be positive")
+        if self.prediction not in PREDICTIONS:
+            raise ValueError(f"prediction must be one of {', '.join(PREDICTIONS)}, got {self.prediction!r}")
 
     def data_recipe(self) -> dict[str, Any]:
         """Return the fields that decide the simulated examples (the cache key, with the phantom ranges)."""

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from qmri_models.diffusion.denoiser import ConditionalDenoiser, DenoiserConfig
-from qmri_models.diffusion.sampling import noise_prediction_loss
+from qmri_models.diffusion.sampling import denoising_loss
 from qmri_models.diffusion.schedule import NoiseSchedule
 from qmri_models.diffusor.model import Diffusor
 from qmri_models.diffusor.scaling import MAP_NAMES, maps_to_unit_range
@@ -83,7 +83,7 @@ def train_diffusor(
     device = torch.device(device)
     train_set, val_set = _examples(config, out_dir)
     torch.manual_seed(config.seed)
-    schedule = NoiseSchedule(train_steps=config.train_steps)
+    schedule = noise_schedule(config)
     denoiser = ConditionalDenoiser(denoiser_config(config)).to(device)
     optimizer = torch.optim.Adam(denoiser.parameters(), lr=config.learning_rate)
     history = DiffusorHistory()
@@ -101,7 +101,7 @@ def train_diffusor(
         target, condition = _cropped(
             *_flipped(targets[indices], train_set.condition[indices], step, config.seed), config.crop, step, config.seed
         )
-        loss = noise_prediction_loss(denoiser, schedule, target.to(device), condition.to(device), generator)
+        loss = denoising_loss(denoiser, schedule, target.to(device), condition.to(device), generator)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(denoiser.parameters(), config.grad_clip)
@@ -146,6 +146,11 @@ def denoiser_config(config: DiffusorTrainingConfig) -> DenoiserConfig:
     )
 
 
+def noise_schedule(config: DiffusorTrainingConfig) -> NoiseSchedule:
+    """Return the noise schedule of a training configuration."""
+    return NoiseSchedule(train_steps=config.train_steps, prediction=config.prediction)
+
+
 def training_patch(config: DiffusorTrainingConfig) -> int | None:
     """Return the side of the squares the run trains on (pixels), or None when it trains on whole slices."""
     return config.crop if config.crop < config.matrix else None
@@ -158,7 +163,7 @@ def validation_loss(
     denoiser.eval()
     generator = torch.Generator(device=device).manual_seed(0)
     with torch.inference_mode():
-        loss = noise_prediction_loss(
+        loss = denoising_loss(
             denoiser,
             schedule,
             maps_to_unit_range(examples.maps).to(device),

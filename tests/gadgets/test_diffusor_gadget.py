@@ -66,6 +66,10 @@ def test_ir_scan_gives_t1_and_sd_series_masked_like_the_fit_and_clean_dicom(tmp_
     assert float(sds[0][mask].mean()) > 0  # three different generations
     meta = dict(ismrmrd.Meta.deserialize(sd_images[0].attribute_string))
     assert "SD over 3 Diffusor samples (ddim, 4 steps)" in str(meta)
+    fits, fit_images = read_series(out / "images.h5", 16)  # the LM fit of the same images, beside the generated T1
+    assert dict(ismrmrd.Meta.deserialize(fit_images[0].attribute_string))["GADGETRON_DataRole"] == "T1ModelFit"
+    assert float(np.abs(fits[0][~mask]).max()) == 0.0
+    assert float(np.median(fits[0][mask])) > 100  # fitted T1 (ms) of the phantom's spheres and fluid
     dicoms = sorted((out / "dicom").rglob("*.dcm"))
     assert dicoms
     for path in dicoms:

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from qmri_models.diffusion.denoiser import ConditionalDenoiser, DenoiserConfig
-from qmri_models.diffusion.patches import PatchGrid, predict_noise
-from qmri_models.diffusion.sampling import generate, noise_prediction_loss
+from qmri_models.diffusion.patches import PatchGrid, predict
+from qmri_models.diffusion.sampling import denoising_loss, generate
 from qmri_models.diffusion.schedule import NoiseSchedule
 
 TINY = DenoiserConfig(
@@ -154,7 +154,7 @@ def test_bad_settings_name_themselves() -> None:
         DenoiserConfig(target_channels=1, condition_channels=1, channels=(30,), attention_levels=(False,))
 
 
-def test_training_lowers_the_noise_prediction_loss() -> None:
+def test_training_lowers_the_denoising_loss() -> None:
     """A few steps of Adam on one fixed example make the predicted noise closer than the untrained network's."""
     torch.manual_seed(0)
     network = ConditionalDenoiser(TINY)
@@ -165,12 +165,12 @@ def test_training_lowers_the_noise_prediction_loss() -> None:
 
     def loss_now() -> float:
         with torch.no_grad():
-            return float(noise_prediction_loss(network, schedule, target, condition, torch.Generator().manual_seed(1)))
+            return float(denoising_loss(network, schedule, target, condition, torch.Generator().manual_seed(1)))
 
     before = loss_now()
     generator = torch.Generator().manual_seed(2)
     for _ in range(60):
-        loss = noise_prediction_loss(network, schedule, target, condition, generator)
+        loss = denoising_loss(network, schedule, target, condition, generator)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
@@ -204,7 +204,7 @@ def test_patchwise_prediction_is_the_mean_of_the_overlapping_patches() -> None:
     rng = np.random.default_rng(3)
     noisy = torch.from_numpy(rng.standard_normal((2, 1, 13, 11)))
     condition = torch.from_numpy(rng.standard_normal((2, 2, 13, 11)))
-    got = predict_noise(patch_mean, noisy, condition, 5, PatchGrid(6, 4)).numpy()
+    got = predict(patch_mean, noisy, condition, 5, PatchGrid(6, 4)).numpy()
     direct = np.zeros((2, 1, 13, 11))
     count = np.zeros((13, 11))
     for top in (0, 4, 7):  # by hand: 13 px with 6 px patches every 4 px, the last at the edge
@@ -214,7 +214,7 @@ def test_patchwise_prediction_is_the_mean_of_the_overlapping_patches() -> None:
             direct[window] += value.numpy()
             count[window[1:]] += 1
     np.testing.assert_allclose(got, direct / count, rtol=1e-12)
-    whole = predict_noise(patch_mean, noisy, condition, 5, PatchGrid(16, 4)).numpy()
+    whole = predict(patch_mean, noisy, condition, 5, PatchGrid(16, 4)).numpy()
     np.testing.assert_allclose(whole, patch_mean(noisy, condition, torch.zeros(2)).numpy(), rtol=1e-12)
 
 
@@ -228,3 +228,51 @@ def test_patchwise_generation_equals_whole_for_a_pixelwise_denoiser() -> None:
             oracle, condition, schedule, n_samples=2, sampler=sampler, steps=10, seed=4, patches=PatchGrid(8, 3)
         )
         torch.testing.assert_close(patched, whole, rtol=1e-5, atol=1e-6)
+
+
+class ConvertedOracle(GaussianOracle):
+    """The Gaussian oracle's answer as noise, velocity or clean sample (one denoiser, three parametrisations)."""
+
+    def __init__(self, schedule: NoiseSchedule, sd: float) -> None:
+        super().__init__(schedule, sd)
+        self.prediction = schedule.prediction
+
+    def forward(self, noisy: torch.Tensor, condition: torch.Tensor, steps: torch.Tensor) -> torch.Tensor:
+        eps = super().forward(noisy, condition, steps)
+        a = self.abar[steps].view(-1, 1, 1, 1).to(noisy.dtype)
+        x0 = (noisy - (1 - a).sqrt() * eps) / a.sqrt()
+        return {"epsilon": eps, "v_prediction": a.sqrt() * eps - (1 - a).sqrt() * x0, "sample": x0}[self.prediction]
+
+
+@pytest.mark.parametrize("prediction", ["v_prediction", "sample"])
+def test_samplers_give_the_same_samples_whatever_the_network_predicts(prediction: str) -> None:
+    condition = torch.linspace(-0.5, 0.5, 64).view(1, 8, 8)
+    for sampler, steps in (("ddim", 10), ("ddpm", 50)):
+        schedules = [NoiseSchedule(train_steps=50), NoiseSchedule(train_steps=50, prediction=prediction)]  # type: ignore[arg-type]
+        eps_samples, other_samples = (
+            generate(ConvertedOracle(s, 0.2), condition, s, n_samples=4, sampler=sampler, steps=steps, seed=6)  # type: ignore[arg-type]
+            for s in schedules
+        )
+        torch.testing.assert_close(other_samples, eps_samples, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("prediction", ["epsilon", "v_prediction", "sample"])
+def test_training_target_is_what_the_network_predicts(prediction: str) -> None:
+    schedule = NoiseSchedule(train_steps=50, prediction=prediction)  # type: ignore[arg-type]
+    target = torch.rand(3, 2, 8, 8) * 2 - 1
+    condition = torch.zeros(3, 3, 8, 8)
+    oracle = ConvertedOracle(schedule, 0.2)
+
+    def knows_the_answer(noisy: torch.Tensor, condition: torch.Tensor, steps: torch.Tensor) -> torch.Tensor:
+        """Return the exact target, from the noise drawn by the same generator state."""
+        replay = torch.Generator().manual_seed(8)
+        drawn = torch.randint(0, 50, (3,), generator=replay)
+        eps = torch.randn(target.shape, generator=replay)
+        assert torch.equal(drawn, steps)
+        a = oracle.abar[steps].view(-1, 1, 1, 1).float()
+        return {"epsilon": eps, "v_prediction": a.sqrt() * eps - (1 - a).sqrt() * target, "sample": target}[prediction]
+
+    loss = denoising_loss(knows_the_answer, schedule, target, condition, torch.Generator().manual_seed(8))  # type: ignore[arg-type]
+    assert float(loss) < 1e-10
+    with pytest.raises(ValueError, match="prediction must be one of epsilon, v_prediction, sample"):
+        NoiseSchedule(prediction="x0")  # type: ignore[arg-type]
