@@ -4,9 +4,9 @@ The mean of N generations is the map, their SD the map's SD (``sd_kind`` ``diffu
 map travels on as the maps' samples (for the structure report's spread), and the Levenberg-Marquardt fit of the same
 images as the learned map's model fit (``MapSeriesGadget`` sends it in series 16): the Diffusor's SD says how much its
 samples disagree, not how far it has left its training (it reads the 21 ms NIST sphere as hundreds of ms with an SD
-of tens), and the fit beside it shows where. Sample count, sampler and steps decide the
-time per slice (on a CPU, a 50-step DDIM generation of 10 samples takes minutes; the paper's 1000-step DDPM
-sampler is for a GPU), so only the site chooses them.
+of tens), and the fit beside it shows where. Sample count, sampler and steps decide the time per slice (on this
+2-core CPU 10 samples of a 160^2 slice by 10 DDIM steps take about a minute, by the paper's 1000-step DDPM sampler
+about 90 minutes: that is for a GPU), so only the site chooses them.
 """
 
 import dataclasses
@@ -21,7 +21,7 @@ from gadgets.runtime.config import GadgetConfig, prop
 from gadgets.runtime.registry import GadgetConnection, register
 from qmri_models.device import torch_device
 from qmri_models.diffusion.schedule import Sampler
-from qmri_models.diffusor.model import Diffusor
+from qmri_models.diffusor.model import DDIM_STEPS, Diffusor
 from qmri_models.diffusor.scaling import MAP_NAMES
 from qmri_models.fitting.maps import MASK_THRESHOLD, MIN_ISLAND_PIXELS, SliceMaps, fit_maps, fit_mask
 from qmri_models.fitting.plausibility import MAX_T1_MS, describe_rejections, plausible_maps
@@ -52,11 +52,11 @@ class DiffusorConfig(GadgetConfig):
     sampler: Sampler = prop(
         "ddim",
         "ddim: the few-step deterministic sampler (steps); ddpm: the paper's ancestral sampler over all 1000 "
-        "training steps (20x the time of 50 DDIM steps)",
+        "training steps (100x the time of 10 DDIM steps)",
         site=True,
     )
     steps: int = prop(
-        50, "DDIM steps, a divisor of the network's 1000 training steps", minimum=1, maximum=1000, site=True
+        DDIM_STEPS, "DDIM steps, a divisor of the network's 1000 training steps", minimum=1, maximum=1000, site=True
     )
     stride: int = prop(
         0,

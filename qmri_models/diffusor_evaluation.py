@@ -18,7 +18,7 @@ import numpy as np
 
 from qmri_models.calibration.evaluation import error_correlation
 from qmri_models.diffusion.schedule import Sampler
-from qmri_models.diffusor.model import Diffusor, DiffusorMaps
+from qmri_models.diffusor.model import DDIM_STEPS, Diffusor, DiffusorMaps
 from qmri_models.fitting.maps import MASK_THRESHOLD, MIN_ISLAND_PIXELS, fit_maps, fit_mask
 from qmri_models.metrics import TissueScore, score_map_per_tissue
 from qmri_models.recon.cartesian import calibration_lines, phase_sensitivities, reconstruct_phases
@@ -37,7 +37,7 @@ class Generation:
 
     n_samples: int = 10
     sampler: Sampler = "ddim"
-    steps: int = 50
+    steps: int = DDIM_STEPS
     device: str = "cpu"
     stride: int = 0
     """Pixels between patches (0: half the patch)."""

@@ -33,7 +33,7 @@ def _arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--matrix", type=int, default=160, help="image size in pixels per side (default 160)")
     p.add_argument("--samples", type=int, default=defaults.n_samples, help="generations N per slice (default 10)")
     p.add_argument("--sampler", choices=get_args(Sampler), default=defaults.sampler, help="default ddim")
-    p.add_argument("--steps", type=int, default=defaults.steps, help="DDIM steps (default 50)")
+    p.add_argument("--steps", type=int, default=defaults.steps, help=f"DDIM steps (default {defaults.steps})")
     p.add_argument(
         "--stride", type=int, default=defaults.stride, help="pixels between patches (default 0: half the patch)"
     )

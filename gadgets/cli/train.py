@@ -373,7 +373,7 @@ def _ship_puq(args: argparse.Namespace) -> int:
 
 
 def _ship_diffusor_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("run", type=Path, help="folder of qmri train diffusor")
+    p.add_argument("run_dir", type=Path, metavar="RUN", help="folder of qmri train diffusor")
     p.add_argument("--name", default="t1_ir", help="shipped name, what DiffusorGadget weights takes (default t1_ir)")
     p.add_argument("--device-note", required=True, help="where it was trained, in words, for the card")
     p.set_defaults(run=_ship_diffusor)
@@ -382,7 +382,7 @@ def _ship_diffusor_arguments(p: argparse.ArgumentParser) -> None:
 def _ship_diffusor(args: argparse.Namespace) -> int:
     from qmri_models.training.ship_diffusor import ship_diffusor
 
-    card = ship_diffusor(args.run, args.name, device_note=args.device_note)
+    card = ship_diffusor(args.run_dir, args.name, device_note=args.device_note)
     print(f"shipped Diffusor weights {args.name}; model card {card}")
     return 0
 

@@ -24,6 +24,8 @@ from qmri_models.training.train_diffusor import (
 )
 
 CHECK_EXAMPLES = 2
+_PREDICTED = {"epsilon": "noise (the paper's)", "v_prediction": "velocity (the paper: the noise)", "sample": "map"}
+"""What the loss compares, by ``DiffusorTrainingConfig.prediction``."""
 PAPER_CHANNELS = (128, 256, 256)
 """The paper's U-Net levels; the card names a reduction from them."""
 
@@ -68,8 +70,8 @@ def model_card(name: str, weights: dict[str, Any], check: float, device_note: st
     """Return the Markdown model card of shipped Diffusor weights."""
     config, history, state = weights["config"], weights["history"], weights["diffusor"]
     defaults = dataclasses.asdict(DiffusorTrainingConfig())
-    flags = " ".join(
-        f"--{key.replace('_', '-')} {_flag(value)}"
+    flags = "".join(
+        f" --{key.replace('_', '-')} {_flag(value)}"
         for key, value in config.items()
         if _flag(value) != _flag(defaults[key])
     )
@@ -83,9 +85,10 @@ def model_card(name: str, weights: dict[str, Any], check: float, device_note: st
     losses = ", ".join(f"{v:.4f}" for v in history["val_loss"])
     nrmses = ", ".join(f"{v:.4f}" for v in history["val_t1_nrmse"])
     patch = state["patch"]
+    predicted = _PREDICTED[config["prediction"]]
     generation = (
         f"patch by patch ({patch} px patches, half a patch apart by default: `DiffusorGadget stride`), the "
-        "overlapping noise predictions averaged at every step (`qmri_models.diffusion.patches`)"
+        "overlapping predictions averaged at every step (`qmri_models.diffusion.patches`)"
         if patch
         else "on whole slices"
     )
@@ -101,16 +104,16 @@ Trained in this repository on simulated data only; nothing was downloaded.
 - Network: MONAI's diffusion U-Net, levels of {levels} channels (paper {paper_levels}), {config["res_blocks"]}
   residual block(s) per level, attention at the lowest level; {parameters / 1e6:.2f} M weights. Linear DDPM
   schedule of {config["train_steps"]} steps.
-- Optimisation: noise-prediction MSE, Adam {config["learning_rate"]:g}, gradient norm clipped at
-  {config["grad_clip"]:g}, batch {config["batch_size"]} of random {config["crop"]} px crops with flips,
+- Optimisation: MSE of the predicted {predicted}, Adam {config["learning_rate"]:g}, gradient norm
+  clipped at {config["grad_clip"]:g}, batch {config["batch_size"]} of random {config["crop"]} px crops with flips,
   {config["steps"]} steps (the paper: 100 epochs of 3976 whole slices, about 50 000 steps).
 - Generation: {generation}.
 - Wall time {history["wall_s"] / 60:.1f} min on {device_note}.
-- Validation along the run (steps {steps}): noise-prediction loss {losses}; T1 NRMSE in the object (mean of
+- Validation along the run (steps {steps}): that loss {losses}; T1 NRMSE in the object (mean of
   {VALIDATION_SAMPLES} generations, {VALIDATION_DDIM_STEPS} DDIM steps) {nrmses}.
 - Check figure (tests hold the shipped file to it): that T1 NRMSE on the first {CHECK_EXAMPLES} validation slices
   {check:.5f}.
-- Command: `qmri train diffusor --out RUN {flags}`, then `qmri train diffusor-ship RUN --name {name}`.
+- Command: `qmri train diffusor --out RUN{flags}`, then `qmri train diffusor-ship RUN --name {name}`.
 """
 
 

@@ -28,7 +28,8 @@ def test_shipped_weights_are_small() -> None:
     total = sum(path.stat().st_size for path in PRETRAINED_DIR.glob("*.pt"))
     assert len(list(PRETRAINED_DIR.glob("puq_*.pt"))) == 4
     assert sorted(shipped_quantile_heads()) == ["t1_molli_puq", "t2prep_puq"]
-    assert len(list(PRETRAINED_DIR.glob("*.pt"))) == 6
+    assert len(list(PRETRAINED_DIR.glob("diffusor_*.pt"))) == 1
+    assert len(list(PRETRAINED_DIR.glob("*.pt"))) == 7
     assert total < 30e6
 
 
