@@ -1,7 +1,7 @@
 """Conditional denoising diffusion, model-agnostic.
 
-A U-Net that predicts the noise of a sample given a condition, its noise schedule, the noise-prediction loss and
-the samplers (DDPM ancestral and few-step DDIM), whole images or patch by patch.
+A U-Net that predicts the noise of a sample (or its velocity, or the clean sample) given a condition, its noise
+schedule, the training loss and the samplers (DDPM ancestral and few-step DDIM), whole images or patch by patch.
 
 Built on MONAI's generative networks and schedulers (``monai.networks.nets.DiffusionModelUNet``,
 ``monai.networks.schedulers``), behind small interfaces that know nothing of what the channels mean: the qMRI

@@ -1,11 +1,11 @@
-"""Shipped PUQ weights (trained here, each with its model card in this folder) and their loaders.
+"""Shipped PUQ and qMRI Diffusor weights (trained here, each with its model card in this folder) and their loaders.
 
 ``puq_recon_t1.pt`` / ``puq_recon_t2.pt``: the unrolled reconstruction networks for MOLLI and T2-prep.
 ``puq_fit_t1.pt`` / ``puq_fit_t2.pt``: the learned fits, guided and unguided. ``PUQ_T1.md`` / ``PUQ_T2.md``: the cards.
 A loader takes a map name (``t1``, ``t2``: the shipped file) or a path to a file written by ``qmri train``.
 ``map_quantile_head_<chain>.pt``: the map quantile heads of the PUQ chains (their cards are the calibration cards of
-``calibration/<chain>_quantiles.md``, which name them). ``diffusor_<name>.pt``: qMRI Diffusor weights (none shipped
-yet; ``qmri train diffusor`` writes them).
+``calibration/<chain>_quantiles.md``, which name them). ``diffusor_<name>.pt``: qMRI Diffusor weights (``t1_ir``, card
+``DIFFUSOR_T1_IR.md``; ``qmri train diffusor`` and ``diffusor-ship`` write them).
 """
 
 import hashlib
