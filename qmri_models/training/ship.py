@@ -70,7 +70,7 @@ def model_card(map_name: MapName, recon: dict[str, Any], fit: dict[str, Any], ch
     contrast = "MOLLI (TIs 251-4251 ms)" if map_name == "t1" else "T2-prep (durations 0-125 ms)"
     defaults = dataclasses.asdict(ReconTrainingConfig())
     reduced = [f"{k} {rc[k]} (paper {defaults[k]})" for k in _PAPER_SIZES if rc.get(k) != defaults[k]]
-    recon_flags = _flags(rc, defaults, {"n_coils": "coils", "n_iterations": "iterations"})
+    recon_flags = changed_flags(rc, defaults, {"n_coils": "coils", "n_iterations": "iterations"})
     fit_flags = _named_flags(fc, ("n_train", "n_val", "mc_samples", "phantom_fraction", "epochs", "loss", "seed"))
     stage_one_run = "RUN" if recon.get("error_head") is None else "RUN_HEAD"
     phantoms = _phantom_recipe(fc["phantom_fraction"], fit.get("phantom_ranges"))
@@ -183,8 +183,11 @@ def _error_head_section(map_name: MapName, head: dict[str, Any] | None, device_n
 """
 
 
-def _flags(config: dict[str, Any], defaults: dict[str, Any], names: dict[str, str]) -> str:
-    """Return the ``qmri train puq-recon`` options that differ from the defaults."""
+def changed_flags(config: dict[str, Any], defaults: dict[str, Any], names: dict[str, str]) -> str:
+    """Return the ``qmri train`` options of a run's configuration that differ from the defaults, space-separated.
+
+    ``names`` gives the options whose name is not the field's; ``map_name`` is an option of its own (``--map``).
+    """
     parts = []
     for key, value in config.items():
         if key == "map_name" or _flag_value(defaults.get(key)) == _flag_value(value):

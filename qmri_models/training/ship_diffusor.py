@@ -16,6 +16,7 @@ from qmri_models.pretrained import PRETRAINED_DIR
 from qmri_models.training.configs import DiffusorTrainingConfig
 from qmri_models.training.diffusor_data import simulate_ir_examples
 from qmri_models.training.recon_data import VAL_SEED_OFFSET
+from qmri_models.training.ship import changed_flags
 from qmri_models.training.train_diffusor import (
     VALIDATION_DDIM_STEPS,
     VALIDATION_SAMPLES,
@@ -69,12 +70,8 @@ def ship_diffusor(run: Path, name: str, *, device_note: str, dest: Path = PRETRA
 def model_card(name: str, weights: dict[str, Any], check: float, device_note: str) -> str:
     """Return the Markdown model card of shipped Diffusor weights."""
     config, history, state = weights["config"], weights["history"], weights["diffusor"]
-    defaults = dataclasses.asdict(DiffusorTrainingConfig())
-    flags = "".join(
-        f" --{key.replace('_', '-')} {_flag(value)}"
-        for key, value in config.items()
-        if _flag(value) != _flag(defaults[key])
-    )
+    flags = changed_flags(config, dataclasses.asdict(DiffusorTrainingConfig()), {})
+    command_flags = f" {flags}" if flags else ""
     parameters = sum(t.numel() for t in state["denoiser"]["state_dict"].values())
     tis = ", ".join(f"{t:g}" for t in state["ti_ms"])
     snr, efficiency = (f"{low:g}-{high:g}" for low, high in (config["snr_range"], config["efficiency_range"]))
@@ -113,10 +110,5 @@ Trained in this repository on simulated data only; nothing was downloaded.
   {VALIDATION_SAMPLES} generations, {VALIDATION_DDIM_STEPS} DDIM steps) {nrmses}.
 - Check figure (tests hold the shipped file to it): that T1 NRMSE on the first {CHECK_EXAMPLES} validation slices
   {check:.5f}.
-- Command: `qmri train diffusor --out RUN{flags}`, then `qmri train diffusor-ship RUN --name {name}`.
+- Command: `qmri train diffusor --out RUN{command_flags}`, then `qmri train diffusor-ship RUN --name {name}`.
 """
-
-
-def _flag(value: object) -> str:
-    """Return a configuration value as a command-line flag takes it (a sequence space-separated)."""
-    return " ".join(str(v) for v in value) if isinstance(value, list | tuple) else str(value)
