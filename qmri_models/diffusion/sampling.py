@@ -25,7 +25,8 @@ def generate(
     """Return ``n_samples`` targets generated from independent noise, all conditioned on ``condition``.
 
     The samples run as one batch (or batches of ``batch_size``) on the condition's device; the denoiser must be
-    there. The same seed, device and inputs give the same samples.
+    there. The same seed, device and inputs give the same samples. Every step's prediction is clipped to the
+    targets' range [-1, 1] with its noise estimate (``NoiseSchedule.clip_prediction``).
 
     Parameters
     ----------
@@ -59,6 +60,7 @@ def generate(
         scheduler.set_timesteps(schedule.train_steps)
     timesteps = [int(t) for t in scheduler.timesteps]
     device = condition.device
+    abar = schedule.alphas_cumprod().to(device)
     generator = torch.Generator(device=device).manual_seed(seed)
     shape = (denoiser.config.target_channels, *condition.shape[1:])
     denoiser = denoiser.eval()
@@ -71,7 +73,7 @@ def generate(
             cond = condition.unsqueeze(0).expand(count, *condition.shape)
             sample = torch.randn((count, *shape), generator=generator, device=device)
             for t in timesteps:
-                output = predict(denoiser, sample, cond, t, patches)
+                output = schedule.clip_prediction(predict(denoiser, sample, cond, t, patches), sample, abar[t])
                 sample, _ = scheduler.step(output, t, sample, generator=generator)
                 done += 1
                 if on_step is not None:
