@@ -58,7 +58,7 @@ def parse_args() -> argparse.Namespace:
         "--quality-crop",
         type=int,
         default=0,
-        help="side of the central crop the samplers' T1 NRMSE is compared on, against the full DDPM sampler's "
+        help="side of the crops the samplers' T1 NRMSE is compared on, against the full DDPM sampler's "
         "(0: no comparison)",
     )
     parser.add_argument("--quality-slices", type=int, default=3, help="slices of the sampler comparison")
