@@ -48,7 +48,7 @@ class PuqReconConfig(GadgetConfig):
     mc_seed: int = prop(
         0,
         "seed of the dropout masks, mixed with the measurement ID and slice index so that replay, stream and serve "
-        "give bit-identical maps; -1: unseeded",
+        "give the same maps; -1: unseeded",
         minimum=-1,
         maximum=2**31 - 1,
     )
