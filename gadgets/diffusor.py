@@ -5,7 +5,7 @@ map travels on as the maps' samples (for the structure report's spread), and the
 images as the learned map's model fit (``MapSeriesGadget`` sends it in series 16): the Diffusor's SD says how much its
 samples disagree, not how far it has left its training (it reads the 21 ms NIST sphere as hundreds of ms with an SD
 of tens), and the fit beside it shows where. Sample count, sampler and steps decide the time per slice (on this
-2-core CPU 10 samples of a 160^2 slice take 200 s by 50 DDIM steps, 36 s by 10, and about 68 minutes by the paper's
+2-core CPU 10 samples of a 160^2 slice take 36 s by 10 DDIM steps, 200 s by 50, and about 68 minutes by the paper's
 1000-step DDPM sampler, which is for a GPU; the command that measured them is in ``DDIM_STEPS``' docstring), so only
 the site chooses them.
 """
@@ -53,7 +53,7 @@ class DiffusorConfig(GadgetConfig):
     sampler: Sampler = prop(
         "ddim",
         "ddim: the few-step deterministic sampler (steps); ddpm: the paper's ancestral sampler over all 1000 "
-        "training steps (20x the time of 50 DDIM steps)",
+        "training steps (about 100x the time of 10 DDIM steps)",
         site=True,
     )
     steps: int = prop(
