@@ -37,13 +37,13 @@ class DiffusorMaps:
 
 
 DDIM_STEPS = 10
-"""DDIM steps by default. On the shipped weights 10 steps map as well as 50 in a fifth of the time: on whole slices
-at SNR 30, white and grey matter T1 NRMSE 0.027 and 0.061 against 0.025 and 0.062, the 400-2000 ms spheres within a
-point of each other, 49 s against 163 s per 160^2 slice of 10 samples on this 2-core CPU (``qmri evaluate-diffusor
---snr 100 30 --sphere-slices 2 --brain-slices 2 --steps 10``, and ``--steps 50``); against the full DDPM sampler on
-crops, T1 NRMSE 1% below it in the object and 15% above it in the tissue below 2000 ms (50 steps: 5% and 18% above),
-36 s against 200 s (``bench/bench_diffusor.py --weights t1_ir --ddim-steps 10 50 --ddpm-timed-steps 10
---quality-crop 64 --quality-slices 2``)."""
+"""DDIM steps by default. On the shipped weights 10 steps map as well as 50 in a third to a fifth of the time: on
+whole slices at SNR 30, white and grey matter T1 NRMSE 0.027 and 0.061 against 0.025 and 0.062, the 400-2000 ms
+spheres within a point of each other, 49 s against 163 s per 160^2 slice of 10 samples on this 2-core CPU (``qmri
+evaluate-diffusor --snr 100 30 --sphere-slices 2 --brain-slices 2 --steps 10``, and ``--steps 50``); against the full
+DDPM sampler on crops, T1 NRMSE 1% below it in the object and 15% above it in the tissue below 2000 ms (50 steps: 5%
+and 18% above), 36 s against 200 s (``bench/bench_diffusor.py --weights t1_ir --ddim-steps 10 50
+--ddpm-timed-steps 10 --quality-crop 64 --quality-slices 2``)."""
 
 
 class Diffusor:
